@@ -1,0 +1,1 @@
+"""Visma Amili: wire models of the API and the HTTP client."""

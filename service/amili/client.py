@@ -1,0 +1,198 @@
+"""The HTTP client of Amili's invoice registration API.
+
+It speaks only what Amili documents (plus Eve's conventions where Amili is silent), so it works
+against the real API as it does against our emulator. Errors become the port's exceptions; the API
+key is sent in the ``x-api-key`` header and never appears in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from pydantic import SecretStr, ValidationError
+
+from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
+from service.ports import AmiliDuplicate, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+
+REGISTRATIONS_PATH = "/invoice--registrations"
+Transport = Literal["aiohttp", "httpx"]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+    total_timeout_seconds: float = 45.0
+    max_connections: int = 200
+    transport: Transport = "aiohttp"
+
+
+class AmiliClient:
+    """``async with AmiliClient(...) as amili: await amili.register(request)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        settings: HttpSettings | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings or HttpSettings()
+        self._api_key = api_key
+        limits = httpx.Limits(
+            max_connections=self._settings.max_connections,
+            max_keepalive_connections=self._settings.max_connections,
+        )
+        if transport is None and self._settings.transport == "aiohttp":
+            transport = AiohttpTransport(limits=limits)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(
+                self._settings.read_timeout_seconds, connect=self._settings.connect_timeout_seconds
+            ),
+            limits=limits,
+            transport=transport,
+            headers={"accept": "application/json"},
+        )
+
+    async def __aenter__(self) -> AmiliClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
+        response = await self._send("POST", REGISTRATIONS_PATH, json_body=request.to_wire(), mutating=True)
+        if response.status_code in (200, 201):
+            return _receipt(response.json())
+        if response.status_code == 409:
+            raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
+        if response.status_code in (400, 422):
+            issues = _issues(response)
+            if any("not unique" in message for path, message in issues.items() if path == "invoice_number"):
+                raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
+            raise AmiliRejected(response.status_code, issues)
+        raise _unexpected(response, mutating=True)
+
+    async def find_registration(
+        self, creditor: str, invoice_number: str
+    ) -> InvoiceRegistrationReceipt | None:
+        where = json.dumps({"creditor": creditor, "invoice_number": invoice_number}, separators=(",", ":"))
+        response = await self._send(
+            "GET", REGISTRATIONS_PATH, params={"where": where, "max_results": "2"}, mutating=False
+        )
+        if response.status_code != 200:
+            raise _unexpected(response, mutating=False)
+        items = response.json().get("_items", [])
+        matching = [
+            item
+            for item in items
+            if item.get("creditor") == creditor and item.get("invoice_number") == invoice_number
+        ]
+        return _receipt(matching[0]) if matching else None
+
+    async def get_registration(self, registration_id: str) -> InvoiceRegistrationReceipt | None:
+        response = await self._send("GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise _unexpected(response, mutating=False)
+        return _receipt(response.json())
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        mutating: bool,
+        json_body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        headers = {"x-api-key": self._api_key.get_secret_value()}
+        try:
+            async with asyncio.timeout(self._settings.total_timeout_seconds):
+                response = await self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
+                )
+                await response.aread()
+        except (TimeoutError, httpx.TimeoutException) as error:
+            # The request may have been stored before the answer was lost.
+            raise AmiliUnavailable(f"{method} {path} timed out", outcome_unknown=mutating) from error
+        except httpx.TransportError as error:
+            raise AmiliUnavailable(
+                f"{method} {path} failed: {error.__class__.__name__}", outcome_unknown=mutating
+            ) from error
+        if response.status_code in (401, 403):
+            raise AmiliUnauthorized(f"Amili refused the credentials ({response.status_code})")
+        return response
+
+
+def _receipt(body: Any) -> InvoiceRegistrationReceipt:
+    try:
+        return InvoiceRegistrationReceipt.model_validate(body)
+    except ValidationError as error:
+        raise AmiliUnavailable(
+            f"Amili answered a registration this client cannot read ({error.error_count()} problems)"
+        ) from error
+
+
+def _issues(response: httpx.Response) -> dict[str, str]:
+    """Eve's ``_issues`` flattened to dot paths; a body without them becomes one ``_error`` issue."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {"_error": f"HTTP {response.status_code} without a JSON body"}
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, list):
+            flat[prefix] = "; ".join(str(item) for item in value)
+        else:
+            flat[prefix] = str(value)
+
+    if isinstance(body, dict) and isinstance(body.get("_issues"), dict):
+        walk("", body["_issues"])
+    elif isinstance(body, dict) and isinstance(body.get("_error"), dict):
+        flat["_error"] = str(body["_error"].get("message", ""))
+    return flat or {"_error": f"HTTP {response.status_code}"}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _unexpected(response: httpx.Response, *, mutating: bool) -> AmiliUnavailable:
+    status = response.status_code
+    # A 5xx on a POST may come from a gateway after the registration was stored.
+    return AmiliUnavailable(
+        f"Amili answered HTTP {status}",
+        retry_after=_retry_after(response) if status in (429, 503) else None,
+        outcome_unknown=mutating and status >= 500,
+    )

@@ -1,0 +1,51 @@
+"""Amili's wire conventions: RFC 1123 GMT dates, ObjectId strings, money as JSON numbers."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, PlainSerializer, StringConstraints
+
+OBJECT_ID_PATTERN = r"^[0-9a-f]{24}$"
+RFC1123_PATTERN = re.compile(
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$"
+)
+VAT_PERCENTS: tuple[str, ...] = ("0%", "6%", "12%", "25%")
+
+
+def format_rfc1123(value: datetime | date) -> str:
+    """``Wed, 21 Jan 2024 10:11:22 GMT``; a plain date is taken as midnight UTC."""
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return format_datetime(value.astimezone(UTC), usegmt=True)
+
+
+def parse_rfc1123(value: object) -> object:
+    """Accept an RFC 1123 GMT string (or an aware datetime); leave anything else to pydantic."""
+    if isinstance(value, str):
+        if not RFC1123_PATTERN.match(value):
+            raise ValueError(f"not an RFC 1123 GMT date: {value!r}")
+        return parsedate_to_datetime(value)
+    return value
+
+
+def money_to_json(value: Decimal) -> int | float:
+    """Money goes out as a JSON number: an integer when it has no fraction."""
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+Rfc1123Date = Annotated[
+    datetime,
+    BeforeValidator(parse_rfc1123),
+    PlainSerializer(format_rfc1123, return_type=str),
+]
+ObjectId = Annotated[str, StringConstraints(pattern=OBJECT_ID_PATTERN)]
+Money = Annotated[Decimal, PlainSerializer(money_to_json, return_type=float)]
+VatPercent = Literal["0%", "6%", "12%", "25%"]

@@ -1,0 +1,83 @@
+"""The composition root: builds the adapters from settings and wires them to the core."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+from service.amili.client import AmiliClient, HttpSettings
+from service.config import Settings
+from service.domain.transform import TransformDefaults
+from service.kafka.app import subscribe_processor
+from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
+from service.processing import Backoff, InvoiceProcessor
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or wrong; the message names the env var."""
+
+
+@dataclass
+class Registrar:
+    """The wired service: ``await registrar.app.run()`` or start/stop it around a test."""
+
+    app: FastStream
+    broker: KafkaBroker
+    amili: AmiliClient
+    processor: InvoiceProcessor
+
+
+def build_registrar(settings: Settings) -> Registrar:
+    if not settings.amili_api_key.get_secret_value():
+        raise ConfigurationError("AMILI_API_KEY is not set: the Amili access token is required")
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        graceful_timeout=settings.shutdown_grace_seconds,
+        client_id="amili-registrar",
+        logger=logging.getLogger("service.kafka.faststream"),
+    )
+    results = broker.publisher(
+        settings.registration_result_topic,
+        title="registration-result",
+        description="The outcome of each invoice (CloudEvents, structured mode), keyed by creditor/invoice",
+    )
+    dead_letters = broker.publisher(
+        settings.dead_letter_topic,
+        title="dead-letter",
+        description="Events that cannot be processed, untouched, with dlq.* headers saying why",
+    )
+    amili = AmiliClient(
+        settings.amili_base_url,
+        settings.amili_api_key,
+        HttpSettings(
+            connect_timeout_seconds=settings.amili_connect_timeout_seconds,
+            read_timeout_seconds=settings.amili_read_timeout_seconds,
+            total_timeout_seconds=settings.amili_total_timeout_seconds,
+            max_connections=settings.amili_max_connections,
+            transport=settings.amili_http_transport,
+        ),
+    )
+    backoff = Backoff(initial_seconds=settings.retry_initial_seconds, max_seconds=settings.retry_max_seconds)
+    processor = InvoiceProcessor(
+        amili=amili,
+        results=KafkaResultPublisher(results),
+        dead_letters=KafkaDeadLetterPublisher(dead_letters),
+        defaults=TransformDefaults(
+            account=settings.amili_default_account, creditor=settings.amili_default_creditor
+        ),
+        backoff=backoff,
+    )
+    subscribe_processor(
+        broker,
+        topic=settings.invoice_created_topic,
+        group_id=settings.consumer_group_id,
+        processor=processor,
+        backoff=backoff,
+    )
+    app = FastStream(broker, after_shutdown=[amili.aclose])
+    return Registrar(app=app, broker=broker, amili=amili, processor=processor)

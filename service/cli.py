@@ -1,0 +1,156 @@
+"""The console entry point: ``amili-registrar`` (or ``python -m service``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.config import EmulatorSettings, Settings
+
+
+def _run(_: argparse.Namespace) -> int:
+    from service.bootstrap import ConfigurationError, build_registrar
+    from service.ops.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        registrar = build_registrar(settings)
+    except ConfigurationError as error:
+        print(f"amili-registrar: {error}", file=sys.stderr)
+        return 2
+    asyncio.run(registrar.app.run())
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.emulator.app import create_app
+
+    settings = EmulatorSettings()
+    if args.port is not None:
+        settings = settings.model_copy(update={"port": args.port})
+    if args.store is not None:
+        settings = settings.model_copy(update={"store_path": str(args.store)})
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    from service.localkafka import LocalKafka, LocalKafkaError, default_version
+
+    kafka = LocalKafka(name=args.name, version=args.version or default_version(), port=args.port)
+    try:
+        if args.action == "start":
+            print(kafka.start())
+        elif args.action == "stop":
+            print("stopped" if kafka.stop() else "not running")
+        else:
+            status = kafka.status()
+            if not status:
+                print("not running")
+                return 1
+            print(" ".join(f"{key}={value}" for key, value in status.items()))
+    except LocalKafkaError as error:
+        print(f"amili-registrar kafka: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from service.devtools.produce import produce, read_events
+
+    settings = Settings()
+    events = read_events(args.file)
+    sent = asyncio.run(
+        produce(
+            settings.kafka_bootstrap_servers,
+            args.topic or settings.invoice_created_topic,
+            events,
+            binary=args.binary,
+        )
+    )
+    print(f"sent {sent} event(s)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.devtools.demo import run_demo
+    from service.localkafka import LocalKafkaError
+
+    try:
+        return asyncio.run(run_demo(kafka_version=args.kafka_version, events_file=args.file))
+    except LocalKafkaError as error:
+        print(f"amili-registrar demo: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amili-registrar",
+        description="Registers invoice-created events at Visma Amili and publishes each outcome.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run the service", description="Run the service; configured by env vars (README)."
+    )
+    run.set_defaults(handler=_run)
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the Amili emulator",
+        description="Serve the Amili emulator on loopback; configured by AMILI_EMULATOR_* env vars.",
+    )
+    emulator.add_argument("--port", type=int, help="port to listen on (AMILI_EMULATOR_PORT)")
+    emulator.add_argument("--store", type=Path, help="file that keeps registrations across restarts")
+    emulator.set_defaults(handler=_emulator)
+
+    kafka = commands.add_parser(
+        "kafka",
+        help="start, stop or inspect a local Kafka broker",
+        description="A single-node KRaft broker from Apache Kafka's jars (fetched once with Maven).",
+    )
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.add_argument("--name", default="default", help="which local broker (default: default)")
+    kafka.add_argument("--version", help="Apache Kafka version (LOCAL_KAFKA_VERSION, default 3.9.2)")
+    kafka.add_argument("--port", type=int, default=9092, help="broker port on 127.0.0.1 (default 9092)")
+    kafka.set_defaults(handler=_kafka)
+
+    produce = commands.add_parser(
+        "produce",
+        help="send events from a JSON or NDJSON file",
+        description="Send invoice-created events (CloudEvents, or bare invoices to wrap) to Kafka.",
+    )
+    produce.add_argument("file", type=Path, help="a JSON array, a JSON object or NDJSON")
+    produce.add_argument("--topic", help="topic (default: INVOICE_CREATED_TOPIC)")
+    produce.add_argument("--binary", action="store_true", help="CloudEvents binary mode (ce_* headers)")
+    produce.set_defaults(handler=_produce)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run everything locally with sample invoices",
+        description="Start a local broker, the emulator and the service; send sample invoices; "
+        "print each result; stop everything.",
+    )
+    demo.add_argument("--kafka-version", help="Apache Kafka version for the local broker")
+    demo.add_argument("--file", type=Path, help="events to send instead of the samples")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValidationError as error:
+        print(f"amili-registrar: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

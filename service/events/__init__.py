@@ -1,0 +1,1 @@
+"""Event contracts: CloudEvents envelopes, the inbound invoice-created and the outbound results."""

@@ -1,0 +1,106 @@
+"""CloudEvents 1.0 over Kafka: structured mode (the whole event as JSON) and binary mode (``ce_*``
+headers with the data as the record value), as the CloudEvents Kafka protocol binding defines them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from service.events.record import InboundRecord
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class CloudEvent(BaseModel):
+    """The attributes we require (``id``, ``source``, ``type``, ``specversion``, ``time``) plus data."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: str = Field(pattern=r"^1\.0$")
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    time: AwareDatetime
+    subject: str | None = None
+    datacontenttype: str | None = None
+    data: Any = None
+
+    def to_structured(self) -> bytes:
+        """The event as one JSON document, for the record value in structured mode."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class EnvelopeError(ValueError):
+    """The record is not a CloudEvent we can read; ``rule`` names which check failed."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+def read_cloudevent(record: InboundRecord) -> CloudEvent:
+    """The CloudEvent carried by ``record`` in either mode, or ``EnvelopeError``."""
+    content_type = _header_text(record, "content-type")
+    if record.header("ce_specversion") is not None:
+        return _read_binary(record, content_type)
+    if content_type is not None and not content_type.startswith(STRUCTURED_CONTENT_TYPE):
+        raise EnvelopeError(
+            "content_type",
+            f"content-type {content_type!r} is neither {STRUCTURED_CONTENT_TYPE} nor binary mode",
+        )
+    document = _json_object(record.value)
+    return _validated(document)
+
+
+def _read_binary(record: InboundRecord, content_type: str | None) -> CloudEvent:
+    if content_type is not None and not content_type.startswith(JSON_CONTENT_TYPE):
+        raise EnvelopeError("content_type", f"binary-mode data must be {JSON_CONTENT_TYPE}")
+    attributes: dict[str, Any] = {}
+    for key, value in record.headers:
+        if key.startswith("ce_"):
+            try:
+                attributes[key[3:]] = value.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise EnvelopeError("attribute", f"header {key} is not UTF-8") from error
+    attributes["data"] = _json_value(record.value)
+    if content_type is not None:
+        attributes["datacontenttype"] = content_type
+    return _validated(attributes)
+
+
+def _validated(document: dict[str, Any]) -> CloudEvent:
+    try:
+        return CloudEvent.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in issue['loc']) or 'event'}: {issue['msg']}"
+            for issue in error.errors(include_url=False, include_input=False)
+        )
+        raise EnvelopeError(
+            "cloudevents_attributes", f"invalid CloudEvents attributes: {problems}"
+        ) from error
+
+
+def _header_text(record: InboundRecord, name: str) -> str | None:
+    value = record.header(name)
+    return None if value is None else value.decode("utf-8", errors="replace").strip().lower()
+
+
+def _json_value(value: bytes | None) -> Any:
+    if value is None:
+        raise EnvelopeError("empty", "the record has no value")
+    try:
+        return json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EnvelopeError("json", f"the value is not JSON: {error.__class__.__name__}") from error
+
+
+def _json_object(value: bytes | None) -> dict[str, Any]:
+    document = _json_value(value)
+    if not isinstance(document, dict):
+        raise EnvelopeError("json", "a structured-mode CloudEvent must be a JSON object")
+    return document

@@ -1,0 +1,1 @@
+"""Realistic sample invoice-created events, used by the demo and the tests."""

@@ -1,0 +1,1 @@
+"""Kafka adapters: the FastStream application, result and dead-letter publishing."""

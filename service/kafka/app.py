@@ -1,0 +1,87 @@
+"""The FastStream application: one subscriber on ``invoice-created`` feeding the processor.
+
+FastStream's default policy commits before processing (at-most-once), so the subscriber takes
+``AckPolicy.MANUAL`` and commits only once the processor has published the event's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from service.events.record import InboundRecord
+from service.processing import Backoff, InvoiceProcessor
+
+log = logging.getLogger(__name__)
+
+
+def to_inbound_record(message: KafkaMessage) -> InboundRecord:
+    raw = message.raw_message
+    if isinstance(raw, tuple):  # batches are not subscribed to; guard the type for the checker
+        raw = raw[0]
+    return InboundRecord(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        key=raw.key,
+        value=raw.value,
+        headers=tuple((key, value or b"") for key, value in raw.headers),
+        timestamp_ms=raw.timestamp,
+    )
+
+
+def subscribe_processor(
+    broker: KafkaBroker,
+    *,
+    topic: str,
+    group_id: str,
+    processor: InvoiceProcessor,
+    backoff: Backoff,
+) -> None:
+    """Wire ``invoice-created`` to the processor with commit-after-publish semantics."""
+    failures = 0
+    rng = random.Random()
+
+    @broker.subscriber(
+        topic,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        title="invoice-created",
+        description="Invoices to register at Amili (CloudEvents, structured or binary mode)",
+    )
+    async def on_invoice_created(message: KafkaMessage) -> None:
+        nonlocal failures
+        record = to_inbound_record(message)
+        try:
+            handled = await processor.process(record)
+        except asyncio.CancelledError:
+            raise  # shutting down: not committed, so the event comes again
+        except Exception:
+            # A fault of ours, not of the event: rewind to it and try again after a pause,
+            # rather than commit past it.
+            failures += 1
+            log.exception(
+                "processing failed; the event will be retried",
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+            )
+            await asyncio.sleep(backoff.delay(failures, rng))
+            await message.nack()
+            return
+        failures = 0
+        await message.ack()
+        log.info(
+            "event handled",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "outcome": handled.outcome.value if handled.outcome else "dead_lettered",
+                "attempts": handled.attempts,
+            },
+        )

@@ -1,0 +1,58 @@
+"""The small interfaces the core talks through; adapters in amili/ and kafka/ implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
+from service.events.cloudevents import CloudEvent
+from service.events.record import InboundRecord
+
+
+class AmiliError(Exception):
+    """Base of what the Amili port raises. Messages never carry credentials."""
+
+
+class AmiliRejected(AmiliError):
+    """Amili refused the payload (400/422): retrying the same payload will not help."""
+
+    def __init__(self, status: int, issues: Mapping[str, str]) -> None:
+        super().__init__(f"Amili refused the registration ({status}): {len(issues)} issue(s)")
+        self.status = status
+        self.issues = dict(issues)
+
+
+class AmiliDuplicate(AmiliError):
+    """Amili already holds a registration for this creditor and invoice number."""
+
+
+class AmiliUnauthorized(AmiliError):
+    """The credentials were refused (401/403): a problem of ours, not of the invoice."""
+
+
+class AmiliUnavailable(AmiliError):
+    """A transient failure: 429, 5xx, timeout or connection error. ``outcome_unknown`` is set when
+    the request may have reached Amili (it may have stored the registration)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, outcome_unknown: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+
+
+class AmiliPort(Protocol):
+    async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt: ...
+
+    async def find_registration(
+        self, creditor: str, invoice_number: str
+    ) -> InvoiceRegistrationReceipt | None: ...
+
+
+class ResultPublisher(Protocol):
+    async def publish_result(self, event: CloudEvent, key: bytes) -> None: ...
+
+
+class DeadLetterPublisher(Protocol):
+    async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None: ...
