@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faststream import FastStream
@@ -11,7 +12,7 @@ from faststream.kafka import KafkaBroker
 from service.amili.client import AmiliClient, HttpSettings
 from service.config import Settings
 from service.domain.transform import TransformDefaults
-from service.kafka.app import subscribe_processor
+from service.kafka.app import RecordProcessor, subscribe_processor
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
 from service.processing import Backoff, InvoiceProcessor
 
@@ -30,7 +31,13 @@ class Registrar:
     processor: InvoiceProcessor
 
 
-def build_registrar(settings: Settings) -> Registrar:
+def build_registrar(
+    settings: Settings,
+    *,
+    around_processor: Callable[[RecordProcessor], RecordProcessor] | None = None,
+) -> Registrar:
+    """Wire the service. ``around_processor`` wraps the processor the consumer feeds, as a
+    middleware would (tests use it to stop the service at a chosen point)."""
     if not settings.amili_api_key.get_secret_value():
         raise ConfigurationError("AMILI_API_KEY is not set: the Amili access token is required")
     broker = KafkaBroker(
@@ -76,7 +83,7 @@ def build_registrar(settings: Settings) -> Registrar:
         broker,
         topic=settings.invoice_created_topic,
         group_id=settings.consumer_group_id,
-        processor=processor,
+        processor=around_processor(processor) if around_processor else processor,
         backoff=backoff,
     )
     app = FastStream(broker, after_shutdown=[amili.aclose])

@@ -4,15 +4,12 @@ invoices; each result is printed as it arrives, then everything is shut down."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from rich.console import Console
@@ -22,7 +19,7 @@ from rich.table import Table
 from service.bootstrap import build_registrar
 from service.config import DEMO_API_KEY, EmulatorSettings, Settings
 from service.devtools.produce import produce, read_events
-from service.emulator.app import create_app
+from service.emulator.server import serve_emulator
 from service.localkafka import LocalKafka, default_version, free_port
 
 RESULT_TIMEOUT_SECONDS = 90.0
@@ -30,25 +27,6 @@ RESULT_TIMEOUT_SECONDS = 90.0
 
 def sample_events_path() -> Path:
     return Path(str(resources.files("service.examples").joinpath("invoices.ndjson")))
-
-
-@contextlib.asynccontextmanager
-async def serve_emulator(settings: EmulatorSettings) -> AsyncIterator[str]:
-    """Run the emulator on loopback for the duration of the block; yields its base URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the emulator stopped during start-up")
-        await asyncio.sleep(0.05)
-    try:
-        yield f"http://{settings.host}:{settings.port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def run_demo(*, kafka_version: str | None = None, events_file: Path | None = None) -> int:
@@ -61,7 +39,7 @@ async def run_demo(*, kafka_version: str | None = None, events_file: Path | None
     bootstrap = await asyncio.to_thread(kafka.start)
     try:
         emulator_settings = EmulatorSettings(port=free_port(), api_keys=[DEMO_API_KEY])
-        async with serve_emulator(emulator_settings) as amili_url:
+        async with serve_emulator(emulator_settings) as (amili_url, _):
             console.print(f"Kafka at {bootstrap}, Amili emulator at {amili_url}")
             settings = Settings(
                 kafka_bootstrap_servers=bootstrap,

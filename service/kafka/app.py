@@ -9,13 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import Protocol
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from service.events.record import InboundRecord
-from service.processing import Backoff, InvoiceProcessor
+from service.processing import Backoff, Handled
+
+
+class RecordProcessor(Protocol):
+    """What the consumer feeds: returns once the record's outcome is published."""
+
+    async def process(self, record: InboundRecord) -> Handled: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,7 @@ def subscribe_processor(
     *,
     topic: str,
     group_id: str,
-    processor: InvoiceProcessor,
+    processor: RecordProcessor,
     backoff: Backoff,
 ) -> None:
     """Wire ``invoice-created`` to the processor with commit-after-publish semantics."""

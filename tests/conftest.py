@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import DEMO_API_KEY, EmulatorSettings
+from service.devtools.demo import sample_events_path
+from service.emulator.app import Emulator
+from service.emulator.server import serve_emulator
+from service.localkafka import free_port
+
+pytest_plugins = ["tests.fixtures.kafka"]
+
+
+@pytest.fixture
+def sample_events() -> list[dict[str, Any]]:
+    """The shipped sample invoice-created events (CloudEvents, structured)."""
+    lines = sample_events_path().read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[tuple[str, Emulator]]:
+    """The Amili emulator on a loopback port, keeping its registrations in a file."""
+    settings = EmulatorSettings(
+        port=free_port(), api_keys=[DEMO_API_KEY], store_path=str(tmp_path / "amili.jsonl")
+    )
+    async with serve_emulator(settings) as served:
+        yield served

@@ -1,0 +1,108 @@
+"""In-memory fakes of the ports, for tests of the core (fakes, not mocks)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
+from service.domain.checksums import luhn_check_digit
+from service.events.cloudevents import CloudEvent
+from service.events.record import InboundRecord
+from service.ports import AmiliDuplicate, AmiliError
+
+_ids = itertools.count(1)
+Stored = tuple[InvoiceRegistrationRequest, InvoiceRegistrationReceipt]
+
+
+def fake_object_id() -> str:
+    return f"{next(_ids):024x}"
+
+
+class FakeAmili:
+    """Keeps registrations per (creditor, invoice_number). ``faults`` are raised one per call, in
+    order; a fault marked ``store_first`` is raised after the registration was stored, the way a
+    timeout after Amili stored it looks to the client."""
+
+    def __init__(self) -> None:
+        self.registrations: dict[
+            tuple[str, str], tuple[InvoiceRegistrationRequest, InvoiceRegistrationReceipt]
+        ]
+        self.registrations = {}
+        self.posts = 0
+        self.lookups = 0
+        self.faults: list[tuple[AmiliError, bool]] = []
+
+    def fail_next(self, error: AmiliError, *, store_first: bool = False) -> None:
+        self.faults.append((error, store_first))
+
+    async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
+        self.posts += 1
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is not None and not fault[1]:
+            raise fault[0]
+        key = (request.creditor, request.invoice_number)
+        if key in self.registrations:
+            raise AmiliDuplicate("not unique")
+        body = "2026" + f"{next(_ids):015d}"
+        receipt = InvoiceRegistrationReceipt.model_validate(
+            {
+                "_id": fake_object_id(),
+                "_invoice": fake_object_id(),
+                "_case": fake_object_id(),
+                "_ocr_number": fake_object_id(),
+                "ocr_number_ocr": body + str(luhn_check_digit(body)),
+                "creditor": request.creditor,
+                "invoice_number": request.invoice_number,
+            }
+        )
+        self.registrations[key] = (request, receipt)
+        if fault is not None:
+            raise fault[0]
+        return receipt
+
+    async def find_registration(
+        self, creditor: str, invoice_number: str
+    ) -> InvoiceRegistrationReceipt | None:
+        self.lookups += 1
+        found = self.registrations.get((creditor, invoice_number))
+        return None if found is None else found[1]
+
+
+class FakeResults:
+    def __init__(self) -> None:
+        self.published: list[tuple[CloudEvent, bytes]] = []
+
+    async def publish_result(self, event: CloudEvent, key: bytes) -> None:
+        self.published.append((event, key))
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[tuple[InboundRecord, str, str]] = []
+
+    async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None:
+        self.letters.append((record, rule, reason))
+
+
+class RecordingSleep:
+    """An ``asyncio.sleep`` stand-in that only records how long it was asked to wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def structured_record(
+    event: dict[str, object], *, offset: int = 0, topic: str = "invoice-created"
+) -> InboundRecord:
+    return InboundRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        key=None,
+        value=json.dumps(event).encode(),
+        headers=(("content-type", b"application/cloudevents+json"),),
+    )
