@@ -1,0 +1,39 @@
+# One place for setting up and running the project. `make demo` and `make test` are the README's
+# two commands; both set up whatever is missing first (a virtualenv, Apache Kafka's jars).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck unit kafka-jars clean
+
+setup: $(STAMP) kafka-jars
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+kafka-jars: $(STAMP)
+	$(BIN)/python -c "from service.localkafka import ensure_jars, default_version; ensure_jars(default_version())"
+
+demo: setup
+	$(BIN)/amili-registrar demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+test: setup lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .kafka .mypy_cache .ruff_cache .pytest_cache
