@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.cli import build_parser, main
+from service.config import EmulatorSettings, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["run"], ["emulator"], ["kafka"], ["produce"], ["demo"]],
+)
+def test_every_subcommand_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*argv, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: amili-registrar" in capsys.readouterr().out
+
+
+def test_python_dash_m_service_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert "demo" in done.stdout
+
+
+def test_run_without_an_api_key_says_which_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AMILI_API_KEY", raising=False)
+    assert main(["run"]) == 2
+    assert "AMILI_API_KEY is not set" in capsys.readouterr().err
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
+    expected = {name.upper() for name in Settings.model_fields}
+    expected |= {f"AMILI_EMULATOR_{name.upper()}" for name in EmulatorSettings.model_fields}
+    assert expected <= documented, expected - documented
+
+
+def test_the_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Quick start\s*$(.*?)(?=^## )", readme, re.S | re.M)
+    assert section is not None
+    blocks = [block.strip() for block in re.findall(r"```[^\n]*\n(.*?)```", section.group(1), re.S)]
+    assert len(blocks) == 2
+    assert blocks[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
