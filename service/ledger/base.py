@@ -1,0 +1,120 @@
+"""The ledger's interface: what the registration protocol needs from durable storage.
+
+One record per ``(creditor, invoice_number)``. A record is claimed atomically before any POST to
+Amili, holds the fingerprint of the canonical payload it was claimed for, and ends in a final state
+with the result to publish; whether that result has been published is recorded too, so a crash
+between recording and publishing is repaired on restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class LedgerError(Exception):
+    """The ledger could not be read or written (the database is down, a constraint failed...)."""
+
+
+class LedgerState(StrEnum):
+    IN_FLIGHT = "in_flight"
+    REGISTERED = "registered"
+    REJECTED = "rejected"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not LedgerState.IN_FLIGHT
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    creditor: str
+    invoice_number: str
+    fingerprint: str
+    state: LedgerState
+    attempts: int
+    event_id: str
+    """The inbound event id that first claimed this invoice."""
+    claimed_by: str | None
+    claimed_at: datetime | None
+    result: dict[str, Any] | None
+    """The data of the registration-result event, once the state is final."""
+    result_published: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ClaimStatus(StrEnum):
+    CLAIMED = "claimed"
+    """New: nobody has tried to register this invoice; a POST may go ahead."""
+    RECLAIMED = "reclaimed"
+    """It was in flight and its claim lapsed (a crash, a timeout): look it up at Amili first."""
+    HELD = "held"
+    """In flight under another owner's live claim: try again later."""
+    FINAL = "final"
+    """It has a final outcome: publish the stored result again; never POST."""
+    CONFLICT = "conflict"
+    """Recorded with a different fingerprint: the same invoice number with other content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    status: ClaimStatus
+    entry: LedgerEntry
+
+
+class Ledger(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``LedgerError`` unless the database answers (for readiness)."""
+
+    async def claim(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        fingerprint: str,
+        event_id: str,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+    ) -> Claim:
+        """Atomically claim the invoice for ``owner``.
+
+        - absent: insert ``in_flight``, attempts 1, claimed by ``owner`` → ``CLAIMED``;
+        - fingerprint differs from the record's → ``CONFLICT`` (record unchanged);
+        - final state → ``FINAL`` (record unchanged);
+        - ``in_flight`` claimed by ``owner`` or with ``claimed_at + lease <= now`` → take it over
+          (claimed_by ``owner``, claimed_at ``now``, attempts + 1) → ``RECLAIMED``;
+        - otherwise → ``HELD`` (record unchanged).
+        """
+
+    async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        """Extend ``owner``'s claim (claimed_at = now, attempts + 1) before another attempt;
+        False when ``owner`` no longer holds it."""
+
+    async def finish(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        state: LedgerState,
+        result: dict[str, Any],
+        now: datetime,
+    ) -> LedgerEntry:
+        """Record the final ``state`` and the result to publish (``result_published`` false)."""
+
+    async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None: ...
+
+    async def unpublished(self, *, limit: int = 100) -> list[LedgerEntry]:
+        """Final records whose result has not been published yet, oldest first."""
+
+    async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None: ...
