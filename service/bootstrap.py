@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from pydantic import SecretStr
 
-from service.amili.client import AmiliClient, HttpSettings
+from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
 from service.config import Settings
 from service.domain.transform import TransformDefaults
 from service.kafka.app import RecordProcessor, subscribe_processor
@@ -19,6 +21,26 @@ from service.processing import Backoff, InvoiceProcessor
 
 class ConfigurationError(Exception):
     """A setting is missing or wrong; the message names the env var."""
+
+
+def amili_credentials(settings: Settings) -> SecretStr | ApiCodeCredentials:
+    """A ready access token, or an api code and key to mint tokens with."""
+    if settings.amili_api_code:
+        if settings.amili_private_key is not None:
+            key = settings.amili_private_key
+        elif settings.amili_private_key_file:
+            try:
+                key = SecretStr(Path(settings.amili_private_key_file).read_text(encoding="utf-8"))
+            except OSError as error:
+                raise ConfigurationError(
+                    f"AMILI_PRIVATE_KEY_FILE cannot be read: {error.strerror}"
+                ) from error
+        else:
+            raise ConfigurationError("AMILI_API_CODE needs AMILI_PRIVATE_KEY or AMILI_PRIVATE_KEY_FILE")
+        return ApiCodeCredentials(settings.amili_api_code, key, settings.amili_jwt_algorithm)
+    if not settings.amili_api_key.get_secret_value():
+        raise ConfigurationError("AMILI_API_KEY is not set (or AMILI_API_CODE with a private key)")
+    return settings.amili_api_key
 
 
 @dataclass
@@ -38,8 +60,7 @@ def build_registrar(
 ) -> Registrar:
     """Wire the service. ``around_processor`` wraps the processor the consumer feeds, as a
     middleware would (tests use it to stop the service at a chosen point)."""
-    if not settings.amili_api_key.get_secret_value():
-        raise ConfigurationError("AMILI_API_KEY is not set: the Amili access token is required")
+    credentials = amili_credentials(settings)
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         acks="all",
@@ -60,7 +81,7 @@ def build_registrar(
     )
     amili = AmiliClient(
         settings.amili_base_url,
-        settings.amili_api_key,
+        credentials,
         HttpSettings(
             connect_timeout_seconds=settings.amili_connect_timeout_seconds,
             read_timeout_seconds=settings.amili_read_timeout_seconds,

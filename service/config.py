@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     amili_api_key: SecretStr = Field(
         default=SecretStr(""), description="Access token sent in the x-api-key header (required)"
     )
+    amili_api_code: str | None = Field(
+        default=None, description="Api code to mint JWTs for; instead of AMILI_API_KEY"
+    )
+    amili_private_key: SecretStr | None = Field(
+        default=None, description="PEM private key registered with Amili for the api code"
+    )
+    amili_private_key_file: str | None = Field(
+        default=None, description="File holding that PEM private key (instead of AMILI_PRIVATE_KEY)"
+    )
+    amili_jwt_algorithm: Literal["ES256", "ES384", "ES512", "RS256", "RS384", "RS512"] = Field(
+        default="ES256", description="Signature algorithm of the minted JWTs"
+    )
     amili_default_account: str | None = Field(
         default=None, description="Account id used when an event carries none"
     )

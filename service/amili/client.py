@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,11 +20,25 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr, ValidationError
 
+from service.amili.auth import ApiCodeTokenProvider, StaticToken, TokenSource
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.ports import AmiliDuplicate, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 
 REGISTRATIONS_PATH = "/invoice--registrations"
 Transport = Literal["aiohttp", "httpx"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCodeCredentials:
+    """Mint a JWT for ``api_code`` with ``private_key`` (PEM) and exchange it for access tokens."""
+
+    api_code: str
+    private_key: SecretStr
+    algorithm: str = "ES256"
+
+
+# endpoint ("register", "find", "get", "token"), status class ("2xx", "4xx", "timeout"...), seconds
+RequestObserver = Callable[[str, str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +56,14 @@ class AmiliClient:
     def __init__(
         self,
         base_url: str,
-        api_key: SecretStr,
+        credentials: SecretStr | ApiCodeCredentials,
         settings: HttpSettings | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        observe: RequestObserver | None = None,
     ) -> None:
         self._settings = settings or HttpSettings()
-        self._api_key = api_key
+        self._observe = observe
         limits = httpx.Limits(
             max_connections=self._settings.max_connections,
             max_keepalive_connections=self._settings.max_connections,
@@ -63,6 +79,16 @@ class AmiliClient:
             transport=transport,
             headers={"accept": "application/json"},
         )
+        self._tokens: TokenSource
+        if isinstance(credentials, ApiCodeCredentials):
+            self._tokens = ApiCodeTokenProvider(
+                http=self._http,
+                api_code=credentials.api_code,
+                private_key=credentials.private_key,
+                algorithm=credentials.algorithm,
+            )
+        else:
+            self._tokens = StaticToken(credentials)
 
     async def __aenter__(self) -> AmiliClient:
         return self
@@ -74,7 +100,9 @@ class AmiliClient:
         await self._http.aclose()
 
     async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
-        response = await self._send("POST", REGISTRATIONS_PATH, json_body=request.to_wire(), mutating=True)
+        response = await self._send(
+            "register", "POST", REGISTRATIONS_PATH, json_body=request.to_wire(), mutating=True
+        )
         if response.status_code in (200, 201):
             return _receipt(response.json())
         if response.status_code == 409:
@@ -91,7 +119,7 @@ class AmiliClient:
     ) -> InvoiceRegistrationReceipt | None:
         where = json.dumps({"creditor": creditor, "invoice_number": invoice_number}, separators=(",", ":"))
         response = await self._send(
-            "GET", REGISTRATIONS_PATH, params={"where": where, "max_results": "2"}, mutating=False
+            "find", "GET", REGISTRATIONS_PATH, params={"where": where, "max_results": "2"}, mutating=False
         )
         if response.status_code != 200:
             raise _unexpected(response, mutating=False)
@@ -104,7 +132,7 @@ class AmiliClient:
         return _receipt(matching[0]) if matching else None
 
     async def get_registration(self, registration_id: str) -> InvoiceRegistrationReceipt | None:
-        response = await self._send("GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
+        response = await self._send("get", "GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -113,6 +141,7 @@ class AmiliClient:
 
     async def _send(
         self,
+        endpoint: str,
         method: str,
         path: str,
         *,
@@ -120,23 +149,52 @@ class AmiliClient:
         json_body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        headers = {"x-api-key": self._api_key.get_secret_value()}
+        token = await self._tokens.token()
+        response = await self._attempt(endpoint, method, path, token, mutating, json_body, params)
+        if response.status_code in (401, 403):
+            # A token may expire or be revoked at any time: renew it once, then give up.
+            renewed = await self._tokens.refresh(token)
+            if renewed is not None:
+                response = await self._attempt(endpoint, method, path, renewed, mutating, json_body, params)
+        if response.status_code in (401, 403):
+            raise AmiliUnauthorized(f"Amili refused the credentials ({response.status_code})")
+        return response
+
+    async def _attempt(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        token: SecretStr,
+        mutating: bool,
+        json_body: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        started = time.perf_counter()
+        status_class = "error"
         try:
             async with asyncio.timeout(self._settings.total_timeout_seconds):
                 response = await self._http.request(
-                    method, path, json=json_body, params=params, headers=headers
+                    method,
+                    path,
+                    json=json_body,
+                    params=params,
+                    headers={"x-api-key": token.get_secret_value()},
                 )
                 await response.aread()
+            status_class = f"{response.status_code // 100}xx"
+            return response
         except (TimeoutError, httpx.TimeoutException) as error:
+            status_class = "timeout"
             # The request may have been stored before the answer was lost.
             raise AmiliUnavailable(f"{method} {path} timed out", outcome_unknown=mutating) from error
         except httpx.TransportError as error:
             raise AmiliUnavailable(
                 f"{method} {path} failed: {error.__class__.__name__}", outcome_unknown=mutating
             ) from error
-        if response.status_code in (401, 403):
-            raise AmiliUnauthorized(f"Amili refused the credentials ({response.status_code})")
-        return response
+        finally:
+            if self._observe is not None:
+                self._observe(endpoint, status_class, time.perf_counter() - started)
 
 
 def _receipt(body: Any) -> InvoiceRegistrationReceipt:
