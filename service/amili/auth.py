@@ -76,8 +76,8 @@ class ApiCodeTokenProvider:
         self._lock = asyncio.Lock()
 
     def mint_jwt(self) -> str:
-        now = int(self._clock())
-        claims = {"api_code": self._api_code, "iat": now, "exp": now + JWT_LIFETIME_SECONDS}
+        # Only the claims Amili documents; an ``iat`` would be refused by a server whose clock is behind.
+        claims = {"api_code": self._api_code, "exp": int(self._clock()) + JWT_LIFETIME_SECONDS}
         return jwt.encode(claims, self._private_key.get_secret_value(), algorithm=self._algorithm)
 
     async def token(self) -> SecretStr:
