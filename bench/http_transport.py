@@ -73,7 +73,8 @@ async def main() -> None:
 async def compare(url: str, args: argparse.Namespace) -> None:
     ideal = args.in_flight / (args.latency_ms / 1000)
     offset = int(time.time())  # fresh invoice numbers on a long-running emulator
-    for index, transport in enumerate(("httpx", "aiohttp")):
+    transports: tuple[Transport, ...] = ("httpx", "aiohttp")
+    for index, transport in enumerate(transports):
         rate = await measure(url, transport, args.in_flight, args.requests, offset + index * args.requests)
         print(f"  {transport:8} {rate:8,.0f} requests/s  ({rate / ideal:.0%} of ideal)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.domain.checksums import luhn_check_digit
@@ -96,7 +97,7 @@ class RecordingSleep:
 
 
 def structured_record(
-    event: dict[str, object], *, offset: int = 0, topic: str = "invoice-created"
+    event: Mapping[str, object], *, offset: int = 0, topic: str = "invoice-created"
 ) -> InboundRecord:
     return InboundRecord(
         topic=topic,

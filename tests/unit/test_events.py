@@ -79,7 +79,7 @@ def test_time_must_carry_a_zone() -> None:
 
 def result(outcome: str = "registered", **extra: Any) -> RegistrationResult:
     return RegistrationResult(
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         creditor="c",
         invoice_number="INV-1",
         inbound_event_id="e-1",
