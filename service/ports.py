@@ -42,6 +42,18 @@ class AmiliUnavailable(AmiliError):
         self.outcome_unknown = outcome_unknown
 
 
+class AmiliRateLimited(AmiliUnavailable):
+    """429: Amili asks us to slow down; ``retry_after`` says for how long when it is known."""
+
+
+class AmiliOutcomeUnknown(AmiliUnavailable):
+    """The request may have reached Amili (timeout after sending, connection reset, 5xx on a POST):
+    look the registration up before sending it again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, outcome_unknown=True)
+
+
 class AmiliPort(Protocol):
     async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt: ...
 

@@ -22,9 +22,17 @@ from pydantic import SecretStr, ValidationError
 
 from service.amili.auth import ApiCodeTokenProvider, StaticToken, TokenSource
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
-from service.ports import AmiliDuplicate, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+from service.ports import (
+    AmiliDuplicate,
+    AmiliOutcomeUnknown,
+    AmiliRateLimited,
+    AmiliRejected,
+    AmiliUnauthorized,
+    AmiliUnavailable,
+)
 
 REGISTRATIONS_PATH = "/invoice--registrations"
+MAX_RESULTS = 100  # the most Amili returns in one page
 Transport = Literal["aiohttp", "httpx"]
 
 
@@ -117,19 +125,38 @@ class AmiliClient:
     async def find_registration(
         self, creditor: str, invoice_number: str
     ) -> InvoiceRegistrationReceipt | None:
+        """The registration of this invoice, if Amili holds one (the oldest, should there be more)."""
+        found = await self.find_registrations(creditor, invoice_number)
+        return found[0] if found else None
+
+    async def find_registrations(
+        self, creditor: str, invoice_number: str
+    ) -> list[InvoiceRegistrationReceipt]:
+        """Every registration Amili holds for this invoice, walking all pages, oldest first."""
         where = json.dumps({"creditor": creditor, "invoice_number": invoice_number}, separators=(",", ":"))
-        response = await self._send(
-            "find", "GET", REGISTRATIONS_PATH, params={"where": where, "max_results": "2"}, mutating=False
-        )
-        if response.status_code != 200:
-            raise _unexpected(response, mutating=False)
-        items = response.json().get("_items", [])
-        matching = [
-            item
-            for item in items
-            if item.get("creditor") == creditor and item.get("invoice_number") == invoice_number
-        ]
-        return _receipt(matching[0]) if matching else None
+        found: list[InvoiceRegistrationReceipt] = []
+        page = 1
+        while True:
+            params = {"where": where, "max_results": str(MAX_RESULTS), "page": str(page), "sort": "_created"}
+            response = await self._send("find", "GET", REGISTRATIONS_PATH, params=params, mutating=False)
+            if response.status_code != 200:
+                raise _unexpected(response, mutating=False)
+            body = response.json()
+            items = body.get("_items", [])
+            # Filter again: a server that ignores an unknown ``where`` field must not hand us another invoice.
+            found.extend(
+                _receipt(item)
+                for item in items
+                if item.get("creditor") == creditor and item.get("invoice_number") == invoice_number
+            )
+            total = body.get("_meta", {}).get("total")
+            if (
+                not items
+                or len(items) < MAX_RESULTS
+                or (isinstance(total, int) and page * MAX_RESULTS >= total)
+            ):
+                return found
+            page += 1
 
     async def get_registration(self, registration_id: str) -> InvoiceRegistrationReceipt | None:
         response = await self._send("get", "GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
@@ -186,12 +213,14 @@ class AmiliClient:
             return response
         except (TimeoutError, httpx.TimeoutException) as error:
             status_class = "timeout"
+            reason = f"{method} {path} timed out"
             # The request may have been stored before the answer was lost.
-            raise AmiliUnavailable(f"{method} {path} timed out", outcome_unknown=mutating) from error
+            raise (AmiliOutcomeUnknown(reason) if mutating else AmiliUnavailable(reason)) from error
         except httpx.TransportError as error:
-            raise AmiliUnavailable(
-                f"{method} {path} failed: {error.__class__.__name__}", outcome_unknown=mutating
-            ) from error
+            reason = f"{method} {path} failed: {error.__class__.__name__}"
+            if mutating and not isinstance(error, httpx.ConnectError):
+                raise AmiliOutcomeUnknown(reason) from error
+            raise AmiliUnavailable(reason) from error
         finally:
             if self._observe is not None:
                 self._observe(endpoint, status_class, time.perf_counter() - started)
@@ -248,9 +277,10 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _unexpected(response: httpx.Response, *, mutating: bool) -> AmiliUnavailable:
     status = response.status_code
-    # A 5xx on a POST may come from a gateway after the registration was stored.
-    return AmiliUnavailable(
-        f"Amili answered HTTP {status}",
-        retry_after=_retry_after(response) if status in (429, 503) else None,
-        outcome_unknown=mutating and status >= 500,
-    )
+    reason = f"Amili answered HTTP {status}"
+    if status == 429:
+        return AmiliRateLimited(reason, retry_after=_retry_after(response))
+    if mutating and status >= 500:
+        # A 5xx on a POST may come from a gateway after the registration was stored.
+        return AmiliOutcomeUnknown(reason)
+    return AmiliUnavailable(reason, retry_after=_retry_after(response) if status == 503 else None)
