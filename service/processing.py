@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
+from service.domain.field_paths import inbound_field_path
 from service.domain.outcomes import Outcome, Rejection
 from service.domain.transform import TransformDefaults, to_registration
 from service.events.cloudevents import EnvelopeError
@@ -114,7 +115,7 @@ class InvoiceProcessor:
                     invoice_number=invoice.invoice_number,
                     inbound_event_id=created.event.id,
                     reasons=[
-                        Reason(field=f"amili.{path}", rule="amili_validation", message=message)
+                        Reason(field=inbound_field_path(path), rule="amili_validation", message=message)
                         for path, message in sorted(registered.issues.items())
                     ],
                 )

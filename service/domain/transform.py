@@ -15,6 +15,7 @@ from decimal import Decimal
 from pydantic import ValidationError
 
 from service.amili import models as amili
+from service.domain.field_paths import inbound_field_path
 from service.domain.invoice import CustomerType, Invoice, InvoiceLine
 from service.domain.outcomes import Rejection, Violation
 from service.domain.swedish_ids import organisationsnummer_problem, personnummer_problem
@@ -102,7 +103,7 @@ def to_registration(
         return Rejection(
             tuple(
                 Violation(
-                    field="amili." + ".".join(str(part) for part in issue["loc"]),
+                    field=inbound_field_path(".".join(str(part) for part in issue["loc"])),
                     rule=issue["type"],
                     message=issue["msg"],
                 )

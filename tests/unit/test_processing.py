@@ -88,7 +88,7 @@ async def test_amili_validation_errors_become_a_rejection(world: World, event: d
     await world.processor.process(structured_record(event))
     assert world.data()["outcome"] == "rejected"
     assert world.data()["reasons"] == [
-        {"field": "amili.customer.name", "rule": "amili_validation", "message": "required field"}
+        {"field": "data.customer.name", "rule": "amili_validation", "message": "required field"}
     ]
     assert world.sleep.waits == []
 
