@@ -74,7 +74,7 @@ def build_registrar(
         title="registration-result",
         description="The outcome of each invoice (CloudEvents, structured mode), keyed by creditor/invoice",
     )
-    dead_letters = broker.publisher(
+    broker.publisher(
         settings.dead_letter_topic,
         title="dead-letter",
         description="Events that cannot be processed, untouched, with dlq.* headers saying why",
@@ -94,7 +94,7 @@ def build_registrar(
     processor = InvoiceProcessor(
         amili=amili,
         results=KafkaResultPublisher(results),
-        dead_letters=KafkaDeadLetterPublisher(dead_letters),
+        dead_letters=KafkaDeadLetterPublisher(broker, settings.dead_letter_topic),
         defaults=TransformDefaults(
             account=settings.amili_default_account, creditor=settings.amili_default_creditor
         ),

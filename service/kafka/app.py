@@ -7,13 +7,17 @@ FastStream's default policy commits before processing (at-most-once), so the sub
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 
 from service.events.record import InboundRecord
 from service.processing import Backoff, Handled
@@ -43,6 +47,24 @@ def to_inbound_record(message: KafkaMessage) -> InboundRecord:
     )
 
 
+async def tolerant_parser(
+    record: ConsumerRecord[bytes, bytes],
+    original: Callable[[ConsumerRecord[bytes, bytes]], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream's parser decodes every header as UTF-8 and fails on anything else, before the
+    handler could dead-letter the record. Parse a stand-in with decodable headers instead and keep
+    the real record (its bytes untouched) as the raw message."""
+    try:
+        return await original(record)
+    except UnicodeDecodeError:
+        readable = tuple(
+            (key, value.decode("utf-8", errors="replace").encode()) for key, value in record.headers
+        )
+        message = await original(dataclasses.replace(record, headers=readable))
+        message.raw_message = record
+        return message
+
+
 def subscribe_processor(
     broker: KafkaBroker,
     *,
@@ -60,6 +82,7 @@ def subscribe_processor(
         group_id=group_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
+        parser=tolerant_parser,
         title="invoice-created",
         description="Invoices to register at Amili (CloudEvents, structured or binary mode)",
     )

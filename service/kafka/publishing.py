@@ -1,9 +1,12 @@
-"""Result events and dead letters onto their topics, through FastStream publishers."""
+"""Result events and dead letters onto their topics."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE, CloudEvent
@@ -24,24 +27,47 @@ class KafkaResultPublisher:
         )
 
 
-class KafkaDeadLetterPublisher:
-    """Sends a record that cannot be processed to the dead-letter topic, with its key and value
-    untouched and headers saying why, where it came from and when."""
+def dead_letter_headers(
+    record: InboundRecord, rule: str, reason: str, now: datetime
+) -> list[tuple[str, bytes]]:
+    """The record's own headers, untouched and in order, then ours saying why, whence and when."""
+    ours = {
+        "rule": rule,
+        "reason": reason[:2000],
+        "topic": record.topic,
+        "partition": str(record.partition),
+        "offset": str(record.offset),
+        "time": now.isoformat(),
+    }
+    return [*record.headers, *((DEAD_LETTER_HEADER_PREFIX + k, v.encode()) for k, v in ours.items())]
 
-    def __init__(self, publisher: DefaultPublisher) -> None:
-        self._publisher = publisher
+
+class KafkaDeadLetterPublisher:
+    """Sends a record that cannot be processed to the dead-letter topic: key, value and headers
+    byte for byte as they came, plus ``dlq.*`` headers.
+
+    FastStream's publishers take headers as text and add a content-type of their own, so the
+    record goes out through the broker's underlying aiokafka producer instead; the FastStream
+    publisher of the topic still documents it in the AsyncAPI schema.
+    """
+
+    def __init__(self, broker: KafkaBroker, topic: str) -> None:
+        self._broker = broker
+        self._topic = topic
 
     async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None:
-        headers = {key: value.decode("utf-8", errors="replace") for key, value in record.headers}
-        headers.update(
-            {
-                f"{DEAD_LETTER_HEADER_PREFIX}rule": rule,
-                f"{DEAD_LETTER_HEADER_PREFIX}reason": reason[:2000],
-                f"{DEAD_LETTER_HEADER_PREFIX}topic": record.topic,
-                f"{DEAD_LETTER_HEADER_PREFIX}partition": str(record.partition),
-                f"{DEAD_LETTER_HEADER_PREFIX}offset": str(record.offset),
-                f"{DEAD_LETTER_HEADER_PREFIX}time": datetime.now(UTC).isoformat(),
-            }
+        producer = underlying_producer(self._broker)
+        await producer.send_and_wait(
+            self._topic,
+            value=record.value,
+            key=record.key,
+            headers=dead_letter_headers(record, rule, reason, datetime.now(UTC)),
         )
-        headers.setdefault("content-type", "")
-        await self._publisher.publish(record.value or b"", key=record.key, headers=headers)
+
+
+def underlying_producer(broker: KafkaBroker) -> AIOKafkaProducer:
+    state: Any = getattr(broker.config.producer, "_producer", None)
+    producer = getattr(state, "producer", None)
+    if not isinstance(producer, AIOKafkaProducer):
+        raise RuntimeError("the Kafka broker is not connected (no producer)")
+    return producer
