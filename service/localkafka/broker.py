@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.localkafka.pom import major_version, render_pom, uses_log4j2
+from service.localkafka.pom import render_pom, uses_log4j2
 
 DEFAULT_KAFKA_VERSION = "3.9.2"
 """Apache Kafka version used unless told otherwise (3.9.1 is a known-good fallback)."""
@@ -106,11 +106,8 @@ def _check_version(version: str) -> str:
 
 
 def project_root() -> Path:
-    """``$LOCAL_KAFKA_HOME`` if set, else the nearest directory above this module that holds
-    ``pyproject.toml``, else the current directory."""
-    env = os.environ.get(HOME_ENV, "").strip()
-    if env:
-        return Path(env).expanduser().resolve()
+    """The nearest directory above this module that holds ``pyproject.toml``, else the current
+    directory."""
     for parent in Path(__file__).resolve().parents:
         if (parent / "pyproject.toml").is_file():
             return parent
@@ -118,7 +115,11 @@ def project_root() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``<project root>/.kafka``: jars per version and run dirs live below it."""
+    """Where jars (per version) and run dirs live: ``$LOCAL_KAFKA_HOME`` if set, else
+    ``<project root>/.kafka``."""
+    env = os.environ.get(HOME_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
     return project_root() / ".kafka"
 
 
@@ -221,9 +222,14 @@ def _log_tail_line(log_file: Path, max_bytes: int = 65536) -> str:
     return _one_line(lines[-1], 300)
 
 
-def _write_properties(path: Path, props: Mapping[str, str]) -> None:
+def format_properties(props: Mapping[str, str]) -> str:
+    """Java ``.properties`` text for ``props`` (backslashes escaped, one ``key=value`` a line)."""
     body = "".join(f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in props.items())
-    path.write_text("# written by service.localkafka; regenerated on every start\n" + body)
+    return "# written by service.localkafka; regenerated on every start\n" + body
+
+
+def _write_properties(path: Path, props: Mapping[str, str]) -> None:
+    path.write_text(format_properties(props))
 
 
 # --------------------------------------------------------------------------- jars
@@ -336,6 +342,7 @@ def render_log_config(version: str) -> tuple[str, str]:
             "log4j2.properties",
             "status = warn\n"
             "name = local-kafka\n"
+            "shutdownHook = disable\n"
             "appender.console.type = Console\n"
             "appender.console.name = STDOUT\n"
             "appender.console.layout.type = PatternLayout\n"
@@ -715,8 +722,8 @@ __all__ = [
     "default_cache_dir",
     "default_version",
     "ensure_jars",
+    "format_properties",
     "free_port",
-    "major_version",
     "new_cluster_id",
     "project_root",
     "render_log_config",
