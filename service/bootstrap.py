@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from faststream import FastStream
+from aiokafka import AIOKafkaConsumer
+from aiokafka.helpers import create_ssl_context
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from prometheus_client import make_asgi_app
 from pydantic import SecretStr
 
 from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
+from service.circuit import AmiliCircuit, CircuitState
 from service.config import Settings
 from service.domain.transform import TransformDefaults
-from service.kafka.app import RecordProcessor, subscribe_processor
+from service.kafka.engine import ConsumptionEngine, Processor
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
-from service.processing import Backoff, InvoiceProcessor
+from service.ledger.base import Ledger
+from service.ledger.factory import open_ledger
+from service.ops.http import Check, HealthEndpoint, progress_check
+from service.ops.metrics import Metrics, MetricsObserver
+from service.processing import InvoiceProcessor
+from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy
+
+APP_NAME = "amili-registrar"
 
 
 class ConfigurationError(Exception):
@@ -43,36 +61,69 @@ def amili_credentials(settings: Settings) -> SecretStr | ApiCodeCredentials:
     return settings.amili_api_key
 
 
+def kafka_security(settings: Settings) -> tuple[BaseSecurity | None, dict[str, Any]]:
+    """The connection security for FastStream's broker (producer) and for aiokafka's consumer."""
+    protocol = settings.kafka_security_protocol
+    ssl_context = create_ssl_context() if protocol.endswith("SSL") else None
+    consumer: dict[str, Any] = {"security_protocol": protocol, "ssl_context": ssl_context}
+    if not protocol.startswith("SASL"):
+        return (BaseSecurity(ssl_context=ssl_context) if ssl_context else None), consumer
+    username = settings.kafka_sasl_username or ""
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    consumer |= {
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": username,
+        "sasl_plain_password": password,
+    }
+    kind = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    security = kind[settings.kafka_sasl_mechanism](username, password, ssl_context=ssl_context)
+    return security, consumer
+
+
+def instance_id() -> str:
+    """Who holds a claim in the ledger: this process, recognisably."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 @dataclass
 class Registrar:
-    """The wired service: ``await registrar.app.run()`` or start/stop it around a test."""
+    """The wired service: ``async with registrar.app:`` runs it (uvicorn serves it in ``run``)."""
 
-    app: FastStream
+    app: AsgiFastStream
     broker: KafkaBroker
     amili: AmiliClient
+    ledger: Ledger
+    circuit: AmiliCircuit
     processor: InvoiceProcessor
+    engine: ConsumptionEngine
+    metrics: Metrics
 
 
 def build_registrar(
     settings: Settings,
     *,
-    around_processor: Callable[[RecordProcessor], RecordProcessor] | None = None,
+    around_processor: Callable[[Processor], Processor] | None = None,
 ) -> Registrar:
-    """Wire the service. ``around_processor`` wraps the processor the consumer feeds, as a
-    middleware would (tests use it to stop the service at a chosen point)."""
+    """Wire the service. ``around_processor`` wraps what the engine feeds, as a middleware would
+    (tests use it to stop the service at a chosen point)."""
     credentials = amili_credentials(settings)
+    metrics = Metrics()
+    observer = MetricsObserver(metrics)
+    broker_security, consumer_security = kafka_security(settings)
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         acks="all",
         enable_idempotence=True,
         graceful_timeout=settings.shutdown_grace_seconds,
-        client_id="amili-registrar",
+        client_id=APP_NAME,
         logger=logging.getLogger("service.kafka.faststream"),
+        middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=APP_NAME)],
+        security=broker_security,
     )
     results = broker.publisher(
         settings.registration_result_topic,
         title="registration-result",
-        description="The outcome of each invoice (CloudEvents, structured mode), keyed by creditor/invoice",
+        description="The outcome of each invoice (CloudEvents, structured mode), keyed creditor/invoice",
     )
     broker.publisher(
         settings.dead_letter_topic,
@@ -89,23 +140,107 @@ def build_registrar(
             max_connections=settings.amili_max_connections,
             transport=settings.amili_http_transport,
         ),
+        observe=observer.amili_request,
+    )
+    ledger = open_ledger(settings.ledger_url.get_secret_value())
+    circuit = AmiliCircuit(
+        failure_threshold=settings.circuit_failure_threshold,
+        open_seconds=settings.circuit_open_seconds,
+        unauthorized_retry_seconds=settings.unauthorized_retry_seconds,
+        on_change=observer.circuit_changed,
     )
     backoff = Backoff(initial_seconds=settings.retry_initial_seconds, max_seconds=settings.retry_max_seconds)
-    processor = InvoiceProcessor(
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    registration = InvoiceRegistration(
         amili=amili,
+        ledger=ledger,
+        circuit=circuit,
+        owner=instance_id(),
+        clock=clock,
+        policy=RegistrationPolicy(
+            backoff=backoff,
+            max_attempts=settings.max_attempts,
+            lease=timedelta(seconds=settings.claim_lease_seconds),
+        ),
+        observer=observer,
+    )
+    processor = InvoiceProcessor(
+        registration=registration,
+        ledger=ledger,
         results=KafkaResultPublisher(results),
         dead_letters=KafkaDeadLetterPublisher(broker, settings.dead_letter_topic),
         defaults=TransformDefaults(
             account=settings.amili_default_account, creditor=settings.amili_default_creditor
         ),
+        clock=clock,
         backoff=backoff,
+        observer=observer,
     )
-    subscribe_processor(
-        broker,
-        topic=settings.invoice_created_topic,
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group_id,
-        processor=around_processor(processor) if around_processor else processor,
-        backoff=backoff,
+        client_id=APP_NAME,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.max_in_flight,
+        **consumer_security,
     )
-    app = FastStream(broker, after_shutdown=[amili.aclose])
-    return Registrar(app=app, broker=broker, amili=amili, processor=processor)
+    engine = ConsumptionEngine(
+        consumer=consumer,
+        topic=settings.invoice_created_topic,
+        processor=around_processor(processor) if around_processor else processor,
+        max_in_flight=settings.max_in_flight,
+        accepting=lambda: circuit.accepting,
+        drain_seconds=settings.shutdown_grace_seconds,
+        backoff=backoff,
+        observer=observer,
+    )
+
+    async def kafka_connected() -> tuple[bool, str]:
+        return engine.connected, "consuming" if engine.connected else "not connected"
+
+    async def ledger_reachable() -> tuple[bool, str]:
+        await ledger.ping()
+        return True, "reachable"
+
+    async def credentials_accepted() -> tuple[bool, str]:
+        return circuit.authorized, "accepted" if circuit.authorized else "refused by Amili"
+
+    async def circuit_not_open() -> tuple[bool, str]:
+        state = circuit.state
+        return state is not CircuitState.OPEN, state.name.lower()
+
+    readiness: dict[str, Check] = {
+        "kafka": kafka_connected,
+        "ledger": ledger_reachable,
+        "credentials": credentials_accepted,
+        "circuit": circuit_not_open,
+    }
+    liveness: dict[str, Check] = {
+        "consume_loop": progress_check(
+            lambda: engine.last_progress, stale_after_seconds=settings.liveness_stale_seconds
+        )
+    }
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/metrics", make_asgi_app(metrics.registry)),
+            ("/healthz", HealthEndpoint(liveness)),
+            ("/readyz", HealthEndpoint(readiness)),
+        ],
+        logger=logging.getLogger("service.app"),
+        on_startup=[ledger.open],
+        after_startup=[processor.publish_pending, engine.start],
+        on_shutdown=[engine.stop],
+        after_shutdown=[amili.aclose, ledger.close],
+    )
+    return Registrar(
+        app=app,
+        broker=broker,
+        amili=amili,
+        ledger=ledger,
+        circuit=circuit,
+        processor=processor,
+        engine=engine,
+        metrics=metrics,
+    )

@@ -14,6 +14,8 @@ from service.config import EmulatorSettings, Settings
 
 
 def _run(_: argparse.Namespace) -> int:
+    import uvicorn
+
     from service.bootstrap import ConfigurationError, build_registrar
     from service.ops.logging import configure_logging
 
@@ -21,10 +23,19 @@ def _run(_: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     try:
         registrar = build_registrar(settings)
-    except ConfigurationError as error:
+    except (ConfigurationError, ValueError) as error:
         print(f"amili-registrar: {error}", file=sys.stderr)
         return 2
-    asyncio.run(registrar.app.run())
+    # uvicorn serves /metrics, /healthz and /readyz and runs the service in its lifespan; on
+    # SIGTERM the lifespan drains events in flight (SHUTDOWN_GRACE_SECONDS) before exiting.
+    uvicorn.run(
+        registrar.app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     return 0
 
 

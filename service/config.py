@@ -72,6 +72,41 @@ class Settings(BaseSettings):
     amili_total_timeout_seconds: float = Field(default=45.0, gt=0)
     amili_max_connections: int = Field(default=200, ge=1)
 
+    ledger_url: SecretStr = Field(
+        default=SecretStr("sqlite:///registrar-ledger.db"),
+        description="The ledger: sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host/db",
+    )
+    max_in_flight: int = Field(default=128, ge=1, description="Events handled at once by one instance")
+    max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Failed attempts of one invoice, while Amili is otherwise healthy, before it gives up",
+    )
+    claim_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a claim in the ledger holds before another instance may take it over",
+    )
+    circuit_failure_threshold: int = Field(
+        default=5, ge=1, description="Transient failures in a row (across invoices) that open the circuit"
+    )
+    circuit_open_seconds: float = Field(
+        default=5.0, ge=0, description="How long the circuit stays open before a probe"
+    )
+    unauthorized_retry_seconds: float = Field(
+        default=30.0, ge=0, description="How often refused credentials are tried again"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(default="PLAIN")
+    kafka_sasl_username: str | None = Field(default=None)
+    kafka_sasl_password: SecretStr | None = Field(default=None)
+    http_host: str = Field(default="0.0.0.0", description="Address of the metrics and health endpoints")
+    http_port: int = Field(default=8000, description="Port of /metrics, /healthz and /readyz")
+    liveness_stale_seconds: float = Field(
+        default=120.0, gt=0, description="/healthz fails when the consume loop made no progress for this long"
+    )
     retry_initial_seconds: float = Field(default=0.5, gt=0, description="First backoff after a failure")
     retry_max_seconds: float = Field(default=30.0, gt=0, description="Longest backoff between attempts")
     shutdown_grace_seconds: float = Field(
@@ -100,6 +135,64 @@ class EmulatorSettings(BaseSettings):
         default=None, description="JSON-lines file that keeps registrations across restarts"
     )
     check_id_numbers: bool = Field(default=False, description="Check Swedish id number checksums")
-    latency_ms: float = Field(default=0.0, ge=0, description="Fixed delay before each answer")
+    inactive_accounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Known account ids that are not active (registrations refused)"
+    )
+    inactive_creditors: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Known creditor ids that are not active (registrations refused)"
+    )
 
-    _split = field_validator("api_keys", "accounts", "creditors", mode="before")(_split_commas)
+    # Token exchange (GET /authenticates/api-code)
+    api_code_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: api_code -> public key (PEM text, or the path of a PEM file) that "
+        "verifies the JWTs exchanged for access tokens",
+    )
+    access_token_lifetime_seconds: int = Field(
+        default=3600, gt=0, description="Lifetime of access tokens issued by the token exchange"
+    )
+
+    # Fault injection (API routes only; changeable at run time through /_admin/faults)
+    latency_ms: float = Field(default=0.0, ge=0, description="Fixed delay before each answer")
+    latency_median_ms: float = Field(
+        default=0.0, ge=0, description="Median of an extra log-normal delay (0: none)"
+    )
+    latency_p99_ms: float = Field(
+        default=0.0, ge=0, description="99th percentile of the log-normal delay (0: the median, fixed)"
+    )
+    error_500_rate: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered 500")
+    error_502_rate: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered 502")
+    error_503_rate: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered 503")
+    error_after_store_ratio: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the injected 500/502/503 answers to a POST given after the registration "
+        "was stored (a gateway losing the answer)",
+    )
+    throttle_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests answered 429 with Retry-After"
+    )
+    retry_after_seconds: int = Field(default=1, ge=0, description="Retry-After of the injected 429s")
+    hang_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests handled (stored) but never answered"
+    )
+    hang_mode: Literal["sleep", "reset"] = Field(
+        default="sleep",
+        description="How a hang ends: sleep (no answer for hang_seconds) or reset (the connection is "
+        "dropped in the middle of the answer)",
+    )
+    hang_seconds: float = Field(
+        default=3600.0, ge=0, description="How long a hang in sleep mode holds the answer back"
+    )
+    fail_next_count: int = Field(
+        default=0, ge=0, description="The next N API requests are answered fail_next_status"
+    )
+    fail_next_status: int = Field(default=503, ge=400, le=599, description="Status of fail_next_count")
+    fault_seed: int | None = Field(
+        default=None, description="Seed of the fault injector's random generator (reproducible runs)"
+    )
+
+    _split = field_validator(
+        "api_keys", "accounts", "creditors", "inactive_accounts", "inactive_creditors", mode="before"
+    )(_split_commas)

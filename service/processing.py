@@ -13,13 +13,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
-from service.domain.field_paths import inbound_field_path
+from service.amili.models import InvoiceRegistrationRequest
 from service.domain.outcomes import Outcome, Rejection
 from service.domain.transform import TransformDefaults, to_registration
 from service.events.cloudevents import EnvelopeError
 from service.events.contract import (
-    AmiliIds,
+    InvoiceCreated,
     Reason,
     RegistrationResult,
     decode_invoice_created,
@@ -27,33 +26,14 @@ from service.events.contract import (
     result_key,
 )
 from service.events.record import InboundRecord
-from service.ports import (
-    AmiliDuplicate,
-    AmiliPort,
-    AmiliRejected,
-    AmiliUnauthorized,
-    AmiliUnavailable,
-    DeadLetterPublisher,
-    ResultPublisher,
-)
+from service.ledger.base import Ledger, LedgerEntry, LedgerError
+from service.ports import DeadLetterPublisher, ResultPublisher
+from service.registration import Backoff, InvoiceRegistration
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], datetime]
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    initial_seconds: float = 0.5
-    max_seconds: float = 30.0
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.max_seconds, self.initial_seconds * self.multiplier ** max(0, attempt - 1))
-        return rng.uniform(ceiling / 2, ceiling)
+GAVE_UP_RULE = "gave_up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,41 +43,80 @@ class Handled:
     outcome: Outcome | None
     dead_letter_rule: str | None = None
     attempts: int = 0
+    creditor: str | None = None
+    invoice_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A record decoded and transformed, ready to be handled."""
+
+    record: InboundRecord
+    ordering_key: str
+    created: InvoiceCreated | None = None
+    payload: InvoiceRegistrationRequest | Rejection | None = None
+    error: EnvelopeError | None = None
+
+
+class ProcessingObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def dead_letter(self, rule: str) -> None: ...
+
+    def result_published(self, outcome: str, event_time: datetime | None) -> None: ...
 
 
 class InvoiceProcessor:
     def __init__(
         self,
         *,
-        amili: AmiliPort,
+        registration: InvoiceRegistration,
+        ledger: Ledger,
         results: ResultPublisher,
         dead_letters: DeadLetterPublisher,
         defaults: TransformDefaults,
-        backoff: Backoff | None = None,
-        sleep: Sleep = asyncio.sleep,
         clock: Clock = lambda: datetime.now(UTC),
-        rng: random.Random | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: ProcessingObserver | None = None,
     ) -> None:
-        self._amili = amili
+        self._registration = registration
+        self._ledger = ledger
         self._results = results
         self._dead_letters = dead_letters
         self._defaults = defaults
+        self._clock = clock
         self._backoff = backoff or Backoff()
         self._sleep = sleep
-        self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = random.Random()
+        self._observer = observer or ProcessingObserver()
 
-    async def process(self, record: InboundRecord) -> Handled:
+    def prepare(self, record: InboundRecord) -> Prepared:
+        """Decode and transform (pure, no I/O); the ordering key tells which records must not
+        overtake each other."""
         try:
             created = decode_invoice_created(record)
         except EnvelopeError as error:
-            await self._dead_letters.dead_letter(record, error.rule, str(error))
-            return Handled(outcome=None, dead_letter_rule=error.rule)
-
+            return Prepared(record, f"{record.topic}:{record.partition}:{record.offset}", error=error)
         invoice = created.invoice
         creditor = invoice.creditor or self._defaults.creditor or ""
         payload = to_registration(invoice, self._defaults)
-        attempts = 0
+        return Prepared(record, f"{creditor}/{invoice.invoice_number}", created=created, payload=payload)
+
+    async def process(self, record: InboundRecord) -> Handled:
+        return await self.handle(self.prepare(record))
+
+    async def handle(self, prepared: Prepared) -> Handled:
+        record = prepared.record
+        if prepared.error is not None or prepared.created is None or prepared.payload is None:
+            error = prepared.error or EnvelopeError("internal", "nothing decoded")
+            await self._dead_letters.dead_letter(record, error.rule, str(error))
+            self._observer.dead_letter(error.rule)
+            return Handled(outcome=None, dead_letter_rule=error.rule)
+
+        created, payload = prepared.created, prepared.payload
+        invoice = created.invoice
+        creditor = invoice.creditor or self._defaults.creditor or ""
         if isinstance(payload, Rejection):
             result = RegistrationResult(
                 outcome=Outcome.REJECTED.value,
@@ -106,68 +125,57 @@ class InvoiceProcessor:
                 inbound_event_id=created.event.id,
                 reasons=[Reason.from_violation(v) for v in payload.violations],
             )
-        else:
-            registered, attempts = await self._register(payload)
-            if isinstance(registered, AmiliRejected):
-                result = RegistrationResult(
-                    outcome=Outcome.REJECTED.value,
-                    creditor=creditor,
-                    invoice_number=invoice.invoice_number,
-                    inbound_event_id=created.event.id,
-                    reasons=[
-                        Reason(field=inbound_field_path(path), rule="amili_validation", message=message)
-                        for path, message in sorted(registered.issues.items())
-                    ],
-                )
-            else:
-                result = RegistrationResult(
-                    outcome=Outcome.REGISTERED.value,
-                    creditor=creditor,
-                    invoice_number=invoice.invoice_number,
-                    inbound_event_id=created.event.id,
-                    amili=AmiliIds.from_receipt(registered),
-                )
-        event = result_event(result, time=self._clock())
-        await self._results.publish_result(event, result_key(creditor, invoice.invoice_number))
-        return Handled(outcome=Outcome(result.outcome), attempts=attempts)
+            # Not recorded: a corrected invoice under the same number must still be registrable.
+            await self._publish(result, created.event.time)
+            return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice.invoice_number)
 
-    async def _register(
-        self, payload: InvoiceRegistrationRequest
-    ) -> tuple[InvoiceRegistrationReceipt | AmiliRejected, int]:
-        """Register ``payload`` once, whatever it takes: an outage waits, it never drops the invoice.
+        decision = await self._registration.register(payload, event_id=created.event.id)
+        await self._publish(decision.result, created.event.time)
+        if decision.recorded:
+            await self._mark_published(decision.result)
+        dead_letter_rule = None
+        if decision.gave_up:
+            dead_letter_rule = GAVE_UP_RULE
+            reason = "; ".join(r.message for r in decision.result.reasons)
+            await self._dead_letters.dead_letter(record, GAVE_UP_RULE, reason)
+            self._observer.dead_letter(GAVE_UP_RULE)
+        return Handled(
+            Outcome(decision.result.outcome),
+            dead_letter_rule=dead_letter_rule,
+            attempts=decision.attempts,
+            creditor=creditor,
+            invoice_number=invoice.invoice_number,
+        )
 
-        After an answer that leaves the outcome unknown (timeout, reset connection), the registration
-        is looked up before any new POST, so that Amili never holds it twice.
-        """
-        attempt = 0
-        look_up_first = False
-        duplicate_reported = False
+    async def publish_pending(self, *, batch: int = 100) -> int:
+        """Publish the results recorded but never published (a crash came in between)."""
+        published = 0
         while True:
-            attempt += 1
+            entries: list[LedgerEntry] = await self._ledger.unpublished(limit=batch)
+            if not entries:
+                return published
+            for entry in entries:
+                assert entry.result is not None
+                result = RegistrationResult.model_validate(entry.result)
+                await self._publish(result, None)
+                await self._mark_published(result)
+                published += 1
+
+    async def _publish(self, result: RegistrationResult, event_time: datetime | None) -> None:
+        event = result_event(result, time=self._clock())
+        await self._results.publish_result(event, result_key(result.creditor, result.invoice_number))
+        self._observer.result_published(result.outcome, event_time)
+
+    async def _mark_published(self, result: RegistrationResult) -> None:
+        failures = 0
+        while True:
             try:
-                if look_up_first:
-                    found = await self._amili.find_registration(payload.creditor, payload.invoice_number)
-                    if found is not None:
-                        return found, attempt
-                    if duplicate_reported:
-                        raise AmiliUnavailable("Amili reports a duplicate that its look-up does not show")
-                    look_up_first = False
-                return await self._amili.register(payload), attempt
-            except AmiliDuplicate:
-                look_up_first = duplicate_reported = True
-                continue
-            except AmiliRejected as rejected:
-                return rejected, attempt
-            except AmiliUnavailable as unavailable:
-                look_up_first = look_up_first or unavailable.outcome_unknown
-                delay = unavailable.retry_after
-                reason = unavailable.reason
-            except AmiliUnauthorized:
-                delay = None
-                reason = "credentials refused"
-            wait = delay if delay is not None else self._backoff.delay(attempt, self._rng)
-            log.warning(
-                "amili call failed, retrying",
-                extra={"reason": reason, "attempt": attempt, "retry_in_seconds": round(wait, 3)},
-            )
-            await self._sleep(wait)
+                await self._ledger.mark_published(
+                    creditor=result.creditor, invoice_number=result.invoice_number, now=self._clock()
+                )
+                return
+            except LedgerError:
+                # Publishing again later is harmless (same event id); losing track is not.
+                failures += 1
+                log.warning("ledger unavailable while marking a result published; retrying")
+                await self._sleep(self._backoff.delay(failures, self._rng))

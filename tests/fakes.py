@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
 
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.domain.checksums import luhn_check_digit
 from service.events.cloudevents import CloudEvent
 from service.events.record import InboundRecord
+from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
 from service.ports import AmiliDuplicate, AmiliError
 
 _ids = itertools.count(1)
@@ -107,3 +111,115 @@ def structured_record(
         value=json.dumps(event).encode(),
         headers=(("content-type", b"application/cloudevents+json"),),
     )
+
+
+class FakeLedger:
+    """The ledger's contract in memory (the real ones share a test suite in tests/integration)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], LedgerEntry] = {}
+        self.failures_to_inject = 0
+
+    def _maybe_fail(self) -> None:
+        if self.failures_to_inject > 0:
+            self.failures_to_inject -= 1
+            raise LedgerError("database unavailable")
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        self._maybe_fail()
+
+    async def claim(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        fingerprint: str,
+        event_id: str,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+    ) -> Claim:
+        self._maybe_fail()
+        key = (creditor, invoice_number)
+        entry = self.entries.get(key)
+        fresh = LedgerEntry(
+            creditor=creditor,
+            invoice_number=invoice_number,
+            fingerprint=fingerprint,
+            state=LedgerState.IN_FLIGHT,
+            attempts=1,
+            event_id=event_id,
+            claimed_by=owner,
+            claimed_at=now,
+            result=None,
+            result_published=False,
+            created_at=now,
+            updated_at=now,
+        )
+        if entry is None or (entry.state is LedgerState.REJECTED and entry.fingerprint != fingerprint):
+            self.entries[key] = fresh
+            return Claim(ClaimStatus.CLAIMED, fresh)
+        if entry.fingerprint != fingerprint:
+            return Claim(ClaimStatus.CONFLICT, entry)
+        taken_over = dataclasses.replace(
+            entry,
+            state=LedgerState.IN_FLIGHT,
+            claimed_by=owner,
+            claimed_at=now,
+            attempts=entry.attempts + 1,
+            result=None,
+            result_published=False,
+            updated_at=now,
+        )
+        if entry.state is LedgerState.FAILED:
+            self.entries[key] = taken_over
+            return Claim(ClaimStatus.RECLAIMED, taken_over)
+        if entry.state.is_final:
+            return Claim(ClaimStatus.FINAL, entry)
+        assert entry.claimed_at is not None
+        if entry.claimed_by == owner or entry.claimed_at + lease <= now:
+            self.entries[key] = taken_over
+            return Claim(ClaimStatus.RECLAIMED, taken_over)
+        return Claim(ClaimStatus.HELD, entry)
+
+    async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        self._maybe_fail()
+        entry = self.entries[(creditor, invoice_number)]
+        if entry.claimed_by != owner or entry.state is not LedgerState.IN_FLIGHT:
+            return False
+        self.entries[(creditor, invoice_number)] = dataclasses.replace(
+            entry, claimed_at=now, attempts=entry.attempts + 1, updated_at=now
+        )
+        return True
+
+    async def finish(
+        self, *, creditor: str, invoice_number: str, state: LedgerState, result: dict[str, Any], now: datetime
+    ) -> LedgerEntry:
+        self._maybe_fail()
+        entry = dataclasses.replace(
+            self.entries[(creditor, invoice_number)],
+            state=state,
+            result=result,
+            result_published=False,
+            claimed_by=None,
+            updated_at=now,
+        )
+        self.entries[(creditor, invoice_number)] = entry
+        return entry
+
+    async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
+        self._maybe_fail()
+        key = (creditor, invoice_number)
+        self.entries[key] = dataclasses.replace(self.entries[key], result_published=True, updated_at=now)
+
+    async def unpublished(self, *, limit: int = 100) -> list[LedgerEntry]:
+        self._maybe_fail()
+        pending = [e for e in self.entries.values() if e.state.is_final and not e.result_published]
+        return sorted(pending, key=lambda e: e.updated_at)[:limit]
+
+    async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None:
+        return self.entries.get((creditor, invoice_number))

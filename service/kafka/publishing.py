@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher.usecase import DefaultPublisher
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE, CloudEvent
 from service.events.record import InboundRecord
@@ -27,19 +28,45 @@ class KafkaResultPublisher:
         )
 
 
+DEAD_LETTER_REASON_MAX_LENGTH = 2000
+
+
+class DeadLetterHeaders(BaseModel):
+    """The ``dlq.*`` headers a dead letter carries after the record's own, as UTF-8 text."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    rule: str = Field(
+        alias="dlq.rule",
+        description="Which check failed: an envelope rule (json, content_type, cloudevents_attributes, "
+        "type, data_schema, ...) or gave_up",
+    )
+    reason: str = Field(
+        alias="dlq.reason", max_length=DEAD_LETTER_REASON_MAX_LENGTH, description="What was wrong, for people"
+    )
+    topic: str = Field(alias="dlq.topic", description="The topic the record was read from")
+    partition: str = Field(alias="dlq.partition", pattern=r"^[0-9]+$", description="Its partition")
+    offset: str = Field(alias="dlq.offset", pattern=r"^[0-9]+$", description="Its offset")
+    time: str = Field(
+        alias="dlq.time",
+        json_schema_extra={"format": "date-time"},
+        description="When it was dead-lettered (ISO 8601, with offset)",
+    )
+
+
 def dead_letter_headers(
     record: InboundRecord, rule: str, reason: str, now: datetime
 ) -> list[tuple[str, bytes]]:
     """The record's own headers, untouched and in order, then ours saying why, whence and when."""
-    ours = {
-        "rule": rule,
-        "reason": reason[:2000],
-        "topic": record.topic,
-        "partition": str(record.partition),
-        "offset": str(record.offset),
-        "time": now.isoformat(),
-    }
-    return [*record.headers, *((DEAD_LETTER_HEADER_PREFIX + k, v.encode()) for k, v in ours.items())]
+    ours = DeadLetterHeaders(
+        rule=rule,
+        reason=reason[:DEAD_LETTER_REASON_MAX_LENGTH],
+        topic=record.topic,
+        partition=str(record.partition),
+        offset=str(record.offset),
+        time=now.isoformat(),
+    )
+    return [*record.headers, *((name, value.encode()) for name, value in ours.model_dump().items())]
 
 
 class KafkaDeadLetterPublisher:

@@ -90,8 +90,14 @@ class Ledger(Protocol):
         """Atomically claim the invoice for ``owner``.
 
         - absent: insert ``in_flight``, attempts 1, claimed by ``owner`` → ``CLAIMED``;
+        - ``rejected`` with a different fingerprint (a corrected invoice: it never reached Amili's
+          books) → replace it: new fingerprint and event id, ``in_flight``, attempts 1, no result,
+          claimed by ``owner`` → ``CLAIMED``;
         - fingerprint differs from the record's → ``CONFLICT`` (record unchanged);
-        - final state → ``FINAL`` (record unchanged);
+        - ``failed`` (it gave up; a replay of the event tries again, and an earlier attempt may have
+          stored it) → ``in_flight``, claimed by ``owner``, attempts + 1, no result,
+          not published → ``RECLAIMED``;
+        - any other final state → ``FINAL`` (record unchanged);
         - ``in_flight`` claimed by ``owner`` or with ``claimed_at + lease <= now`` → take it over
           (claimed_by ``owner``, claimed_at ``now``, attempts + 1) → ``RECLAIMED``;
         - otherwise → ``HELD`` (record unchanged).

@@ -6,8 +6,14 @@ No label carries an invoice number or any other unbounded value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.circuit import AmiliCircuit
+from service.kafka.engine import EngineObserver
+from service.processing import Handled, ProcessingObserver
+from service.registration import RegistrationObserver
 
 NAMESPACE = "registrar"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -71,3 +77,51 @@ class Metrics:
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.auth_ok.set(1)
+
+
+class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver):
+    """Feeds the metrics from the hooks of the core and the engine."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    # registration
+    def retry(self, reason: str) -> None:
+        self._m.retries.labels(reason).inc()
+
+    def registration(self, outcome: str) -> None:
+        self._m.registrations.labels(outcome).inc()
+
+    def ledger_error(self, operation: str) -> None:
+        self._m.ledger_errors.labels(operation).inc()
+
+    # processing
+    def dead_letter(self, rule: str) -> None:
+        self._m.dead_letters.labels(rule).inc()
+
+    def result_published(self, outcome: str, event_time: datetime | None) -> None:
+        self._m.results_published.labels(outcome).inc()
+        if event_time is not None:
+            self._m.time_to_result.observe(max(0.0, (datetime.now(UTC) - event_time).total_seconds()))
+
+    # engine
+    def in_flight(self, count: int) -> None:
+        self._m.events_in_flight.set(count)
+
+    def handled(self, handled: Handled, seconds: float) -> None:
+        outcome = handled.outcome.value if handled.outcome is not None else "dead_lettered"
+        self._m.events_consumed.labels(outcome).inc()
+
+    def lag(self, topic: str, partition: int, lag: int) -> None:
+        self._m.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def progress(self) -> None:
+        self._m.last_progress.set_to_current_time()
+
+    # the Amili client and the circuit
+    def amili_request(self, endpoint: str, status_class: str, seconds: float) -> None:
+        self._m.amili_request_duration.labels(endpoint, status_class).observe(seconds)
+
+    def circuit_changed(self, circuit: AmiliCircuit) -> None:
+        self._m.circuit_state.set(int(circuit.state))
+        self._m.auth_ok.set(1 if circuit.authorized else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -24,6 +25,7 @@ def settings_for(bootstrap: str, amili_url: str, suffix: str, **overrides: Any) 
         "shutdown_grace_seconds": 1.0,
         "retry_initial_seconds": 0.05,
         "retry_max_seconds": 0.5,
+        "ledger_url": SecretStr(f"sqlite:///{tempfile.gettempdir()}/ledger-{suffix}.db"),
     }
     values.update(overrides)
     return Settings(**values)

@@ -11,8 +11,8 @@ from service.bootstrap import build_registrar
 from service.devtools.produce import produce
 from service.emulator.app import Emulator
 from service.events.record import InboundRecord
-from service.kafka.app import RecordProcessor
-from service.processing import Handled
+from service.kafka.engine import Processor
+from service.processing import Handled, Prepared
 from tests.integration.harness import committed_offset, read_topic, settings_for
 
 pytestmark = pytest.mark.kafka
@@ -22,12 +22,15 @@ class StopsBeforeCommit:
     """Handles the record fully (registered, result published), then never returns: the consumer
     is stopped at the point between publishing the result and committing the offset."""
 
-    def __init__(self, inner: RecordProcessor) -> None:
+    def __init__(self, inner: Processor) -> None:
         self.inner = inner
         self.handled = asyncio.Event()
 
-    async def process(self, record: InboundRecord) -> Handled:
-        await self.inner.process(record)
+    def prepare(self, record: InboundRecord) -> Prepared:
+        return self.inner.prepare(record)
+
+    async def handle(self, prepared: Prepared) -> Handled:
+        await self.inner.handle(prepared)
         self.handled.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -47,7 +50,7 @@ async def test_an_event_handled_but_not_committed_is_delivered_again(
 
     stopper: list[StopsBeforeCommit] = []
 
-    def stop_before_commit(inner: RecordProcessor) -> RecordProcessor:
+    def stop_before_commit(inner: Processor) -> Processor:
         stopper.append(StopsBeforeCommit(inner))
         return stopper[0]
 
@@ -56,7 +59,8 @@ async def test_an_event_handled_but_not_committed_is_delivered_again(
         await asyncio.wait_for(stopper[0].handled.wait(), timeout=30)
     # Stopped: the handler was cancelled after its result went out, before the commit.
     topic = settings.invoice_created_topic
-    assert await committed_offset(kafka_bootstrap_servers, settings.consumer_group_id, topic) is None
+    # Nothing past the unfinished event (offset 0) was committed.
+    assert await committed_offset(kafka_bootstrap_servers, settings.consumer_group_id, topic) in (None, 0)
     assert len(await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 1)) == 1
 
     async with build_registrar(settings).app:

@@ -1,40 +1,91 @@
+"""The processing of one event and the exactly-once protocol, on fakes of every port."""
+
 from __future__ import annotations
 
 import copy
 import json
 import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from service.amili.models import InvoiceRegistrationRequest
+from service.circuit import AmiliCircuit
 from service.domain.checksums import is_valid_ocr
+from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.transform import TransformDefaults, to_registration
+from service.ledger.base import LedgerState
 from service.ports import AmiliRejected, AmiliUnauthorized, AmiliUnavailable
-from service.processing import Backoff, InvoiceProcessor
-from tests.fakes import FakeAmili, FakeDeadLetters, FakeResults, RecordingSleep, structured_record
+from service.processing import InvoiceProcessor
+from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy, fingerprint
+from tests.fakes import (
+    FakeAmili,
+    FakeDeadLetters,
+    FakeLedger,
+    FakeResults,
+    RecordingSleep,
+    structured_record,
+)
 
 ACCOUNT = "674dbeaf08847b9501cc9132"
 CREDITOR = "674dbeb208847b9501cc9138"
 
 
-class World:
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+class Clock:
     def __init__(self) -> None:
+        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class World:
+    def __init__(self, *, owner: str = "replica-a", max_attempts: int = 4, threshold: int = 50) -> None:
         self.amili = FakeAmili()
+        self.ledger = FakeLedger()
         self.results = FakeResults()
         self.dead_letters = FakeDeadLetters()
         self.sleep = RecordingSleep()
-        self.processor = InvoiceProcessor(
+        self.clock = Clock()
+        self.circuit = AmiliCircuit(failure_threshold=threshold, open_seconds=0, unauthorized_retry_seconds=0)
+        self.owner = owner
+        self.max_attempts = max_attempts
+        self.processor = self.build(owner)
+
+    def build(self, owner: str, sleep: Sleep | None = None) -> InvoiceProcessor:
+        backoff = Backoff(initial_seconds=1, max_seconds=8)
+        registration = InvoiceRegistration(
             amili=self.amili,
+            ledger=self.ledger,
+            circuit=self.circuit,
+            owner=owner,
+            clock=self.clock,
+            policy=RegistrationPolicy(backoff=backoff, max_attempts=self.max_attempts),
+            sleep=sleep or self.sleep,
+            rng=random.Random(1),
+        )
+        return InvoiceProcessor(
+            registration=registration,
+            ledger=self.ledger,
             results=self.results,
             dead_letters=self.dead_letters,
             defaults=TransformDefaults(account=ACCOUNT, creditor=CREDITOR),
-            backoff=Backoff(initial_seconds=1, max_seconds=8),
+            clock=self.clock,
+            backoff=backoff,
             sleep=self.sleep,
-            rng=random.Random(1),
         )
 
-    def data(self, index: int = 0) -> dict[str, Any]:
+    def data(self, index: int = -1) -> dict[str, Any]:
         event, _ = self.results.published[index]
         data: dict[str, Any] = event.data
         return data
@@ -50,7 +101,9 @@ def event(sample_events: list[dict[str, Any]]) -> dict[str, Any]:
     return copy.deepcopy(sample_events[0])
 
 
-async def test_an_invoice_is_registered_and_its_result_published(world: World, event: dict[str, Any]) -> None:
+async def test_an_invoice_is_registered_recorded_and_its_result_published(
+    world: World, event: dict[str, Any]
+) -> None:
     handled = await world.processor.process(structured_record(event))
     assert handled.outcome is Outcome.REGISTERED
     assert world.amili.posts == 1
@@ -58,18 +111,22 @@ async def test_an_invoice_is_registered_and_its_result_published(world: World, e
     assert data["outcome"] == "registered"
     assert data["invoice_number"] == "DEMO-1001"
     assert is_valid_ocr(data["amili"]["ocr_number_ocr"])
-    stored_request, receipt = world.amili.registrations[(CREDITOR, "DEMO-1001")]
+    _, receipt = world.amili.registrations[(CREDITOR, "DEMO-1001")]
     assert data["amili"]["_case"] == receipt.case
-    assert stored_request.customer.name == "Astrid Lindqvist"
     assert world.results.published[0][1] == f"{CREDITOR}/DEMO-1001".encode()
+    entry = world.ledger.entries[(CREDITOR, "DEMO-1001")]
+    assert entry.state is LedgerState.REGISTERED
+    assert entry.result_published
+    assert entry.result == data
 
 
-async def test_a_broken_business_rule_is_rejected_without_calling_amili(
+async def test_a_broken_business_rule_is_rejected_without_calling_amili_or_recording(
     world: World, sample_events: list[dict[str, Any]]
 ) -> None:
     handled = await world.processor.process(structured_record(sample_events[5]))
     assert handled.outcome is Outcome.REJECTED
     assert world.amili.posts == 0
+    assert world.ledger.entries == {}
     fields = {reason["field"] for reason in world.data()["reasons"]}
     assert fields == {"data.due_date", "data.customer.id_number", "data.lines[0].vat_rate"}
 
@@ -83,7 +140,9 @@ async def test_an_unreadable_event_goes_to_dead_letters_and_publishes_nothing(wo
     assert world.dead_letters.letters[0][0] is record
 
 
-async def test_amili_validation_errors_become_a_rejection(world: World, event: dict[str, Any]) -> None:
+async def test_amili_validation_errors_become_a_recorded_rejection(
+    world: World, event: dict[str, Any]
+) -> None:
     world.amili.fail_next(AmiliRejected(422, {"customer.name": "required field"}))
     await world.processor.process(structured_record(event))
     assert world.data()["outcome"] == "rejected"
@@ -91,18 +150,30 @@ async def test_amili_validation_errors_become_a_rejection(world: World, event: d
         {"field": "data.customer.name", "rule": "amili_validation", "message": "required field"}
     ]
     assert world.sleep.waits == []
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.REJECTED
+
+
+async def test_a_corrected_invoice_after_an_amili_rejection_is_registered(
+    world: World, event: dict[str, Any]
+) -> None:
+    world.amili.fail_next(AmiliRejected(422, {"customer.name": "required field"}))
+    await world.processor.process(structured_record(event))
+    corrected = copy.deepcopy(event)
+    corrected["data"]["customer"]["name"] = "Astrid M. Lindqvist"
+    await world.processor.process(structured_record(corrected, offset=1))
+    assert world.data()["outcome"] == "registered"
+    assert len(world.amili.registrations) == 1
 
 
 async def test_transient_failures_wait_and_retry(world: World, event: dict[str, Any]) -> None:
     world.amili.fail_next(AmiliUnavailable("HTTP 503"))
     world.amili.fail_next(AmiliUnavailable("HTTP 429", retry_after=7.0))
-    world.amili.fail_next(AmiliUnauthorized("401"))
     handled = await world.processor.process(structured_record(event))
     assert handled.outcome is Outcome.REGISTERED
-    assert handled.attempts == 4
-    assert world.sleep.waits[1] == 7.0  # Retry-After is honoured
+    assert handled.attempts == 3
     assert 0.5 <= world.sleep.waits[0] <= 1.0
-    assert 2.0 <= world.sleep.waits[2] <= 4.0
+    assert world.sleep.waits[1] == 7.0  # Retry-After is honoured
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].attempts == 3  # renewed before each retry
 
 
 async def test_timeout_after_amili_stored_is_reconciled_without_a_second_post(
@@ -126,18 +197,167 @@ async def test_an_unknown_outcome_that_did_not_store_is_posted_again(
     assert world.data()["outcome"] == "registered"
 
 
-async def test_the_same_event_twice_registers_once_and_repeats_the_result(
+async def test_a_claim_left_in_flight_by_a_crash_is_looked_up_before_any_post(
+    world: World, event: dict[str, Any]
+) -> None:
+    # A replica claimed it, POSTed, Amili stored it, the answer was lost, and the replica died.
+    async def die(_: float) -> None:
+        raise Crash
+
+    crashed = world.build("replica-dead", sleep=die)
+    world.amili.fail_next(AmiliUnavailable("killed", outcome_unknown=True), store_first=True)
+    with pytest.raises(Crash):
+        await crashed.process(structured_record(event))
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.IN_FLIGHT
+
+    world.clock.now += timedelta(minutes=3)  # the dead replica's lease ran out
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert world.amili.posts == 1  # adopted, not posted again
+    assert world.amili.lookups == 1
+
+
+async def test_a_live_claim_of_another_replica_is_waited_for(world: World, event: dict[str, Any]) -> None:
+    request = to_registration(Invoice.model_validate(event["data"]), TransformDefaults(ACCOUNT, CREDITOR))
+    assert isinstance(request, InvoiceRegistrationRequest)
+    await world.ledger.claim(
+        creditor=CREDITOR,
+        invoice_number="DEMO-1001",
+        fingerprint=fingerprint(request),
+        event_id="e",
+        owner="replica-b",
+        now=world.clock.now,
+        lease=timedelta(minutes=2),
+    )
+
+    async def advance(seconds: float) -> None:
+        world.sleep.waits.append(seconds)
+        world.clock.now += timedelta(seconds=seconds)
+
+    handled = await world.build("replica-a", sleep=advance).process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert sum(world.sleep.waits) >= 120  # held until replica-b's lease lapsed
+    assert world.amili.lookups == 1  # then reconciled: replica-b might have stored it
+
+
+async def test_the_same_event_twice_registers_once_and_repeats_the_same_result(
     world: World, event: dict[str, Any]
 ) -> None:
     await world.processor.process(structured_record(event, offset=1))
     await world.processor.process(structured_record(event, offset=2))
-    assert len(world.amili.registrations) == 1
-    first, second = world.data(0), world.data(1)
-    assert first == second
+    assert world.amili.posts == 1
+    assert world.data(0) == world.data(1)
     assert world.results.published[0][0].id == world.results.published[1][0].id
 
 
-async def test_result_payload_is_json(world: World, event: dict[str, Any]) -> None:
+async def test_the_same_invoice_as_a_different_event_registers_once(
+    world: World, event: dict[str, Any]
+) -> None:
+    await world.processor.process(structured_record(event, offset=1))
+    again = copy.deepcopy(event)
+    again["id"] = "another-event-id"
+    await world.processor.process(structured_record(again, offset=2))
+    assert world.amili.posts == 1
+    assert world.data(1)["outcome"] == "registered"
+    assert world.data(1)["inbound_event_id"] == event["id"]  # the stored result, unchanged
+
+
+async def test_the_same_number_with_other_content_is_a_conflict(world: World, event: dict[str, Any]) -> None:
+    await world.processor.process(structured_record(event, offset=1))
+    changed = copy.deepcopy(event)
+    changed["id"] = "changed-event"
+    changed["data"]["lines"][0]["unit_price"] = 499.0
+    changed["data"]["lines"][0]["total_excluding_vat"] = 499.0
+    handled = await world.processor.process(structured_record(changed, offset=2))
+    assert handled.outcome is Outcome.CONFLICT
+    assert world.amili.posts == 1
+    assert world.data()["outcome"] == "conflict"
+    assert world.data()["inbound_event_id"] == "changed-event"
+    assert world.results.published[-1][0].type == "amili-registrar.registration.conflict.v1"
+    stored, _ = world.amili.registrations[(CREDITOR, "DEMO-1001")]
+    assert stored.matrix[0].unit_price == 399  # nothing overwritten
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.REGISTERED
+
+
+async def test_an_invoice_that_keeps_failing_gives_up_and_is_dead_lettered(
+    world: World, event: dict[str, Any]
+) -> None:
+    for _ in range(4):
+        world.amili.fail_next(AmiliUnavailable("HTTP 500"))
+    record = structured_record(event)
+    handled = await world.processor.process(record)
+    assert handled.outcome is Outcome.FAILED
+    assert handled.dead_letter_rule == "gave_up"
+    assert world.data()["outcome"] == "failed"
+    assert world.dead_letters.letters[0][0] is record
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.FAILED
+    # A replay of the dead letter tries again (looking up first) and registers it.
+    await world.processor.process(record)
+    assert world.data()["outcome"] == "registered"
+    assert world.amili.lookups == 1
+
+
+async def test_failures_during_an_outage_do_not_count_towards_giving_up(event: dict[str, Any]) -> None:
+    world = World(max_attempts=3, threshold=2)
+    for _ in range(10):
+        world.amili.fail_next(AmiliUnavailable("HTTP 503"))
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert world.dead_letters.letters == []
+
+
+async def test_refused_credentials_never_reject_or_dead_letter(world: World, event: dict[str, Any]) -> None:
+    for _ in range(6):
+        world.amili.fail_next(AmiliUnauthorized("401"))
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert world.dead_letters.letters == []
+
+
+async def test_a_ledger_outage_pauses_the_invoice(world: World, event: dict[str, Any]) -> None:
+    world.ledger.failures_to_inject = 3
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert len(world.sleep.waits) == 3
+
+
+async def test_results_recorded_but_not_published_are_published_on_restart(
+    world: World, event: dict[str, Any]
+) -> None:
+    class CrashOnPublish(FakeResults):
+        async def publish_result(self, event: Any, key: bytes) -> None:
+            raise ConnectionError("killed between recording and publishing")
+
+    world.results = CrashOnPublish()
+    world.processor = world.build("replica-a")
+    with pytest.raises(ConnectionError):
+        await world.processor.process(structured_record(event))
+    assert not world.ledger.entries[(CREDITOR, "DEMO-1001")].result_published
+
+    world.results = FakeResults()
+    world.processor = world.build("replica-a")
+    assert await world.processor.publish_pending() == 1
+    assert world.data()["outcome"] == "registered"
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].result_published
+    assert await world.processor.publish_pending() == 0
+
+
+async def test_an_invalid_ocr_from_amili_is_not_published_as_registered(
+    world: World, event: dict[str, Any]
+) -> None:
+    original = world.amili.register
+
+    async def bad_ocr(request: Any) -> Any:
+        receipt = await original(request)
+        return receipt.model_copy(update={"ocr_number_ocr": "20251852687013699045"})
+
+    world.amili.register = bad_ocr  # type: ignore[method-assign]
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.FAILED
+    assert world.data()["reasons"][0]["rule"] == "ocr_check_digit"
+
+
+async def test_result_payload_is_a_cloudevent(world: World, event: dict[str, Any]) -> None:
     await world.processor.process(structured_record(event))
     document = json.loads(world.results.published[0][0].to_structured())
     assert document["specversion"] == "1.0"

@@ -1,0 +1,337 @@
+"""The consumption engine: many events in flight, per-invoice order, and safe commits.
+
+FastStream's subscribers process one event at a time per consumer (or one consumer per partition),
+and commit either too early or everything at once, so the engine is built on aiokafka directly:
+
+- Up to ``max_in_flight`` events are handled at once, across partitions and within one partition.
+  Events with the same ordering key (creditor + invoice number) run one after another, in order.
+- Per partition the committed offset is the lowest offset not yet finished: never past an
+  unfinished event, whatever finishes first.
+- Backpressure: at the in-flight limit, or while ``accepting()`` says no (the circuit towards Amili
+  is open), the assigned partitions are paused; nothing is buffered beyond the limit.
+- Rebalance and shutdown: revoked partitions stop being fed, their events get ``drain_seconds``
+  to finish, what is finished is committed, and the rest is abandoned uncommitted (the next owner
+  processes it again, which the ledger makes harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from service.events.record import InboundRecord
+from service.processing import Handled, Prepared
+from service.registration import Backoff
+
+log = logging.getLogger(__name__)
+
+
+class Processor(Protocol):
+    def prepare(self, record: InboundRecord) -> Prepared: ...
+
+    async def handle(self, prepared: Prepared) -> Handled: ...
+
+
+class EngineObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def in_flight(self, count: int) -> None: ...
+
+    def handled(self, handled: Handled, seconds: float) -> None: ...
+
+    def lag(self, topic: str, partition: int, lag: int) -> None: ...
+
+    def progress(self) -> None: ...
+
+
+@dataclass
+class PartitionProgress:
+    """Offsets taken from one partition, in order, and which of them are finished."""
+
+    pending: deque[int] = field(default_factory=deque)
+    finished: set[int] = field(default_factory=set)
+    next_offset: int | None = None
+    committed: int | None = None
+
+    def take(self, offset: int) -> None:
+        self.pending.append(offset)
+        self.next_offset = offset + 1
+
+    def finish(self, offset: int) -> None:
+        self.finished.add(offset)
+        while self.pending and self.pending[0] in self.finished:
+            self.finished.discard(self.pending.popleft())
+
+    @property
+    def committable(self) -> int | None:
+        """The offset to commit: the first unfinished one, or past everything taken."""
+        return self.pending[0] if self.pending else self.next_offset
+
+    @property
+    def busy(self) -> int:
+        return len(self.pending)
+
+
+def to_inbound_record(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
+    return InboundRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple((key, value or b"") for key, value in record.headers),
+        timestamp_ms=record.timestamp,
+    )
+
+
+class ConsumptionEngine:
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        processor: Processor,
+        max_in_flight: int = 128,
+        accepting: Callable[[], bool] = lambda: True,
+        commit_interval_seconds: float = 1.0,
+        drain_seconds: float = 15.0,
+        backoff: Backoff | None = None,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._processor = processor
+        self._max_in_flight = max_in_flight
+        self._accepting = accepting
+        self._commit_interval = commit_interval_seconds
+        self._drain_seconds = drain_seconds
+        self._backoff = backoff or Backoff()
+        self._observer = observer or EngineObserver()
+        self._rng = random.Random()
+        self._progress: dict[TopicPartition, PartitionProgress] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._chains: dict[str, deque[tuple[TopicPartition, Prepared]]] = {}
+        self._revoking: set[TopicPartition] = set()
+        self._in_flight = 0
+        self._slots_freed = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.connected = False
+        self.last_progress = time.monotonic()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self.connected = True
+        self._loop_task = asyncio.create_task(self._run(), name="consumption-engine")
+
+    async def stop(self) -> None:
+        """Stop fetching, give events in flight ``drain_seconds`` to finish, commit, leave."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        self._revoking |= set(self._progress)
+        await self._drain(list(self._progress))
+        self.connected = False
+        await self._consumer.stop()
+
+    # the fetch loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        next_commit = time.monotonic() + self._commit_interval
+        while not self._stopping:
+            try:
+                await self._fetch_once()
+                if time.monotonic() >= next_commit:
+                    await self._commit(list(self._progress))
+                    self._report_lag()
+                    next_commit = time.monotonic() + self._commit_interval
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as error:
+                # The client reconnects by itself; keep the loop alive and say so.
+                log.warning("kafka error in the consume loop", extra={"error": repr(error)})
+                await asyncio.sleep(1.0)
+
+    async def _fetch_once(self) -> None:
+        assignment = self._consumer.assignment()
+        room = self._max_in_flight - self._in_flight
+        if room <= 0 or not self._accepting():
+            self._consumer.pause(*assignment)
+            self._slots_freed.clear()
+            # Keep polling while paused: it keeps the consumer in its group (max.poll.interval).
+            await self._consumer.getmany(timeout_ms=100)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
+            self._observer.progress()
+            return
+        paused = self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+        batches = await self._consumer.getmany(timeout_ms=200, max_records=room)
+        if not batches:
+            self.last_progress = time.monotonic()
+            self._observer.progress()
+        for partition, records in batches.items():
+            progress = self._progress.get(partition)
+            if progress is None:  # revoked while the fetch was under way
+                continue
+            for raw in records:
+                progress.take(raw.offset)
+                self._admit(partition, self._processor.prepare(to_inbound_record(raw)))
+
+    def _admit(self, partition: TopicPartition, prepared: Prepared) -> None:
+        self._in_flight += 1
+        self._observer.in_flight(self._in_flight)
+        chain = self._chains.get(prepared.ordering_key)
+        if chain is not None:  # an earlier event of this invoice is still running: queue behind it
+            chain.append((partition, prepared))
+            return
+        self._chains[prepared.ordering_key] = deque()
+        self._spawn(partition, prepared)
+
+    def _spawn(self, partition: TopicPartition, prepared: Prepared) -> None:
+        task = asyncio.create_task(self._handle(partition, prepared))
+        self._tasks.setdefault(partition, set()).add(task)
+        task.add_done_callback(self._tasks[partition].discard)
+
+    async def _handle(self, partition: TopicPartition, prepared: Prepared) -> None:
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                handled = await self._processor.handle(prepared)
+                break
+            except asyncio.CancelledError:
+                self._abandon(prepared.ordering_key)
+                raise
+            except Exception:
+                # A fault of ours, not of the event: try again after a pause, never skip it.
+                failures += 1
+                log.exception(
+                    "processing failed; retrying",
+                    extra={
+                        "topic": partition.topic,
+                        "partition": partition.partition,
+                        "offset": prepared.record.offset,
+                    },
+                )
+                await asyncio.sleep(self._backoff.delay(failures, self._rng))
+        self._observer.handled(handled, time.monotonic() - started)
+        progress = self._progress.get(partition)
+        if progress is not None:
+            progress.finish(prepared.record.offset)
+        self._release()
+        self._next_in_chain(prepared.ordering_key)
+
+    def _next_in_chain(self, key: str) -> None:
+        chain = self._chains.get(key)
+        if chain:
+            partition, prepared = chain.popleft()
+            if partition in self._progress and partition not in self._revoking:
+                self._spawn(partition, prepared)
+                return
+            self._release()  # its partition was revoked: abandoned
+            self._next_in_chain(key)
+            return
+        self._chains.pop(key, None)
+
+    def _abandon(self, key: str) -> None:
+        """A cancelled event gives up its place; what queued behind it goes on if its partition
+        is still ours."""
+        self._release()
+        self._next_in_chain(key)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self.last_progress = time.monotonic()
+        self._observer.in_flight(self._in_flight)
+        self._observer.progress()
+        self._slots_freed.set()
+
+    # commits, rebalances, drains ------------------------------------------------------------------
+
+    async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for partition in partitions:
+            progress = self._progress.get(partition)
+            if progress is None:
+                continue
+            target = progress.committable
+            if target is not None and target != progress.committed:
+                offsets[partition] = OffsetAndMetadata(target, "")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as error:
+            # Not fatal: the events are processed again by whoever owns them next.
+            log.warning("commit failed", extra={"error": repr(error)})
+            return
+        for partition, committed in offsets.items():
+            if partition in self._progress:
+                self._progress[partition].committed = committed.offset
+
+    def _report_lag(self) -> None:
+        for partition, progress in self._progress.items():
+            end = self._consumer.highwater(partition)
+            if end is not None and progress.committed is not None:
+                self._observer.lag(partition.topic, partition.partition, max(0, end - progress.committed))
+
+    async def _drain(self, partitions: list[TopicPartition]) -> None:
+        tasks = {task for partition in partitions for task in self._tasks.get(partition, set())}
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=self._drain_seconds)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished)
+                log.warning(
+                    "abandoned unfinished events (they will be redelivered)", extra={"count": len(unfinished)}
+                )
+        await self._commit(partitions)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._revoking |= revoked
+        try:
+            if revoked:
+                await self._drain(list(revoked))
+        finally:
+            for partition in revoked:
+                self._progress.pop(partition, None)
+                self._tasks.pop(partition, None)
+            self._revoking -= revoked
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for partition in assigned:
+            self._progress.setdefault(partition, PartitionProgress())
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, engine: ConsumptionEngine) -> None:
+        self._engine = engine
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._engine.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._engine.on_assigned(assigned)

@@ -1,0 +1,304 @@
+"""Exactly one registration per invoice: the protocol over the ledger and Amili.
+
+1. Claim the invoice in the ledger before any POST.
+2. A new claim POSTs; a lapsed claim (a crash or a timeout left it in flight) looks the invoice up
+   at Amili first and adopts what it finds. Amili's "not unique" is adopted the same way.
+3. An invoice with a final outcome is never POSTed again; its stored result is published again.
+   The same invoice number with a different fingerprint ends as a conflict, with nothing overwritten.
+4. The outcome is written to the ledger before its result is published.
+
+Transient failures wait (capped backoff with jitter, ``Retry-After`` honoured) behind the circuit
+breaker, so an outage pauses work instead of failing it; an invoice that keeps failing while Amili
+is otherwise healthy gives up after ``max_attempts`` with a ``failed`` outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
+from service.circuit import AmiliCircuit, CircuitState
+from service.domain.checksums import is_valid_ocr
+from service.domain.field_paths import inbound_field_path
+from service.domain.outcomes import Outcome
+from service.events.contract import AmiliIds, Reason, RegistrationResult
+from service.ledger.base import ClaimStatus, Ledger, LedgerError, LedgerState
+from service.ports import AmiliDuplicate, AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+
+def fingerprint(request: InvoiceRegistrationRequest) -> str:
+    """What identifies the content of an invoice: a hash of its canonical payload."""
+    canonical = json.dumps(request.to_wire(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    initial_seconds: float = 0.5
+    max_seconds: float = 30.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.max_seconds, self.initial_seconds * self.multiplier ** max(0, attempt - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationPolicy:
+    backoff: Backoff = field(default_factory=Backoff)
+    max_attempts: int = 10
+    """Failed attempts while Amili is otherwise healthy before an invoice gives up."""
+    lease: timedelta = timedelta(minutes=2)
+    """How long a claim holds without renewal; a claim older than this is taken to be abandoned."""
+
+
+class RegistrationObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def retry(self, reason: str) -> None: ...
+
+    def registration(self, outcome: str) -> None: ...
+
+    def ledger_error(self, operation: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one invoice, ready to publish. ``recorded`` is false only for a conflict,
+    which belongs to the event that caused it and changes nothing in the ledger."""
+
+    result: RegistrationResult
+    attempts: int
+    recorded: bool = True
+    gave_up: bool = False
+    already_published: bool = False
+
+
+class InvoiceRegistration:
+    def __init__(
+        self,
+        *,
+        amili: AmiliPort,
+        ledger: Ledger,
+        circuit: AmiliCircuit,
+        owner: str,
+        clock: Clock,
+        policy: RegistrationPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        observer: RegistrationObserver | None = None,
+    ) -> None:
+        self._amili = amili
+        self._ledger = ledger
+        self._circuit = circuit
+        self._owner = owner
+        self._clock = clock
+        self._policy = policy or RegistrationPolicy()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._observer = observer or RegistrationObserver()
+
+    async def register(self, request: InvoiceRegistrationRequest, *, event_id: str) -> Decision:
+        creditor, number = request.creditor, request.invoice_number
+        digest = fingerprint(request)
+        waits = 0
+        while True:
+            claim = await self._ledger_call(
+                "claim",
+                self._ledger.claim,
+                creditor=creditor,
+                invoice_number=number,
+                fingerprint=digest,
+                event_id=event_id,
+                owner=self._owner,
+                lease=self._policy.lease,
+            )
+            if claim.status is ClaimStatus.FINAL:
+                assert claim.entry.result is not None
+                return Decision(
+                    RegistrationResult.model_validate(claim.entry.result),
+                    attempts=0,
+                    already_published=claim.entry.result_published,
+                )
+            if claim.status is ClaimStatus.CONFLICT:
+                self._observer.registration(Outcome.CONFLICT.value)
+                return Decision(self._conflict(request, event_id), attempts=0, recorded=False)
+            if claim.status is ClaimStatus.HELD:
+                # Another instance is registering it right now; its result will follow.
+                waits += 1
+                await self._sleep(self._policy.backoff.delay(waits, self._rng))
+                continue
+            result, attempts, gave_up = await self._attempt(
+                request, event_id, look_up_first=claim.status is ClaimStatus.RECLAIMED
+            )
+            if result is None:  # the claim was lost to another owner: claim again
+                continue
+            state = LedgerState.FAILED if gave_up else LedgerState(result.outcome)
+            await self._ledger_call(
+                "finish",
+                self._ledger.finish,
+                creditor=creditor,
+                invoice_number=number,
+                state=state,
+                result=result.model_dump(mode="json"),
+            )
+            return Decision(result, attempts=attempts, gave_up=gave_up)
+
+    async def _attempt(
+        self, request: InvoiceRegistrationRequest, event_id: str, *, look_up_first: bool
+    ) -> tuple[RegistrationResult | None, int, bool]:
+        attempt = 0
+        unhealthy_failures = 0
+        duplicate_reported = False
+        while True:
+            attempt += 1
+            if attempt > 1 and not await self._renew(request):
+                return None, attempt, False
+            try:
+                async with self._circuit.attempt():
+                    receipt: InvoiceRegistrationReceipt | None = None
+                    if look_up_first:
+                        receipt = await self._amili.find_registration(
+                            request.creditor, request.invoice_number
+                        )
+                        if receipt is None and duplicate_reported:
+                            raise AmiliUnavailable("Amili reports a duplicate that its look-up does not show")
+                        look_up_first = False
+                    adopted = receipt is not None
+                    if receipt is None:
+                        receipt = await self._amili.register(request)
+                self._observer.registration("adopted" if adopted else Outcome.REGISTERED.value)
+                return self._registered(request, event_id, receipt), attempt, False
+            except AmiliDuplicate:
+                look_up_first = duplicate_reported = True
+                continue
+            except AmiliRejected as rejected:
+                self._observer.registration(Outcome.REJECTED.value)
+                return self._rejected(request, event_id, rejected), attempt, False
+            except AmiliUnavailable as unavailable:
+                look_up_first = look_up_first or unavailable.outcome_unknown
+                wait = unavailable.retry_after
+                reason = "rate_limited" if unavailable.retry_after is not None else "unavailable"
+                if unavailable.outcome_unknown:
+                    reason = "outcome_unknown"
+                if self._circuit.state is CircuitState.CLOSED:
+                    unhealthy_failures += 1
+            except AmiliUnauthorized:
+                wait, reason = 0.0, "unauthorized"  # the circuit holds the next attempt back
+            if unhealthy_failures >= self._policy.max_attempts:
+                self._observer.registration(Outcome.FAILED.value)
+                return self._failed(request, event_id, attempt, reason), attempt, True
+            self._observer.retry(reason)
+            delay = wait if wait is not None else self._policy.backoff.delay(attempt, self._rng)
+            log.info("amili call failed, retrying", extra={"reason": reason, "attempt": attempt})
+            await self._sleep(delay)
+
+    async def _renew(self, request: InvoiceRegistrationRequest) -> bool:
+        return await self._ledger_call(
+            "renew",
+            self._ledger.renew,
+            creditor=request.creditor,
+            invoice_number=request.invoice_number,
+            owner=self._owner,
+        )
+
+    async def _ledger_call(self, operation: str, call: Callable[..., Awaitable[T]], **arguments: Any) -> T:
+        """A ledger that cannot be reached pauses the invoice; it is never skipped. ``now`` is
+        supplied afresh on every try."""
+        failures = 0
+        while True:
+            try:
+                return await call(**arguments, now=self._clock())
+            except LedgerError as error:
+                failures += 1
+                self._observer.ledger_error(operation)
+                log.warning(
+                    "ledger unavailable, retrying", extra={"operation": operation, "error": str(error)}
+                )
+                await self._sleep(self._policy.backoff.delay(failures, self._rng))
+
+    @staticmethod
+    def _base(request: InvoiceRegistrationRequest, event_id: str) -> dict[str, Any]:
+        return {
+            "creditor": request.creditor,
+            "invoice_number": request.invoice_number,
+            "inbound_event_id": event_id,
+        }
+
+    def _registered(
+        self, request: InvoiceRegistrationRequest, event_id: str, receipt: InvoiceRegistrationReceipt
+    ) -> RegistrationResult:
+        ids = AmiliIds.from_receipt(receipt)
+        if not is_valid_ocr(receipt.ocr_number_ocr):
+            # Registered, but with OCR digits a payment could never be matched against.
+            return RegistrationResult(
+                outcome=Outcome.FAILED.value,
+                amili=ids,
+                reasons=[
+                    Reason(
+                        field="amili.ocr_number_ocr",
+                        rule="ocr_check_digit",
+                        message="the OCR number Amili returned fails its mod-10 check digit",
+                    )
+                ],
+                **self._base(request, event_id),
+            )
+        return RegistrationResult(
+            outcome=Outcome.REGISTERED.value, amili=ids, **self._base(request, event_id)
+        )
+
+    def _rejected(
+        self, request: InvoiceRegistrationRequest, event_id: str, rejected: AmiliRejected
+    ) -> RegistrationResult:
+        return RegistrationResult(
+            outcome=Outcome.REJECTED.value,
+            reasons=[
+                Reason(field=inbound_field_path(path), rule="amili_validation", message=message)
+                for path, message in sorted(rejected.issues.items())
+            ],
+            **self._base(request, event_id),
+        )
+
+    def _conflict(self, request: InvoiceRegistrationRequest, event_id: str) -> RegistrationResult:
+        return RegistrationResult(
+            outcome=Outcome.CONFLICT.value,
+            reasons=[
+                Reason(
+                    field="data.invoice_number",
+                    rule="same_number_other_content",
+                    message="this invoice number was already taken by an invoice with other content",
+                )
+            ],
+            **self._base(request, event_id),
+        )
+
+    def _failed(
+        self, request: InvoiceRegistrationRequest, event_id: str, attempts: int, reason: str
+    ) -> RegistrationResult:
+        return RegistrationResult(
+            outcome=Outcome.FAILED.value,
+            reasons=[
+                Reason(
+                    field="amili",
+                    rule="gave_up",
+                    message=f"Amili kept failing for this invoice ({reason}) after {attempts} attempts",
+                )
+            ],
+            **self._base(request, event_id),
+        )
