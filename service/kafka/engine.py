@@ -171,15 +171,20 @@ class ConsumptionEngine:
                 # The client reconnects by itself; keep the loop alive and say so.
                 log.warning("kafka error in the consume loop", extra={"error": repr(error)})
                 await asyncio.sleep(1.0)
+            except Exception:
+                # Whatever it was, a dead loop would stop the service silently: log and go on.
+                log.exception("unexpected error in the consume loop")
+                await asyncio.sleep(1.0)
 
     async def _fetch_once(self) -> None:
-        assignment = self._consumer.assignment()
         room = self._max_in_flight - self._in_flight
         if room <= 0 or not self._accepting():
-            self._consumer.pause(*assignment)
+            self._consumer.pause(*self._consumer.assignment())
             self._slots_freed.clear()
             # Keep polling while paused: it keeps the consumer in its group (max.poll.interval).
-            await self._consumer.getmany(timeout_ms=100)
+            # A partition assigned since the pause can still deliver: put such records back.
+            for partition, records in (await self._consumer.getmany(timeout_ms=100)).items():
+                self._consumer.seek(partition, records[0].offset)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
             self._observer.progress()
@@ -191,10 +196,11 @@ class ConsumptionEngine:
         if not batches:
             self.last_progress = time.monotonic()
             self._observer.progress()
+        assignment = self._consumer.assignment()
         for partition, records in batches.items():
-            progress = self._progress.get(partition)
-            if progress is None:  # revoked while the fetch was under way
+            if partition not in assignment:  # revoked while the fetch was under way: not ours
                 continue
+            progress = self._progress.setdefault(partition, PartitionProgress())
             for raw in records:
                 progress.take(raw.offset)
                 self._admit(partition, self._processor.prepare(to_inbound_record(raw)))
@@ -292,7 +298,10 @@ class ConsumptionEngine:
                 self._progress[partition].committed = committed.offset
 
     def _report_lag(self) -> None:
+        assignment = self._consumer.assignment()
         for partition, progress in self._progress.items():
+            if partition not in assignment:
+                continue
             end = self._consumer.highwater(partition)
             if end is not None and progress.committed is not None:
                 self._observer.lag(partition.topic, partition.partition, max(0, end - progress.committed))
