@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit kafka-jars clean
+.PHONY: setup demo test lint typecheck unit kafka-jars ops-tools clean
 
 setup: $(STAMP) kafka-jars
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 kafka-jars: $(STAMP)
 	$(BIN)/python -c "from service.localkafka import ensure_jars, default_version; ensure_jars(default_version())"
+
+# helm (built from the Go module proxy), promtool (Debian's prometheus), hadolint, kubernetes-validate
+ops-tools: $(STAMP)
+	bash scripts/ops-tools.sh
 
 demo: setup
 	$(BIN)/amili-registrar demo
@@ -32,7 +36,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-test: setup lint typecheck
+test: setup ops-tools lint typecheck
 	$(BIN)/pytest
 
 clean:

@@ -49,7 +49,14 @@ def _emulator(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"port": args.port})
     if args.store is not None:
         settings = settings.model_copy(update={"store_path": str(args.store)})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # A held-back answer ("store, then never answer") must not hold the emulator's exit for long.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 

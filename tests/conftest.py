@@ -14,7 +14,7 @@ from service.emulator.app import Emulator
 from service.emulator.server import serve_emulator
 from service.localkafka import free_port
 
-pytest_plugins = ["tests.fixtures.kafka"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.ledger"]
 
 
 @pytest.fixture

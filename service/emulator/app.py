@@ -1,85 +1,148 @@
-"""The emulator's HTTP API (an ASGI app), in Amili's paths, shapes and Eve conventions."""
+"""The emulator's HTTP API (an ASGI app), in Amili's paths, shapes and Eve conventions.
+
+API routes (``x-api-key`` required, faults applied):
+  POST /invoice--registrations, GET /invoice--registrations[/{id}], GET /invoices[/{id}],
+  GET /cases[/{id}], GET /authenticates/api-code (the JWT in ``x-api-key``; see ``auth.py``).
+Admin routes (no key, no faults): GET/DELETE /_admin/registrations, GET/PUT/PATCH /_admin/faults,
+  GET/DELETE /_admin/tokens, and GET /openapi.json (the document of all of them, see ``openapi.py``).
+
+Errors are Eve's: ``{"_status": "ERR", "_error": {"code", "message"}}``, plus ``_issues`` for 422.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
-from collections.abc import Callable
-from email.utils import parsedate_to_datetime
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.amili.wire import OBJECT_ID_PATTERN, RFC1123_PATTERN
 from service.config import EmulatorSettings
-from service.domain.swedish_ids import organisationsnummer_problem, personnummer_problem
+from service.emulator.auth import Authenticator, AuthError
+from service.emulator.faults import FaultConfig, FaultMiddleware, Faults
 from service.emulator.ids import etag, object_id, ocr_number, rfc1123_now
-from service.emulator.store import DuplicateInvoiceNumber, RegistrationStore, matches
-from service.emulator.validation import REGISTRATION, customer_type_issue, validate_document
+from service.emulator.query import ListQuery, QueryError, parse_projection, project
+from service.emulator.store import DuplicateInvoiceNumber, RegistrationStore
+from service.emulator.validation import Directory, is_object_id, normalise_dates, registration_issues
 
-MAX_RESULTS_LIMIT = 100
-DEFAULT_MAX_RESULTS = 25
+Handler = Callable[[Request], Awaitable[Response]]
+
+NOT_FOUND = "The requested URL was not found on the server."
+BAD_REQUEST = "The browser (or proxy) sent a request that this server could not understand."
+UNAUTHORISED = "Please provide proper credentials"
+INSERTION_FAILURE = "Insertion failure: 1 document(s) contain(s) error(s)"
 
 
-def error(status: int, message: str, issues: dict[str, Any] | None = None) -> JSONResponse:
+def error(
+    status: int,
+    message: str,
+    issues: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"_status": "ERR", "_error": {"code": status, "message": message}}
     if issues is not None:
         body["_issues"] = issues
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def insertion_failure(issues: dict[str, Any]) -> JSONResponse:
-    return error(422, "Insertion failure: 1 document(s) contain(s) error(s)", issues)
+    return error(422, INSERTION_FAILURE, issues)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON; ValueError when it is not JSON (NaN and Infinity are not)."""
+    try:
+        return json.loads(await request.body(), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as problem:
+        raise ValueError("not JSON") from problem
 
 
 class Emulator:
-    def __init__(self, settings: EmulatorSettings) -> None:
+    def __init__(self, settings: EmulatorSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = RegistrationStore(Path(settings.store_path) if settings.store_path else None)
+        self.directory = Directory(
+            accounts=frozenset(settings.accounts),
+            creditors=frozenset(settings.creditors),
+            inactive_accounts=frozenset(settings.inactive_accounts),
+            inactive_creditors=frozenset(settings.inactive_creditors),
+        )
+        self.auth = Authenticator(
+            settings.api_keys, settings.api_code_keys, settings.access_token_lifetime_seconds, clock
+        )
+        self.faults = Faults(FaultConfig.from_settings(settings))
 
     def app(self) -> Starlette:
+        guarded = self._guarded
         return Starlette(
             routes=[
-                Route("/invoice--registrations", self.create_registration, methods=["POST"]),
-                Route("/invoice--registrations", self.list_registrations, methods=["GET"]),
-                Route("/invoice--registrations/{id}", self.get_registration, methods=["GET"]),
+                Route("/invoice--registrations", guarded(self.registrations), methods=["GET", "POST"]),
+                Route("/invoice--registrations/{id}", guarded(self.get_registration), methods=["GET"]),
+                Route("/invoices", guarded(self.list_invoices), methods=["GET"]),
+                Route("/invoices/{id}", guarded(self.get_invoice), methods=["GET"]),
+                Route("/cases", guarded(self.list_cases), methods=["GET"]),
+                Route("/cases/{id}", guarded(self.get_case), methods=["GET"]),
+                Route("/authenticates/api-code", self.exchange_api_code, methods=["GET"]),
                 Route("/_admin/registrations", self.admin_registrations, methods=["GET", "DELETE"]),
-            ]
+                Route("/_admin/faults", self.admin_faults, methods=["GET", "PUT", "PATCH"]),
+                Route("/_admin/tokens", self.admin_tokens, methods=["GET", "DELETE"]),
+                Route("/openapi.json", self.openapi, methods=["GET"]),
+            ],
+            middleware=[Middleware(FaultMiddleware, faults=self.faults)],
+            exception_handlers={HTTPException: _http_exception},
         )
 
-    def _authorised(self, request: Request) -> bool:
-        return request.headers.get("x-api-key", "") in self.settings.api_keys
+    def _guarded(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            if not self.auth.accepts(request.headers.get("x-api-key", "")):
+                return error(401, UNAUTHORISED)
+            return await handler(request)
 
-    async def _delay(self) -> None:
-        if self.settings.latency_ms > 0:
-            await asyncio.sleep(self.settings.latency_ms / 1000)
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    # Invoice registrations
+
+    async def registrations(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create_registration(request)
+        return await self.list_registrations(request)
 
     async def create_registration(self, request: Request) -> Response:
-        await self._delay()
-        if not self._authorised(request):
-            return error(401, "Please provide proper credentials")
         try:
-            document = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return error(400, "The browser (or proxy) sent a request that this server could not understand.")
+            document = await _json_body(request)
+        except ValueError:
+            return error(400, BAD_REQUEST)
         if not isinstance(document, dict):
             return error(400, "The request body must be a JSON object")
-        issues = self._issues(document)
+        issues = registration_issues(
+            document,
+            self.directory,
+            check_id_numbers=self.settings.check_id_numbers,
+            is_registered=self.store.contains,
+        )
         if issues:
             return insertion_failure(issues)
         now = rfc1123_now()
         registration_id = object_id()
         stored = {
-            **document,
+            **normalise_dates(document),
             "_id": registration_id,
             "_created": now,
             "_updated": now,
-            "_invoice": registration_id,
+            "_invoice": registration_id,  # as in Amili's example: the invoice shares the id
             "_case": object_id(),
             "_ocr_number": object_id(),
             "ocr_number_ocr": ocr_number(),
@@ -87,82 +150,62 @@ class Emulator:
         stored["_etag"] = etag(stored)
         try:
             self.store.add(stored)
-        except DuplicateInvoiceNumber:
-            return insertion_failure(
-                {"invoice_number": f"value '{document['invoice_number']}' is not unique"}
-            )
-        return JSONResponse(
-            {
-                "_updated": now,
-                "_created": now,
-                "_etag": stored["_etag"],
-                "_id": registration_id,
-                "_status": "OK",
-                "_invoice": stored["_invoice"],
-                "_case": stored["_case"],
-                "_ocr_number": stored["_ocr_number"],
-                "ocr_number_ocr": stored["ocr_number_ocr"],
-            },
-            status_code=201,
-        )
-
-    def _issues(self, document: dict[str, Any]) -> dict[str, Any]:
-        issues = validate_document(document, REGISTRATION)
-        if issues:
-            return issues
-        if document["account"] not in self.settings.accounts:
-            issues["account"] = f"value '{document['account']}' must exist in resource 'accounts'"
-        if document["creditor"] not in self.settings.creditors:
-            issues["creditor"] = f"value '{document['creditor']}' must exist in resource 'creditors'"
-        customer = document["customer"]
-        customer_issues: dict[str, Any] = {}
-        if problem := customer_type_issue(customer):
-            customer_issues["is_person"] = problem
-        id_number = customer.get("id_number")
-        if self.settings.check_id_numbers and id_number is not None:
-            if customer.get("is_person") is True and (problem := personnummer_problem(id_number)):
-                customer_issues["id_number"] = f"personnummer {problem}"
-            if customer.get("is_company") is True and (problem := organisationsnummer_problem(id_number)):
-                customer_issues["id_number"] = f"organisationsnummer {problem}"
-        if customer_issues:
-            issues["customer"] = customer_issues
-        if not document["matrix"]:
-            issues["matrix"] = "empty values not allowed"
-        return issues
+        except DuplicateInvoiceNumber:  # not reached while validation and add run without a pause
+            issue = f"value '{document['invoice_number']}' is not unique"
+            return insertion_failure({"invoice_number": issue})
+        receipt = {
+            "_updated": now,
+            "_created": now,
+            "_etag": stored["_etag"],
+            "_id": registration_id,
+            "_status": "OK",
+            "_invoice": stored["_invoice"],
+            "_case": stored["_case"],
+            "_ocr_number": stored["_ocr_number"],
+            "ocr_number_ocr": stored["ocr_number_ocr"],
+        }
+        return JSONResponse(receipt, status_code=201)
 
     async def get_registration(self, request: Request) -> Response:
-        await self._delay()
-        if not self._authorised(request):
-            return error(401, "Please provide proper credentials")
-        registration_id = request.path_params["id"]
-        document = self.store.get(registration_id) if _is_object_id(registration_id) else None
-        if document is None:
-            return error(404, "The requested URL was not found on the server.")
-        return JSONResponse(document)
+        return _item(request, self.store.get)
 
     async def list_registrations(self, request: Request) -> Response:
-        await self._delay()
-        if not self._authorised(request):
-            return error(401, "Please provide proper credentials")
+        return _list(request, self._registration_candidates)
+
+    def _registration_candidates(self, query: ListQuery) -> Iterable[dict[str, Any]]:
+        creditor, number = query.where.get("creditor"), query.where.get("invoice_number")
+        if isinstance(creditor, str) and isinstance(number, str):  # the client's look-up, indexed
+            found = self.store.by_invoice(creditor, number)
+            return [] if found is None else [found]
+        return self.store.all()
+
+    # Invoices and cases
+
+    async def get_invoice(self, request: Request) -> Response:
+        return _item(request, self.store.invoice)
+
+    async def list_invoices(self, request: Request) -> Response:
+        return _list(request, lambda _: self.store.invoices())
+
+    async def get_case(self, request: Request) -> Response:
+        return _item(request, self.store.case)
+
+    async def list_cases(self, request: Request) -> Response:
+        return _list(request, lambda _: self.store.cases())
+
+    # Authentication
+
+    async def exchange_api_code(self, request: Request) -> Response:
+        token = request.headers.get("x-api-key", "")
+        if not token:
+            return error(401, UNAUTHORISED)
         try:
-            where = json.loads(request.query_params.get("where", "{}"))
-            page = int(request.query_params.get("page", "1"))
-            max_results = int(request.query_params.get("max_results", str(DEFAULT_MAX_RESULTS)))
-        except (json.JSONDecodeError, ValueError):
-            return error(400, "Unable to parse the query parameters")
-        if not isinstance(where, dict) or page < 1 or max_results < 1:
-            return error(400, "Unable to parse the query parameters")
-        max_results = min(max_results, MAX_RESULTS_LIMIT)
-        items = [doc for doc in self.store.all() if matches(doc, where)]
-        for field, descending in reversed(_sort_keys(request.query_params.get("sort"))):
-            items.sort(key=_sort_value(field), reverse=descending)
-        start = (page - 1) * max_results
-        return JSONResponse(
-            {
-                "_items": items[start : start + max_results],
-                "_meta": {"total": len(items), "max_results": max_results, "page": page},
-            }
-        )
+            issued = self.auth.exchange(token)
+        except AuthError as refused:
+            return error(401, str(refused))
+        return JSONResponse(issued.body())
+
+    # Admin
 
     async def admin_registrations(self, request: Request) -> Response:
         """A read-out for tests: how many registrations each (creditor, invoice_number) has."""
@@ -175,26 +218,71 @@ class Emulator:
             counts[key] = counts.get(key, 0) + 1
         return JSONResponse({"total": len(self.store.all()), "per_invoice": counts})
 
+    async def admin_faults(self, request: Request) -> Response:
+        """The fault injector's configuration: GET reads it, PUT replaces it, PATCH changes fields."""
+        if request.method != "GET":
+            try:
+                changes = await _json_body(request)
+            except ValueError:
+                return error(400, BAD_REQUEST)
+            if not isinstance(changes, dict):
+                return error(400, "The request body must be a JSON object")
+            base = self.faults.config.model_dump() if request.method == "PATCH" else {}
+            try:
+                config = FaultConfig.model_validate({**base, **changes})
+            except ValidationError as invalid:
+                return error(422, "Invalid fault configuration", _pydantic_issues(invalid))
+            self.faults.replace(config, reseed=request.method == "PUT" or "fault_seed" in changes)
+        return JSONResponse(self.faults.config.model_dump())
 
-def _is_object_id(value: str) -> bool:
+    async def admin_tokens(self, request: Request) -> Response:
+        """Access tokens issued by the exchange: GET counts the live ones, DELETE revokes them all."""
+        if request.method == "DELETE":
+            self.auth.revoke_all()
+            return Response(status_code=204)
+        return JSONResponse({"active": self.auth.active_tokens()})
 
-    return re.match(OBJECT_ID_PATTERN, value) is not None
+    async def openapi(self, request: Request) -> Response:
+        from service.emulator.openapi import build_document
+
+        return JSONResponse(build_document())
 
 
-def _sort_keys(sort: str | None) -> list[tuple[str, bool]]:
-    if not sort:
-        return [("_created", False)]
-    return [(part.lstrip("-"), part.startswith("-")) for part in sort.split(",") if part.strip("-")]
+def _item(request: Request, lookup: Callable[[str], dict[str, Any] | None]) -> Response:
+    document_id = request.path_params["id"]
+    document = lookup(document_id) if is_object_id(document_id) else None
+    if document is None:
+        return error(404, NOT_FOUND)
+    tag = f'"{document["_etag"]}"'
+    if request.headers.get("if-none-match") in (tag, document["_etag"]):
+        return Response(status_code=304, headers={"ETag": tag})
+    try:
+        projection = parse_projection(request.query_params.get("projection"))
+    except QueryError as bad:
+        return error(400, str(bad))
+    return JSONResponse(project(document, projection), headers={"ETag": tag})
 
 
-def _sort_value(field: str) -> Callable[[dict[str, Any]], tuple[int, str]]:
-    def key(document: dict[str, Any]) -> tuple[int, str]:
-        value = document.get(field)
-        if isinstance(value, str) and RFC1123_PATTERN.match(value):
-            return (1, parsedate_to_datetime(value).isoformat())
-        return (0 if value is None else 1, "" if value is None else str(value))
+def _list(request: Request, candidates: Callable[[ListQuery], Iterable[dict[str, Any]]]) -> Response:
+    try:
+        query = ListQuery.parse(request.query_params)
+    except QueryError as bad:
+        return error(400, str(bad))
+    return JSONResponse(query.run(candidates(query)))
 
-    return key
+
+def _pydantic_issues(invalid: ValidationError) -> dict[str, Any]:
+    issues: dict[str, Any] = {}
+    for problem in invalid.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "_schema"
+        issues[field] = "unknown field" if problem["type"] == "extra_forbidden" else problem["msg"]
+    return issues
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: NOT_FOUND, 405: "The method is not allowed for the requested URL."}
+    return error(exc.status_code, messages.get(exc.status_code, exc.detail), headers=exc.headers)
 
 
 def create_app(settings: EmulatorSettings | None = None) -> Starlette:

@@ -8,11 +8,12 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from service.amili.wire import format_rfc1123
-from service.domain.checksums import luhn_check_digit
+from service.emulator.swedish import luhn_check_digit
+from service.emulator.validation import format_rfc1123
 
 _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
 _process_random = os.urandom(5)
@@ -35,5 +36,5 @@ def rfc1123_now() -> str:
     return format_rfc1123(datetime.now(UTC).replace(microsecond=0))
 
 
-def etag(document: dict[str, Any]) -> str:
+def etag(document: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(document, sort_keys=True).encode(), usedforsecurity=False).hexdigest()

@@ -16,9 +16,14 @@ from service.emulator.app import Emulator
 async def serve_emulator(settings: EmulatorSettings) -> AsyncIterator[tuple[str, Emulator]]:
     """Run the emulator for the duration of the block; yields its base URL and the emulator."""
     emulator = Emulator(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(emulator.app(), host=settings.host, port=settings.port, log_level="warning")
+    config = uvicorn.Config(
+        emulator.app(),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -28,5 +33,6 @@ async def serve_emulator(settings: EmulatorSettings) -> AsyncIterator[tuple[str,
     try:
         yield f"http://{settings.host}:{settings.port}", emulator
     finally:
+        emulator.faults.stop()  # answers held back by injected hangs go out now, so the stop is quick
         server.should_exit = True
         await task

@@ -1,11 +1,21 @@
 """The emulator's registrations: in memory, and in a JSON-lines file when given one, so that they
-survive a restart of the emulator (tests of crashes need that)."""
+survive a restart of the emulator (tests of crashes need that).
+
+Each line of the file is one stored registration. The invoice and case views are derived from it
+(``views.py``), so they survive a restart with it. A last line cut short by a crash in the middle of
+a write is skipped when the file is read again (that registration was never answered).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+from service.emulator.views import case_view, invoice_view
+
+log = logging.getLogger(__name__)
 
 
 class DuplicateInvoiceNumber(Exception):
@@ -17,14 +27,37 @@ class RegistrationStore:
         self._path = path
         self._by_id: dict[str, dict[str, Any]] = {}
         self._by_invoice: dict[tuple[str, str], str] = {}
+        self._invoices: dict[str, dict[str, Any]] = {}
+        self._cases: dict[str, dict[str, Any]] = {}
         if path is not None and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    self._index(json.loads(line))
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        repaired = bool(text) and not text.endswith("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                document = json.loads(line)
+            except json.JSONDecodeError:
+                if number != len(lines):
+                    raise
+                log.warning("skipping the cut-short last line of %s", path)
+                lines.pop()
+                repaired = True
+                break
+            self._index(document)
+        if repaired:  # appends must start on a line of their own
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
     def _index(self, document: dict[str, Any]) -> None:
         self._by_id[document["_id"]] = document
         self._by_invoice[(document["creditor"], document["invoice_number"])] = document["_id"]
+        invoice, case = invoice_view(document), case_view(document)
+        self._invoices[invoice["_id"]] = invoice
+        self._cases[case["_id"]] = case
 
     def add(self, document: dict[str, Any]) -> None:
         key = (document["creditor"], document["invoice_number"])
@@ -32,7 +65,7 @@ class RegistrationStore:
             raise DuplicateInvoiceNumber(document["invoice_number"])
         if self._path is not None:
             with self._path.open("a", encoding="utf-8") as file:
-                file.write(json.dumps(document, separators=(",", ":")) + "\n")
+                file.write(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n")
         self._index(document)
 
     def get(self, registration_id: str) -> dict[str, Any] | None:
@@ -41,25 +74,29 @@ class RegistrationStore:
     def all(self) -> list[dict[str, Any]]:
         return list(self._by_id.values())
 
+    def contains(self, creditor: str, invoice_number: str) -> bool:
+        return (creditor, invoice_number) in self._by_invoice
+
     def by_invoice(self, creditor: str, invoice_number: str) -> dict[str, Any] | None:
         registration_id = self._by_invoice.get((creditor, invoice_number))
         return None if registration_id is None else self._by_id[registration_id]
 
+    def invoice(self, invoice_id: str) -> dict[str, Any] | None:
+        return self._invoices.get(invoice_id)
+
+    def invoices(self) -> list[dict[str, Any]]:
+        return list(self._invoices.values())
+
+    def case(self, case_id: str) -> dict[str, Any] | None:
+        return self._cases.get(case_id)
+
+    def cases(self) -> list[dict[str, Any]]:
+        return list(self._cases.values())
+
     def clear(self) -> None:
         self._by_id.clear()
         self._by_invoice.clear()
+        self._invoices.clear()
+        self._cases.clear()
         if self._path is not None and self._path.exists():
             self._path.unlink()
-
-
-def matches(document: dict[str, Any], where: dict[str, Any]) -> bool:
-    """Eve's ``where`` as equality on (dot-notation) fields."""
-    for path, expected in where.items():
-        value: Any = document
-        for part in path.split("."):
-            if not isinstance(value, dict) or part not in value:
-                return False
-            value = value[part]
-        if value != expected:
-            return False
-    return True

@@ -42,7 +42,7 @@ def test_run_without_an_api_key_says_which_variable(
 
 def test_the_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.M))
     expected = {name.upper() for name in Settings.model_fields}
     expected |= {f"AMILI_EMULATOR_{name.upper()}" for name in EmulatorSettings.model_fields}
     assert expected <= documented, expected - documented

@@ -1,0 +1,341 @@
+"""The ledger in PostgreSQL (asyncpg), shared by any number of replicas.
+
+A claim is one transaction: ``INSERT ... ON CONFLICT DO NOTHING`` creates a new record (a
+concurrent insert of the same key waits for the other transaction and then does nothing), and
+otherwise ``SELECT ... FOR UPDATE`` locks the existing record while the claim rules decide and
+the new state is written. Migrations run under a transaction-scoped advisory lock, so replicas
+starting together apply each one exactly once.
+
+Every driver error becomes ``LedgerError``; its message never contains the DSN's password.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg
+
+from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
+
+# The claim rules are backend-neutral; they live with the first backend that needed them.
+from service.ledger.sqlite import decide_claim, utc
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the ledger
+    """
+    CREATE TABLE ledger_entries (
+        creditor text NOT NULL,
+        invoice_number text NOT NULL,
+        fingerprint text NOT NULL,
+        state text NOT NULL CHECK (state IN ('in_flight', 'registered', 'rejected', 'conflict', 'failed')),
+        attempts integer NOT NULL CHECK (attempts >= 0),
+        event_id text NOT NULL,
+        claimed_by text,
+        claimed_at timestamptz,
+        result jsonb,
+        result_published boolean NOT NULL DEFAULT false,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (creditor, invoice_number)
+    );
+    CREATE INDEX ledger_entries_unpublished ON ledger_entries (updated_at)
+        WHERE state <> 'in_flight' AND NOT result_published;
+    """,
+)
+"""Migration ``n`` (1-based) is ``MIGRATIONS[n - 1]``; append only, never edit one that shipped."""
+
+# pg_advisory_xact_lock(MIGRATION_LOCK, hashtext(schema)): one migration at a time per schema.
+MIGRATION_LOCK = 0x4C454447  # "LEDG"
+
+_COLUMNS = (
+    "creditor, invoice_number, fingerprint, state, attempts, event_id, claimed_by, claimed_at,"
+    " result, result_published, created_at, updated_at"
+)
+_KEY = "creditor = $1 AND invoice_number = $2"
+_INSERT = (
+    f"INSERT INTO ledger_entries ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+_UPDATE = (
+    "UPDATE ledger_entries SET fingerprint = $3, state = $4, attempts = $5, event_id = $6, claimed_by = $7,"
+    f" claimed_at = $8, result = $9, result_published = $10, created_at = $11, updated_at = $12 WHERE {_KEY}"
+)
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+# What the driver raises when the database is unreachable, refuses us or fails a statement.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _entry(row: asyncpg.Record) -> LedgerEntry:
+    return LedgerEntry(
+        creditor=row["creditor"],
+        invoice_number=row["invoice_number"],
+        fingerprint=row["fingerprint"],
+        state=LedgerState(row["state"]),
+        attempts=row["attempts"],
+        event_id=row["event_id"],
+        claimed_by=row["claimed_by"],
+        claimed_at=None if row["claimed_at"] is None else row["claimed_at"].astimezone(UTC),
+        result=row["result"],
+        result_published=row["result_published"],
+        created_at=row["created_at"].astimezone(UTC),
+        updated_at=row["updated_at"].astimezone(UTC),
+    )
+
+
+def _values(entry: LedgerEntry) -> tuple[object, ...]:
+    return (
+        entry.creditor,
+        entry.invoice_number,
+        entry.fingerprint,
+        entry.state.value,
+        entry.attempts,
+        entry.event_id,
+        entry.claimed_by,
+        entry.claimed_at,
+        entry.result,
+        entry.result_published,
+        entry.created_at,
+        entry.updated_at,
+    )
+
+
+def _secrets(dsn: str) -> list[str]:
+    """The password(s) in ``dsn``, as written and decoded, to scrub from error messages."""
+    try:
+        parts = urlsplit(dsn)
+        found = [parts.password or ""]
+        found += parse_qs(parts.query).get("password", [])
+    except ValueError:  # unparseable: we cannot know the password, so hide the whole DSN
+        return [dsn]
+    return sorted({s for p in found if p for s in (p, unquote(p))}, key=len, reverse=True)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class PostgresLedger:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str = "public",
+        connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
+    ) -> None:
+        """``dsn``: ``postgresql://user:password@host:port/database`` (libpq URI; asyncpg's options).
+        ``schema`` holds the tables; it is created if missing."""
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._schema = schema
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger({self._redact(self._dsn)!r}, schema={self._schema!r})"
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool = await self._guard(
+            "connect",
+            lambda: asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                init=_init_connection,
+                server_settings={"search_path": self._schema, "application_name": "amili-registrar"},
+            ),
+        )
+        try:
+            await self._guard("migrate", lambda: self._migrate(pool))
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await self._guard("close", pool.close)
+
+    async def ping(self) -> None:
+        await self._guard("ping", lambda: self._require().fetchval("SELECT 1"))
+
+    async def claim(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        fingerprint: str,
+        event_id: str,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+    ) -> Claim:
+        now = utc(now)
+
+        async def work() -> Claim:
+            async with self._require().acquire() as conn, conn.transaction():
+                fresh = decide_claim(
+                    None,
+                    creditor=creditor,
+                    invoice_number=invoice_number,
+                    fingerprint=fingerprint,
+                    event_id=event_id,
+                    owner=owner,
+                    now=now,
+                    lease=lease,
+                )
+                inserted = await conn.fetchrow(
+                    f"{_INSERT} ON CONFLICT DO NOTHING RETURNING 1", *_values(fresh.entry)
+                )
+                if inserted is not None:
+                    return fresh
+                row = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY} FOR UPDATE", creditor, invoice_number
+                )
+                if row is None:  # records are never deleted
+                    raise LedgerError(f"postgres claim: {creditor}/{invoice_number} vanished")
+                claim = decide_claim(
+                    _entry(row),
+                    creditor=creditor,
+                    invoice_number=invoice_number,
+                    fingerprint=fingerprint,
+                    event_id=event_id,
+                    owner=owner,
+                    now=now,
+                    lease=lease,
+                )
+                if claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED):
+                    await conn.execute(_UPDATE, *_values(claim.entry))
+                return claim
+
+        return await self._guard("claim", work)
+
+    async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        now = utc(now)
+        status = await self._guard(
+            "renew",
+            lambda: self._require().execute(
+                "UPDATE ledger_entries SET claimed_at = $3, attempts = attempts + 1, updated_at = $3"
+                f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = $4",
+                creditor,
+                invoice_number,
+                now,
+                owner,
+            ),
+        )
+        return status == "UPDATE 1"
+
+    async def finish(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        state: LedgerState,
+        result: dict[str, Any],
+        now: datetime,
+    ) -> LedgerEntry:
+        if not state.is_final:
+            raise ValueError(f"finish needs a final state, got {state}")
+        now = utc(now)
+        row = await self._guard(
+            "finish",
+            lambda: self._require().fetchrow(
+                "UPDATE ledger_entries SET state = $3, result = $4, result_published = false,"
+                f" claimed_by = NULL, updated_at = $5 WHERE {_KEY} RETURNING {_COLUMNS}",
+                creditor,
+                invoice_number,
+                state.value,
+                result,
+                now,
+            ),
+        )
+        if row is None:
+            raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
+        return _entry(row)
+
+    async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
+        now = utc(now)
+        status = await self._guard(
+            "mark_published",
+            lambda: self._require().execute(
+                f"UPDATE ledger_entries SET result_published = true, updated_at = $3 WHERE {_KEY}",
+                creditor,
+                invoice_number,
+                now,
+            ),
+        )
+        if status != "UPDATE 1":
+            raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
+
+    async def unpublished(self, *, limit: int = 100) -> list[LedgerEntry]:
+        rows = await self._guard(
+            "unpublished",
+            lambda: self._require().fetch(
+                f"SELECT {_COLUMNS} FROM ledger_entries WHERE state <> 'in_flight' AND NOT result_published"
+                " ORDER BY updated_at, creditor, invoice_number LIMIT $1",
+                limit,
+            ),
+        )
+        return [_entry(row) for row in rows]
+
+    async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None:
+        row = await self._guard(
+            "get",
+            lambda: self._require().fetchrow(
+                f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY}", creditor, invoice_number
+            ),
+        )
+        return None if row is None else _entry(row)
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", MIGRATION_LOCK, self._schema)
+            # Under the lock: CREATE ... IF NOT EXISTS is not safe against a concurrent CREATE.
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version not in applied:
+                    await conn.execute(script)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise LedgerError("postgres: the ledger is not open")
+        return self._pool
+
+    def _redact(self, text: str) -> str:
+        for secret in _secrets(self._dsn):
+            text = text.replace(secret, "***")
+        return text
+
+    async def _guard(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except _DRIVER_ERRORS as error:
+            detail = str(error) or type(error).__name__
+            message = self._redact(f"postgres {operation}: {detail}")
+            leaked = self._redact(repr(error)) != repr(error)
+            # The driver's exception is kept as the cause unless it shows the password itself.
+            raise LedgerError(message) from (None if leaked else error)

@@ -1,0 +1,410 @@
+"""The ledger in a SQLite file: one instance, or a few processes on one machine sharing a file.
+
+Every sqlite3 call runs in one dedicated worker thread per ledger (sqlite3 blocks), so the event
+loop never waits on the disk and the connection is only ever used by the thread that made it.
+
+- WAL journal: readers never block the writer, and a write is a single append to the log.
+- ``synchronous=FULL``: a transaction is on disk when ``claim`` returns. With NORMAL a power cut
+  or OS crash may lose the last commits; a lost claim whose POST already went out would be POSTed
+  again on replay, which is exactly the duplicate this service exists to prevent. The price, one
+  fsync per commit, is nothing at invoice rates.
+- ``BEGIN IMMEDIATE`` takes the write lock before reading, so a claim's read-decide-write cannot
+  interleave with another connection's; ``busy_timeout`` makes a second writer wait for it.
+
+Datetimes are stored as fixed-width ISO-8601 UTC text (so text order is time order), ``result``
+as JSON text.
+
+The claim rules (``decide_claim``) and the datetime check (``utc``) are backend-neutral and shared
+with the PostgreSQL ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the ledger
+    (
+        """
+        CREATE TABLE ledger_entries (
+            creditor TEXT NOT NULL,
+            invoice_number TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('in_flight', 'registered', 'rejected', 'conflict', 'failed')),
+            attempts INTEGER NOT NULL CHECK (attempts >= 0),
+            event_id TEXT NOT NULL,
+            claimed_by TEXT,
+            claimed_at TEXT,
+            result TEXT,
+            result_published INTEGER NOT NULL DEFAULT 0 CHECK (result_published IN (0, 1)),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (creditor, invoice_number)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE INDEX ledger_entries_unpublished ON ledger_entries (updated_at)
+            WHERE state <> 'in_flight' AND result_published = 0
+        """,
+    ),
+)
+"""Migration ``n`` (1-based) is ``MIGRATIONS[n - 1]``; append only, never edit one that shipped."""
+
+_COLUMNS = (
+    "creditor, invoice_number, fingerprint, state, attempts, event_id, claimed_by, claimed_at,"
+    " result, result_published, created_at, updated_at"
+)
+_KEY = "creditor = ? AND invoice_number = ?"
+
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is refused rather than guessed to be local or UTC."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"the ledger needs timezone-aware datetimes, got {moment!r}")
+    return moment.astimezone(UTC)
+
+
+def decide_claim(
+    entry: LedgerEntry | None,
+    *,
+    creditor: str,
+    invoice_number: str,
+    fingerprint: str,
+    event_id: str,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+) -> Claim:
+    """The rules of ``Ledger.claim`` given the current record (read under a write lock).
+
+    The claim's entry is what the record must be afterwards: the caller writes it when the status
+    is ``CLAIMED`` or ``RECLAIMED`` and leaves the record alone otherwise.
+    """
+    if entry is None or (entry.state is LedgerState.REJECTED and entry.fingerprint != fingerprint):
+        fresh = LedgerEntry(
+            creditor=creditor,
+            invoice_number=invoice_number,
+            fingerprint=fingerprint,
+            state=LedgerState.IN_FLIGHT,
+            attempts=1,
+            event_id=event_id,
+            claimed_by=owner,
+            claimed_at=now,
+            result=None,
+            result_published=False,
+            created_at=now,
+            updated_at=now,
+        )
+        return Claim(ClaimStatus.CLAIMED, fresh)
+    if entry.fingerprint != fingerprint:
+        return Claim(ClaimStatus.CONFLICT, entry)
+    taken_over = dataclasses.replace(
+        entry,
+        state=LedgerState.IN_FLIGHT,
+        claimed_by=owner,
+        claimed_at=now,
+        attempts=entry.attempts + 1,
+        result=None,
+        result_published=False,
+        updated_at=now,
+    )
+    if entry.state is LedgerState.FAILED:
+        return Claim(ClaimStatus.RECLAIMED, taken_over)
+    if entry.state.is_final:
+        return Claim(ClaimStatus.FINAL, entry)
+    if entry.claimed_by == owner or entry.claimed_at is None or entry.claimed_at + lease <= now:
+        return Claim(ClaimStatus.RECLAIMED, taken_over)
+    return Claim(ClaimStatus.HELD, entry)
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    return LedgerEntry(
+        creditor=row["creditor"],
+        invoice_number=row["invoice_number"],
+        fingerprint=row["fingerprint"],
+        state=LedgerState(row["state"]),
+        attempts=row["attempts"],
+        event_id=row["event_id"],
+        claimed_by=row["claimed_by"],
+        claimed_at=None if row["claimed_at"] is None else datetime.fromisoformat(row["claimed_at"]),
+        result=None if row["result"] is None else json.loads(row["result"]),
+        result_published=bool(row["result_published"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+def _json(result: dict[str, Any]) -> str:
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+
+
+class SqliteLedger:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: timedelta = timedelta(seconds=10)
+    ) -> None:
+        """``path`` is a file (created if missing) or ``":memory:"`` (private to this instance)."""
+        self._path = os.fspath(path)
+        self._busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({self._path!r})"
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
+        try:
+            self._conn = await self._call(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        executor, conn = self._executor, self._conn
+        if executor is None:
+            return
+        self._executor = self._conn = None
+        try:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def claim(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        fingerprint: str,
+        event_id: str,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+    ) -> Claim:
+        now = utc(now)
+
+        def work(conn: sqlite3.Connection) -> Claim:
+            found = conn.execute(
+                f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY}", (creditor, invoice_number)
+            ).fetchone()
+            claim = decide_claim(
+                None if found is None else _entry(found),
+                creditor=creditor,
+                invoice_number=invoice_number,
+                fingerprint=fingerprint,
+                event_id=event_id,
+                owner=owner,
+                now=now,
+                lease=lease,
+            )
+            if claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED):
+                self._write(conn, claim.entry)
+            return claim
+
+        return await self._transaction(work)
+
+    async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        stamp = _text(utc(now))
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE ledger_entries SET claimed_at = ?, attempts = attempts + 1, updated_at = ?"
+                f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
+                (stamp, stamp, creditor, invoice_number, owner),
+            )
+            return cursor.rowcount == 1
+
+        return await self._transaction(work)
+
+    async def finish(
+        self,
+        *,
+        creditor: str,
+        invoice_number: str,
+        state: LedgerState,
+        result: dict[str, Any],
+        now: datetime,
+    ) -> LedgerEntry:
+        if not state.is_final:
+            raise ValueError(f"finish needs a final state, got {state}")
+        stamp, document = _text(utc(now)), _json(result)
+
+        def work(conn: sqlite3.Connection) -> LedgerEntry:
+            row = conn.execute(
+                "UPDATE ledger_entries SET state = ?, result = ?, result_published = 0, claimed_by = NULL,"
+                f" updated_at = ? WHERE {_KEY} RETURNING {_COLUMNS}",
+                (state.value, document, stamp, creditor, invoice_number),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
+            return _entry(row)
+
+        return await self._transaction(work)
+
+    async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
+        stamp = _text(utc(now))
+
+        def work(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                f"UPDATE ledger_entries SET result_published = 1, updated_at = ? WHERE {_KEY}",
+                (stamp, creditor, invoice_number),
+            )
+            if cursor.rowcount != 1:
+                raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
+
+        await self._transaction(work)
+
+    async def unpublished(self, *, limit: int = 100) -> list[LedgerEntry]:
+        def work(conn: sqlite3.Connection) -> list[LedgerEntry]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM ledger_entries WHERE state <> 'in_flight' AND result_published = 0"
+                " ORDER BY updated_at, creditor, invoice_number LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_entry(row) for row in rows]
+
+        return await self._run(work)
+
+    async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None:
+        def work(conn: sqlite3.Connection) -> LedgerEntry | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY}", (creditor, invoice_number)
+            ).fetchone()
+            return None if row is None else _entry(row)
+
+        return await self._run(work)
+
+    # -- in the worker thread
+
+    def _connect(self) -> sqlite3.Connection:
+        seconds = self._busy_timeout.total_seconds()
+        # isolation_level=None: no implicit transactions; every write is an explicit BEGIN IMMEDIATE.
+        conn = sqlite3.connect(self._path, timeout=seconds, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+            mode = self._enable_wal(conn, deadline=time.monotonic() + seconds)
+            if mode not in ("wal", "memory"):
+                raise LedgerError(f"sqlite: {self._path} cannot use WAL (journal mode stays {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._in_transaction(conn, self._migrate)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _enable_wal(conn: sqlite3.Connection, *, deadline: float) -> str:
+        """Switch to WAL (it sticks to the file) and return the journal mode now in force."""
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as error:
+                # While another connection switches the file to WAL, this fails at once, without
+                # waiting in the busy handler.
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version in applied:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (version, _text(datetime.now(UTC))),
+            )
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, entry: LedgerEntry) -> None:
+        conn.execute(
+            f"INSERT INTO ledger_entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (creditor, invoice_number) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            " state = excluded.state, attempts = excluded.attempts, event_id = excluded.event_id,"
+            " claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at, result = excluded.result,"
+            " result_published = excluded.result_published, created_at = excluded.created_at,"
+            " updated_at = excluded.updated_at",
+            _values(entry),
+        )
+
+    @staticmethod
+    def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL, ...)
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- on the event loop
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(functools.partial(self._in_transaction, work=work))
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise LedgerError("sqlite: the ledger is not open")
+        return await self._call(functools.partial(work, conn))
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise LedgerError("sqlite: the ledger is not open")
+        try:
+            # A cancelled caller does not stop the thread: a transaction always runs to its end.
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        except sqlite3.Error as error:
+            raise LedgerError(f"sqlite: {error}") from error
+
+
+def _values(entry: LedgerEntry) -> Sequence[object]:
+    return (
+        entry.creditor,
+        entry.invoice_number,
+        entry.fingerprint,
+        entry.state.value,
+        entry.attempts,
+        entry.event_id,
+        entry.claimed_by,
+        None if entry.claimed_at is None else _text(entry.claimed_at),
+        None if entry.result is None else _json(entry.result),
+        int(entry.result_published),
+        _text(entry.created_at),
+        _text(entry.updated_at),
+    )

@@ -1,0 +1,445 @@
+"""The ledger's contract (``service.ledger.base``), on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import traceback
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from service.ledger import Claim, ClaimStatus, Ledger, LedgerEntry, LedgerError, LedgerState
+from service.ledger.factory import open_ledger
+from service.ledger.postgres import PostgresLedger
+from service.ledger.sqlite import SqliteLedger
+from service.localkafka import free_port
+from tests.fixtures.ledger import LedgerFactory
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+LEASE = timedelta(minutes=2)
+CREDITOR, NUMBER = "5561234567", "INV-1001"
+RESULT: dict[str, Any] = {
+    "outcome": "registered",
+    "amili": {"invoice_id": 42, "ocr": "1234567890"},
+    "reasons": [],
+    "note": "Åsa's faktura ✓",
+    "ratio": 0.5,
+    "flag": True,
+    "nothing": None,
+}
+
+
+async def claim(
+    ledger: Ledger,
+    *,
+    owner: str = "replica-a",
+    fingerprint: str = "fp-1",
+    event_id: str = "event-1",
+    now: datetime = T0,
+    number: str = NUMBER,
+) -> Claim:
+    return await ledger.claim(
+        creditor=CREDITOR,
+        invoice_number=number,
+        fingerprint=fingerprint,
+        event_id=event_id,
+        owner=owner,
+        now=now,
+        lease=LEASE,
+    )
+
+
+async def finished(
+    ledger: Ledger, state: LedgerState, *, number: str = NUMBER, now: datetime = T0
+) -> LedgerEntry:
+    await claim(ledger, number=number, now=now)
+    return await ledger.finish(
+        creditor=CREDITOR, invoice_number=number, state=state, result=RESULT, now=now + timedelta(seconds=1)
+    )
+
+
+async def stored(ledger: Ledger, number: str = NUMBER) -> LedgerEntry:
+    entry = await ledger.get(creditor=CREDITOR, invoice_number=number)
+    assert entry is not None
+    return entry
+
+
+# -- claim
+
+
+async def test_claiming_a_new_invoice_records_it_in_flight(ledger: Ledger) -> None:
+    assert await ledger.get(creditor=CREDITOR, invoice_number=NUMBER) is None
+
+    result = await claim(ledger)
+
+    assert result.status is ClaimStatus.CLAIMED
+    assert result.entry == LedgerEntry(
+        creditor=CREDITOR,
+        invoice_number=NUMBER,
+        fingerprint="fp-1",
+        state=LedgerState.IN_FLIGHT,
+        attempts=1,
+        event_id="event-1",
+        claimed_by="replica-a",
+        claimed_at=T0,
+        result=None,
+        result_published=False,
+        created_at=T0,
+        updated_at=T0,
+    )
+    assert await stored(ledger) == result.entry
+
+
+async def test_a_live_claim_of_another_owner_holds(ledger: Ledger) -> None:
+    first = await claim(ledger)
+    just_before_expiry = T0 + LEASE - timedelta(microseconds=1)
+
+    result = await claim(ledger, owner="replica-b", event_id="event-2", now=just_before_expiry)
+
+    assert result.status is ClaimStatus.HELD
+    assert result.entry == first.entry
+    assert await stored(ledger) == first.entry
+
+
+async def test_the_owner_reclaims_its_own_claim(ledger: Ledger) -> None:
+    await claim(ledger)
+    later = T0 + timedelta(seconds=5)
+
+    result = await claim(ledger, event_id="event-2", now=later)
+
+    assert result.status is ClaimStatus.RECLAIMED
+    assert (result.entry.claimed_by, result.entry.claimed_at, result.entry.attempts) == (
+        "replica-a",
+        later,
+        2,
+    )
+    assert (result.entry.event_id, result.entry.created_at, result.entry.updated_at) == ("event-1", T0, later)
+    assert await stored(ledger) == result.entry
+
+
+async def test_a_lapsed_claim_is_taken_over_at_expiry(ledger: Ledger) -> None:
+    await claim(ledger)
+    expiry = T0 + LEASE
+
+    result = await claim(ledger, owner="replica-b", event_id="event-2", now=expiry)
+
+    assert result.status is ClaimStatus.RECLAIMED
+    assert result.entry.state is LedgerState.IN_FLIGHT
+    assert (result.entry.claimed_by, result.entry.claimed_at, result.entry.attempts) == (
+        "replica-b",
+        expiry,
+        2,
+    )
+    assert await stored(ledger) == result.entry
+    held = await claim(ledger, owner="replica-a", now=expiry + timedelta(seconds=1))
+    assert held.status is ClaimStatus.HELD
+
+
+async def test_another_fingerprint_is_a_conflict_and_changes_nothing(ledger: Ledger) -> None:
+    in_flight = await claim(ledger)
+    registered = await finished(ledger, LedgerState.REGISTERED, number="INV-2")
+
+    for number, before in ((NUMBER, in_flight.entry), ("INV-2", registered)):
+        result = await claim(ledger, number=number, owner="replica-b", fingerprint="fp-other", now=T0 + LEASE)
+        assert result.status is ClaimStatus.CONFLICT
+        assert result.entry == before
+        assert await stored(ledger, number) == before
+
+
+@pytest.mark.parametrize("state", [LedgerState.REGISTERED, LedgerState.REJECTED, LedgerState.CONFLICT])
+async def test_a_final_record_is_final_and_unchanged(ledger: Ledger, state: LedgerState) -> None:
+    before = await finished(ledger, state)
+
+    result = await claim(ledger, owner="replica-b", event_id="event-2", now=T0 + timedelta(hours=1))
+
+    assert result.status is ClaimStatus.FINAL
+    assert result.entry == before
+    assert result.entry.result == RESULT
+    assert await stored(ledger) == before
+
+
+async def test_a_rejected_invoice_corrected_is_claimed_afresh(ledger: Ledger) -> None:
+    await finished(ledger, LedgerState.REJECTED)
+    await ledger.mark_published(creditor=CREDITOR, invoice_number=NUMBER, now=T0 + timedelta(seconds=2))
+    later = T0 + timedelta(hours=1)
+
+    result = await claim(ledger, owner="replica-b", fingerprint="fp-2", event_id="event-2", now=later)
+
+    assert result.status is ClaimStatus.CLAIMED
+    assert result.entry == LedgerEntry(
+        creditor=CREDITOR,
+        invoice_number=NUMBER,
+        fingerprint="fp-2",
+        state=LedgerState.IN_FLIGHT,
+        attempts=1,
+        event_id="event-2",
+        claimed_by="replica-b",
+        claimed_at=later,
+        result=None,
+        result_published=False,
+        created_at=later,
+        updated_at=later,
+    )
+    assert await stored(ledger) == result.entry
+
+
+async def test_a_failed_invoice_is_reclaimed_on_replay(ledger: Ledger) -> None:
+    before = await finished(ledger, LedgerState.FAILED)
+    later = T0 + timedelta(hours=1)
+
+    result = await claim(ledger, owner="replica-b", event_id="event-2", now=later)
+
+    assert result.status is ClaimStatus.RECLAIMED
+    assert result.entry == dataclasses.replace(
+        before,
+        state=LedgerState.IN_FLIGHT,
+        claimed_by="replica-b",
+        claimed_at=later,
+        attempts=2,
+        result=None,
+        result_published=False,
+        updated_at=later,
+    )
+    assert await stored(ledger) == result.entry
+    other = await claim(ledger, owner="replica-c", fingerprint="fp-other", now=later)
+    assert other.status is ClaimStatus.CONFLICT
+
+
+async def test_a_failed_invoice_with_other_content_is_a_conflict(ledger: Ledger) -> None:
+    before = await finished(ledger, LedgerState.FAILED)
+
+    result = await claim(ledger, fingerprint="fp-other", now=T0 + timedelta(hours=1))
+
+    assert result.status is ClaimStatus.CONFLICT
+    assert await stored(ledger) == before
+
+
+async def test_naive_datetimes_are_refused(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await claim(ledger, now=datetime(2025, 3, 1, 12))
+
+
+# -- renew, finish, publish
+
+
+async def test_renew_extends_only_the_holders_claim(ledger: Ledger) -> None:
+    await claim(ledger)
+    later = T0 + timedelta(seconds=30)
+
+    assert not await ledger.renew(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-b", now=later)
+    assert (await stored(ledger)).attempts == 1
+    assert await ledger.renew(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=later)
+    entry = await stored(ledger)
+    assert (entry.claimed_by, entry.claimed_at, entry.attempts, entry.updated_at) == (
+        "replica-a",
+        later,
+        2,
+        later,
+    )
+    assert not await ledger.renew(
+        creditor=CREDITOR, invoice_number="INV-absent", owner="replica-a", now=later
+    )
+
+    await ledger.finish(
+        creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=later
+    )
+    assert not await ledger.renew(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=later)
+
+
+async def test_renewal_keeps_a_claim_from_lapsing(ledger: Ledger) -> None:
+    await claim(ledger)
+    renewed_at = T0 + LEASE - timedelta(seconds=1)
+    assert await ledger.renew(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=renewed_at)
+
+    result = await claim(ledger, owner="replica-b", now=T0 + LEASE)
+
+    assert result.status is ClaimStatus.HELD
+
+
+async def test_finish_then_publish(ledger: Ledger) -> None:
+    claimed = await claim(ledger)
+    done_at = T0 + timedelta(seconds=3)
+
+    entry = await ledger.finish(
+        creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=done_at
+    )
+
+    assert entry == dataclasses.replace(
+        claimed.entry,
+        state=LedgerState.REGISTERED,
+        result=RESULT,
+        result_published=False,
+        claimed_by=None,
+        updated_at=done_at,
+    )
+    assert await stored(ledger) == entry
+    assert await ledger.unpublished() == [entry]
+
+    published_at = done_at + timedelta(seconds=1)
+    await ledger.mark_published(creditor=CREDITOR, invoice_number=NUMBER, now=published_at)
+
+    assert await ledger.unpublished() == []
+    assert await stored(ledger) == dataclasses.replace(entry, result_published=True, updated_at=published_at)
+
+
+async def test_unpublished_lists_final_records_oldest_first(ledger: Ledger) -> None:
+    await claim(ledger, number="INV-in-flight")
+    for minute, number in ((3, "INV-c"), (1, "INV-a"), (2, "INV-b"), (4, "INV-d")):
+        await finished(ledger, LedgerState.REGISTERED, number=number, now=T0 + timedelta(minutes=minute))
+    await ledger.mark_published(creditor=CREDITOR, invoice_number="INV-d", now=T0 + timedelta(minutes=5))
+
+    assert [e.invoice_number for e in await ledger.unpublished()] == ["INV-a", "INV-b", "INV-c"]
+    assert [e.invoice_number for e in await ledger.unpublished(limit=2)] == ["INV-a", "INV-b"]
+
+
+async def test_finish_and_publish_need_a_record_and_a_final_state(ledger: Ledger) -> None:
+    with pytest.raises(KeyError):
+        await ledger.finish(
+            creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=T0
+        )
+    with pytest.raises(KeyError):
+        await ledger.mark_published(creditor=CREDITOR, invoice_number=NUMBER, now=T0)
+    await claim(ledger)
+    with pytest.raises(ValueError, match="final state"):
+        await ledger.finish(
+            creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.IN_FLIGHT, result=RESULT, now=T0
+        )
+
+
+# -- lifecycle
+
+
+async def test_ping(ledger: Ledger, make_ledger: LedgerFactory) -> None:
+    await ledger.ping()
+    closed = make_ledger()
+    with pytest.raises(LedgerError):
+        await closed.ping()
+
+
+async def test_opening_again_migrates_nothing_and_keeps_the_data(
+    ledger: Ledger, make_ledger: LedgerFactory
+) -> None:
+    entry = await finished(ledger, LedgerState.REGISTERED)
+    again = make_ledger()
+    await again.open()
+    await again.open()  # a second open() of the same ledger is a no-op
+    try:
+        assert await stored(again) == entry
+    finally:
+        await again.close()
+
+
+async def test_replicas_starting_together_migrate_once(make_ledger: LedgerFactory) -> None:
+    replicas = [make_ledger() for _ in range(5)]
+    await asyncio.gather(*(replica.open() for replica in replicas))
+    try:
+        claims = [await claim(replica, number=f"INV-{i}") for i, replica in enumerate(replicas)]
+        assert {c.status for c in claims} == {ClaimStatus.CLAIMED}
+    finally:
+        await asyncio.gather(*(replica.close() for replica in replicas))
+
+
+async def test_records_survive_close_and_reopen(make_ledger: LedgerFactory) -> None:
+    first = make_ledger()
+    await first.open()
+    entry = await finished(first, LedgerState.REJECTED)
+    held = await claim(first, number="INV-2")
+    await first.close()
+
+    reopened = make_ledger()
+    await reopened.open()
+    try:
+        assert await stored(reopened) == entry
+        assert await stored(reopened, "INV-2") == held.entry
+        assert await reopened.unpublished() == [entry]
+    finally:
+        await reopened.close()
+
+
+async def test_twenty_owners_race_and_exactly_one_wins(make_ledger: LedgerFactory) -> None:
+    """Each owner on its own connection (its own ledger), all claiming at once."""
+    replicas = [make_ledger() for _ in range(20)]
+    await asyncio.gather(*(replica.open() for replica in replicas))
+    try:
+        results = await asyncio.gather(
+            *(
+                claim(replica, owner=f"replica-{i}", event_id=f"event-{i}")
+                for i, replica in enumerate(replicas)
+            )
+        )
+    finally:
+        await asyncio.gather(*(replica.close() for replica in replicas))
+
+    statuses = [r.status for r in results]
+    assert statuses.count(ClaimStatus.CLAIMED) == 1
+    assert statuses.count(ClaimStatus.HELD) == 19
+    winner = next(r.entry for r in results if r.status is ClaimStatus.CLAIMED)
+    assert all(r.entry == winner for r in results)
+
+
+async def test_twenty_owners_race_through_one_ledger(ledger: Ledger) -> None:
+    """Through one ledger: for PostgreSQL, the claims spread over its pool's connections."""
+    results = await asyncio.gather(*(claim(ledger, owner=f"replica-{i}") for i in range(20)))
+
+    statuses = [r.status for r in results]
+    assert (statuses.count(ClaimStatus.CLAIMED), statuses.count(ClaimStatus.HELD)) == (1, 19)
+    assert (await stored(ledger)).attempts == 1
+
+
+# -- PostgreSQL errors and the factory
+
+
+def _assert_hidden(error: LedgerError, password: str) -> None:
+    assert password not in str(error)
+    assert password not in "".join(traceback.format_exception(error))
+
+
+async def test_an_unreachable_postgres_is_a_ledger_error_without_the_password() -> None:
+    password = "s3cret-Pa55word"
+    ledger = PostgresLedger(f"postgresql://registrar:{password}@127.0.0.1:{free_port()}/registrar")
+
+    with pytest.raises(LedgerError, match="postgres connect") as raised:
+        await ledger.open()
+
+    _assert_hidden(raised.value, password)
+    with pytest.raises(LedgerError):
+        await ledger.ping()
+
+
+async def test_a_wrong_password_is_a_ledger_error_without_the_password(postgres_dsn: str) -> None:
+    password = "wrong-Pa55word"
+    parts = urlsplit(postgres_dsn)
+    netloc = f"{parts.username}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    ledger = PostgresLedger(urlunsplit(parts._replace(netloc=netloc)))
+
+    with pytest.raises(LedgerError, match="password authentication failed") as raised:
+        await ledger.open()
+
+    _assert_hidden(raised.value, password)
+
+
+def test_the_factory_reads_urls() -> None:
+    assert repr(open_ledger("sqlite:///data/ledger.db")) == "SqliteLedger('data/ledger.db')"
+    assert repr(open_ledger("sqlite:////var/lib/ledger.db")) == "SqliteLedger('/var/lib/ledger.db')"
+    assert repr(open_ledger("sqlite://")) == "SqliteLedger(':memory:')"
+    assert repr(open_ledger("sqlite:///:memory:")) == "SqliteLedger(':memory:')"
+    postgres = open_ledger("postgresql://registrar:hunter2@db:5432/registrar")
+    assert isinstance(postgres, PostgresLedger)
+    assert "hunter2" not in repr(postgres)
+    for bad in ("mysql://u:hunter2@h/db", "sqlite:relative.db", "ledger.db"):
+        with pytest.raises(ValueError, match="unsupported ledger URL") as raised:
+            open_ledger(bad)
+        assert "hunter2" not in str(raised.value)
+
+
+async def test_an_in_memory_sqlite_ledger_works() -> None:
+    ledger = SqliteLedger(":memory:")
+    await ledger.open()
+    try:
+        assert (await claim(ledger)).status is ClaimStatus.CLAIMED
+        assert (await claim(ledger, owner="replica-b")).status is ClaimStatus.HELD
+    finally:
+        await ledger.close()
