@@ -118,6 +118,7 @@ cmd_start() {
     psql_admin "$port" <<SQL >/dev/null || die "could not create role/database $DATABASE; see $LOG"
 SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', '$ROLE', '$PASSWORD')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') \gexec
+SELECT format('ALTER ROLE %I CREATEDB', '$ROLE') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', '$DATABASE', '$ROLE')
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DATABASE') \gexec
 SQL

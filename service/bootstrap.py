@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,8 @@ def build_registrar(
         backoff=backoff,
         observer=observer,
     )
-    consumer = AIOKafkaConsumer(
+    consumer = partial(
+        AIOKafkaConsumer,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group_id,
         client_id=APP_NAME,

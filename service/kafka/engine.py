@@ -99,7 +99,7 @@ class ConsumptionEngine:
     def __init__(
         self,
         *,
-        consumer: AIOKafkaConsumer,
+        consumer: Callable[[], AIOKafkaConsumer],
         topic: str,
         processor: Processor,
         max_in_flight: int = 128,
@@ -109,7 +109,9 @@ class ConsumptionEngine:
         backoff: Backoff | None = None,
         observer: EngineObserver | None = None,
     ) -> None:
-        self._consumer = consumer
+        # aiokafka clients must be made inside the running loop: the engine makes its own on start.
+        self._make_consumer = consumer
+        self._consumer: AIOKafkaConsumer = None
         self._topic = topic
         self._processor = processor
         self._max_in_flight = max_in_flight
@@ -137,6 +139,7 @@ class ConsumptionEngine:
     # life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._consumer = self._make_consumer()
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         await self._consumer.start()
         self.connected = True

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from service.config import DEMO_API_KEY, Settings
+from service.localkafka import free_port
 
 
 def settings_for(bootstrap: str, amili_url: str, suffix: str, **overrides: Any) -> Settings:
@@ -61,3 +69,53 @@ async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None
         return await consumer.committed(TopicPartition(topic, 0))  # type: ignore[no-any-return]
     finally:
         await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def fresh_ledger_url(kind: str, tmp_path: Path, postgres_dsn: Callable[[], str]) -> AsyncIterator[str]:
+    """A LEDGER_URL of an empty ledger: a SQLite file, or a PostgreSQL database of its own."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/ledger.db"
+        return
+    import asyncpg
+
+    dsn = postgres_dsn()
+    name = f"registrar_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = dsn.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def service_process(settings: Settings, log_file: Path) -> subprocess.Popen[bytes]:
+    """The service as its own process (``python -m service run``), configured like ``settings``."""
+    env = {**os.environ, "LOG_LEVEL": "INFO", "HTTP_PORT": str(free_port()), "HTTP_HOST": "127.0.0.1"}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[name.upper()] = str(value)
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], wait_seconds: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)

@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -84,7 +85,8 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> 
 async def running_engine(
     bootstrap: str, topic: str, group: str, processor: StandInProcessor, **options: float
 ) -> AsyncIterator[ConsumptionEngine]:
-    consumer = AIOKafkaConsumer(
+    consumer = partial(
+        AIOKafkaConsumer,
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,

@@ -1,0 +1,258 @@
+"""Exactly one registration per invoice, whatever fails: proofs on the real broker, the emulator
+with its faults, and both ledgers (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from service.bootstrap import build_registrar
+from service.circuit import CircuitState
+from service.devtools.produce import produce
+from service.emulator.app import Emulator
+from tests.integration.harness import (
+    fresh_ledger_url,
+    read_topic,
+    service_process,
+    settings_for,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+Served = tuple[str, Emulator]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_ledger_url(
+        request.param, tmp_path, lambda: str(request.getfixturevalue("postgres_dsn"))
+    ) as url:
+        yield url
+
+
+async def set_faults(amili_url: str, **faults: Any) -> None:
+    async with httpx.AsyncClient(base_url=amili_url) as http:
+        response = await http.patch("/_admin/faults", json=faults)
+        response.raise_for_status()
+
+
+def registrations(amili: Emulator) -> Counter[str]:
+    return Counter(f"{doc['creditor']}/{doc['invoice_number']}" for doc in amili.store.all())
+
+
+def numbered(event: dict[str, Any], number: str, event_id: str | None = None) -> dict[str, Any]:
+    copied = copy.deepcopy(event)
+    copied["data"]["invoice_number"] = number
+    copied["id"] = event_id or f"evt-{number}"
+    return copied
+
+
+async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
+    kafka_bootstrap_servers: str,
+    emulator: Served,
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    ledger_url: str,
+    tmp_path: Path,
+) -> None:
+    amili_url, amili = emulator
+    settings = settings_for(
+        kafka_bootstrap_servers,
+        amili_url,
+        unique_name,
+        ledger_url=ledger_url,
+        amili_total_timeout_seconds=60,
+        amili_read_timeout_seconds=60,
+        # A claim of a dead instance is taken over once its lease has run out.
+        claim_lease_seconds=3,
+    )
+    # Amili stores the registration and never answers: the service waits on its POST.
+    await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
+    await produce(
+        kafka_bootstrap_servers, settings.invoice_created_topic, [sample_events[0]], show_progress=False
+    )
+    first = service_process(settings, tmp_path / "first.log")
+    try:
+
+        async def stored() -> bool:
+            return sum(registrations(amili).values()) == 1
+
+        await wait_for(stored, wait_seconds=60)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)  # between Amili storing it and the ledger recording it
+        first.wait()
+
+    await set_faults(amili_url, hang_rate=0.0)
+    second = service_process(settings, tmp_path / "second.log")
+    try:
+        results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 1, 60)
+        await asyncio.sleep(1.0)  # room for a second result, were one coming
+        results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 2, 2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    assert registrations(amili) == {f"{sample_events[0]['data']['creditor']}/DEMO-1001": 1}
+    assert [r["data"]["outcome"] for r in results] == ["registered"]
+    assert results[0]["data"]["amili"]["_id"] == amili.store.all()[0]["_id"]
+
+
+async def test_duplicates_register_once_and_other_content_is_a_conflict(
+    kafka_bootstrap_servers: str,
+    emulator: Served,
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    ledger_url: str,
+) -> None:
+    amili_url, amili = emulator
+    settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name, ledger_url=ledger_url)
+    original = numbered(sample_events[0], "EO-1")
+    same_event_again = copy.deepcopy(original)
+    same_invoice_new_event = numbered(sample_events[0], "EO-1", event_id="evt-EO-1-resent")
+    other_content = numbered(sample_events[0], "EO-1", event_id="evt-EO-1-changed")
+    other_content["data"]["lines"][0]["unit_price"] = 1.0
+    other_content["data"]["lines"][0]["total_excluding_vat"] = 1.0
+    events = [original, same_event_again, same_invoice_new_event, other_content]
+    await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
+
+    async with build_registrar(settings).app:
+        results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 4, 60)
+
+    assert sum(registrations(amili).values()) == 1
+    outcomes = [r["data"]["outcome"] for r in results]
+    assert outcomes == ["registered", "registered", "registered", "conflict"]
+    registered = [r for r in results if r["data"]["outcome"] == "registered"]
+    assert len({r["id"] for r in registered}) == 1  # one outcome, one event id: consumers deduplicate
+    assert len({r["data"]["amili"]["_case"] for r in registered}) == 1
+    assert results[3]["data"]["inbound_event_id"] == "evt-EO-1-changed"
+    assert amili.store.all()[0]["matrix"][0]["unit_price"] == 399  # nothing overwritten
+
+
+async def test_an_outage_of_amili_pauses_and_everything_is_registered_after(
+    kafka_bootstrap_servers: str,
+    emulator: Served,
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    amili_url, amili = emulator
+    settings = settings_for(
+        kafka_bootstrap_servers,
+        amili_url,
+        unique_name,
+        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
+        max_attempts=3,
+        circuit_failure_threshold=3,
+        circuit_open_seconds=1,
+        retry_max_seconds=1,
+    )
+    events = [numbered(sample_events[i % 5], f"OUT-{i}") for i in range(20)]
+    await set_faults(amili_url, error_503_rate=1.0)
+    await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
+    registrar = build_registrar(settings)
+    async with registrar.app:
+        states: set[CircuitState] = set()
+        for _ in range(300):  # Amili is down for 30 s
+            states.add(registrar.circuit.state)
+            await asyncio.sleep(0.1)
+        assert CircuitState.OPEN in states
+        assert registrations(amili) == Counter()
+        await set_faults(amili_url, error_503_rate=0.0)
+        results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 20, 60)
+        letters = await read_topic(kafka_bootstrap_servers, settings.dead_letter_topic, 1, 1)
+    assert Counter(r["data"]["outcome"] for r in results) == {"registered": 20}
+    assert letters == []
+    assert len(registrations(amili)) == 20
+
+
+async def test_refused_credentials_pause_consumption_until_the_key_works(
+    kafka_bootstrap_servers: str,
+    emulator: Served,
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    amili_url, amili = emulator
+    settings = settings_for(
+        kafka_bootstrap_servers,
+        amili_url,
+        unique_name,
+        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
+        unauthorized_retry_seconds=1,
+    )
+    await set_faults(amili_url, fail_next_count=6, fail_next_status=401)
+    events = [numbered(sample_events[i % 5], f"AUTH-{i}") for i in range(5)]
+    await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
+    registrar = build_registrar(settings)
+    async with registrar.app:
+
+        async def refused() -> bool:
+            return not registrar.circuit.authorized
+
+        await wait_for(refused)
+        assert not registrar.circuit.accepting or registrar.circuit.state is CircuitState.HALF_OPEN
+        results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 5, 60)
+        assert registrar.circuit.authorized
+    assert Counter(r["data"]["outcome"] for r in results) == {"registered": 5}
+    assert len(registrations(amili)) == 5
+
+
+async def test_two_instances_sharing_postgres_across_a_rebalance_register_each_invoice_once(
+    kafka_bootstrap_servers: str,
+    emulator: Served,
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    tmp_path: Path,
+    postgres_dsn: str,
+) -> None:
+    amili_url, amili = emulator
+    async with fresh_ledger_url("postgres", tmp_path, lambda: postgres_dsn) as url:
+        settings = settings_for(
+            kafka_bootstrap_servers, amili_url, unique_name, ledger_url=url, max_in_flight=16
+        )
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(settings.invoice_created_topic, 6, 1)])
+        finally:
+            await admin.close()
+        total = 300
+        events = [numbered(sample_events[i % 5], f"TWO-{i}") for i in range(total)]
+        # Every invoice twice, under different event ids, so both instances may see it.
+        events += [numbered(e, e["data"]["invoice_number"], event_id=f"{e['id']}-again") for e in events]
+        await set_faults(amili_url, latency_ms=20)
+        await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
+
+        first = build_registrar(settings)
+        async with first.app:
+            seen: Callable[[], int] = lambda: sum(registrations(amili).values())  # noqa: E731
+
+            async def started() -> bool:
+                return seen() >= 50
+
+            await wait_for(started, 60)
+            second = build_registrar(settings)
+            async with second.app:  # joins the group: a rebalance in the middle of the stream
+                results = await read_topic(
+                    kafka_bootstrap_servers, settings.registration_result_topic, 2 * total, 120
+                )
+    counts = registrations(amili)
+    assert len(counts) == total
+    assert max(counts.values()) == 1
+    assert len(results) >= 2 * total
+    by_invoice: dict[str, set[str]] = {}
+    for result in results:
+        data = result["data"]
+        assert data["outcome"] == "registered"
+        by_invoice.setdefault(data["invoice_number"], set()).add(data["amili"]["_id"])
+    assert all(len(ids) == 1 for ids in by_invoice.values())
