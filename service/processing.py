@@ -94,10 +94,14 @@ class InvoiceProcessor:
     def prepare(self, record: InboundRecord) -> Prepared:
         """Decode and transform (pure, no I/O); the ordering key tells which records must not
         overtake each other."""
+        unordered = f"{record.topic}:{record.partition}:{record.offset}"
         try:
             created = decode_invoice_created(record)
         except EnvelopeError as error:
-            return Prepared(record, f"{record.topic}:{record.partition}:{record.offset}", error=error)
+            return Prepared(record, unordered, error=error)
+        except Exception as error:  # whatever the bytes, a record must end somewhere: here, dead letters
+            reason = f"the record could not be decoded: {error.__class__.__name__}"
+            return Prepared(record, unordered, error=EnvelopeError("undecodable", reason))
         invoice = created.invoice
         creditor = invoice.creditor or self._defaults.creditor or ""
         payload = to_registration(invoice, self._defaults)
@@ -146,6 +150,16 @@ class InvoiceProcessor:
             creditor=creditor,
             invoice_number=invoice.invoice_number,
         )
+
+    async def give_up(self, prepared: Prepared, error: BaseException) -> Handled:
+        """An event that keeps failing for a reason of ours goes to dead letters, so the stream
+        moves on; the reason names the error, never its content."""
+        rule = "processing_error"
+        await self._dead_letters.dead_letter(
+            prepared.record, rule, f"processing kept failing: {error.__class__.__name__}"
+        )
+        self._observer.dead_letter(rule)
+        return Handled(outcome=None, dead_letter_rule=rule)
 
     async def publish_pending(self, *, batch: int = 100) -> int:
         """Publish the results recorded but never published (a crash came in between)."""

@@ -7,13 +7,13 @@ from datetime import date
 
 from service.domain.checksums import has_valid_luhn
 
-_PERSON = re.compile(r"^(\d{2})?(\d{2})(\d{2})(\d{2})[-+]?(\d{4})$")
-_COMPANY = re.compile(r"^(16)?(\d{6})-?(\d{4})$")
+_PERSON = re.compile(r"([0-9]{2})?([0-9]{2})([0-9]{2})([0-9]{2})[-+]?([0-9]{4})", re.ASCII)
+_COMPANY = re.compile(r"(16)?([0-9]{6})-?([0-9]{4})", re.ASCII)
 
 
 def personnummer_problem(value: str) -> str | None:
     """None when ``value`` is a valid personnummer or samordningsnummer, else what is wrong."""
-    match = _PERSON.match(value)
+    match = _PERSON.fullmatch(value)
     if not match:
         return "must be YYMMDD-NNNC or YYYYMMDDNNNC"
     century, yy, mm, dd, tail = match.groups()
@@ -32,7 +32,7 @@ def personnummer_problem(value: str) -> str | None:
 
 def organisationsnummer_problem(value: str) -> str | None:
     """None when ``value`` is a valid organisationsnummer, else what is wrong."""
-    match = _COMPANY.match(value)
+    match = _COMPANY.fullmatch(value)
     if not match:
         return "must be NNNNNN-NNNN"
     digits = match.group(2) + match.group(3)

@@ -22,7 +22,7 @@ from service.domain.swedish_ids import organisationsnummer_problem, personnummer
 
 ALLOWED_VAT_RATES: frozenset[Decimal] = frozenset(Decimal(rate) for rate in (0, 6, 12, 25))
 SUPPORTED_CURRENCIES: frozenset[str] = frozenset({"SEK"})
-_SWEDISH_PLATE = re.compile(r"^[A-Z]{3} ?\d{2}[A-Z0-9]$")
+_SWEDISH_PLATE = re.compile(r"[A-Z]{3} ?[0-9]{2}[A-Z0-9]", re.ASCII)
 _ROUNDING_TOLERANCE = Decimal("0.01")
 
 Broken = Callable[[str, str, str], None]
@@ -69,7 +69,7 @@ def check_business_rules(invoice: Invoice, defaults: TransformDefaults) -> list[
                 "car_registration_excludes_customer_number",
                 "car_registration must not be given together with customer_number",
             )
-        if (car.country in (None, "SE")) and not _SWEDISH_PLATE.match(car.number):
+        if (car.country in (None, "SE")) and not _SWEDISH_PLATE.fullmatch(car.number):
             broken("customer.car_registration.number", "swedish_plate", "must be like ABC123 or ABC12A")
 
     for index, line in enumerate(invoice.lines):

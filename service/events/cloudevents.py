@@ -13,6 +13,7 @@ from service.events.record import InboundRecord
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON_CONTENT_TYPE = "application/json"
+MAX_JSON_DEPTH = 64
 
 
 class CloudEvent(BaseModel):
@@ -94,9 +95,26 @@ def _json_value(value: bytes | None) -> Any:
     if value is None:
         raise EnvelopeError("empty", "the record has no value")
     try:
-        return json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        document = json.loads(value)
+        # It must be sendable again: no lone surrogates (the HTTP client could not encode them).
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as error:  # also JSONDecodeError, UnicodeDecodeError, huge ints
         raise EnvelopeError("json", f"the value is not JSON: {error.__class__.__name__}") from error
+    if _depth(document) > MAX_JSON_DEPTH:
+        raise EnvelopeError("json", f"the value nests deeper than {MAX_JSON_DEPTH} levels")
+    return document
+
+
+def _depth(document: Any) -> int:
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((inner, depth + 1) for inner in node.values())
+        elif isinstance(node, list):
+            stack.extend((inner, depth + 1) for inner in node)
+    return deepest
 
 
 def _json_object(value: bytes | None) -> dict[str, Any]:

@@ -42,6 +42,8 @@ class Processor(Protocol):
 
     async def handle(self, prepared: Prepared) -> Handled: ...
 
+    async def give_up(self, prepared: Prepared, error: BaseException) -> Handled: ...
+
 
 class EngineObserver:
     """Hooks for metrics; the default does nothing."""
@@ -108,6 +110,7 @@ class ConsumptionEngine:
         drain_seconds: float = 15.0,
         backoff: Backoff | None = None,
         observer: EngineObserver | None = None,
+        max_failures: int = 5,
     ) -> None:
         # aiokafka clients must be made inside the running loop: the engine makes its own on start.
         self._make_consumer = consumer
@@ -120,6 +123,7 @@ class ConsumptionEngine:
         self._drain_seconds = drain_seconds
         self._backoff = backoff or Backoff()
         self._observer = observer or EngineObserver()
+        self._max_failures = max_failures
         self._rng = random.Random()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
@@ -233,9 +237,13 @@ class ConsumptionEngine:
             except asyncio.CancelledError:
                 self._abandon(prepared.ordering_key)
                 raise
-            except Exception:
-                # A fault of ours, not of the event: try again after a pause, never skip it.
+            except Exception as error:
+                # A fault of ours, not of the event: try again after a pause; an event that keeps
+                # failing goes to dead letters rather than stall its partition.
                 failures += 1
+                if failures >= self._max_failures:
+                    handled = await self._processor.give_up(prepared, error)
+                    break
                 log.exception(
                     "processing failed; retrying",
                     extra={
@@ -245,7 +253,22 @@ class ConsumptionEngine:
                     },
                 )
                 await asyncio.sleep(self._backoff.delay(failures, self._rng))
-        self._observer.handled(handled, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._observer.handled(handled, seconds)
+        log.info(
+            "event handled",
+            extra={
+                "creditor": handled.creditor,
+                "invoice_number": handled.invoice_number,
+                "topic": partition.topic,
+                "partition": partition.partition,
+                "offset": prepared.record.offset,
+                "outcome": handled.outcome.value if handled.outcome is not None else "dead_lettered",
+                "dead_letter_rule": handled.dead_letter_rule,
+                "attempts": handled.attempts,
+                "duration_ms": round(seconds * 1000, 1),
+            },
+        )
         progress = self._progress.get(partition)
         if progress is not None:
             progress.finish(prepared.record.offset)

@@ -29,6 +29,9 @@ class StopsBeforeCommit:
     def prepare(self, record: InboundRecord) -> Prepared:
         return self.inner.prepare(record)
 
+    async def give_up(self, prepared: Prepared, error: BaseException) -> Handled:
+        return await self.inner.give_up(prepared, error)
+
     async def handle(self, prepared: Prepared) -> Handled:
         await self.inner.handle(prepared)
         self.handled.set()

@@ -52,6 +52,9 @@ class StandInProcessor:
             self.running -= 1
         return Handled(outcome=None)
 
+    async def give_up(self, prepared: Prepared, error: BaseException) -> Handled:
+        raise AssertionError(f"the stand-in never fails: {error!r}")
+
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)

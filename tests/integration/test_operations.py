@@ -1,0 +1,172 @@
+"""The service as ops run it: its own process, /metrics scraped by a real Prometheus server,
+/healthz and /readyz, JSON log lines per event, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.config import DEMO_API_KEY
+from service.devtools.produce import produce
+from service.emulator.app import Emulator
+from service.localkafka import free_port
+from tests.integration.harness import read_topic, service_process, settings_for, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if found is None:
+        message = "no prometheus server (Debian's prometheus package; make ops-tools installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def prometheus(prometheus_binary: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Prometheus server on loopback; the test writes the scrape target into its file_sd file."""
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: amili-registrar\n"
+        f"    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n"
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            prometheus_binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", targets
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def query(prometheus_url: str, expression: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=prometheus_url) as http:
+        try:
+            response = await http.get("/api/v1/query", params={"query": expression})
+        except httpx.TransportError:
+            return []
+    if response.status_code != 200:
+        return []
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+async def test_prometheus_scrapes_the_running_service_and_health_reflects_its_state(
+    kafka_bootstrap_servers: str,
+    emulator: tuple[str, Emulator],
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    prometheus: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    amili_url, _ = emulator
+    prometheus_url, targets = prometheus
+    port = free_port()
+    settings = settings_for(
+        kafka_bootstrap_servers,
+        amili_url,
+        unique_name,
+        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
+        http_port=port,
+        http_host="127.0.0.1",
+    )
+    targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"app": "amili-registrar"}}]))
+    await produce(kafka_bootstrap_servers, settings.invoice_created_topic, sample_events, show_progress=False)
+    log_file = tmp_path / "service.log"
+    process = service_process(settings, log_file)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def ready() -> bool:
+                try:
+                    return (await http.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(ready, 60)
+            assert (await http.get("/healthz")).json()["status"] == "ok"
+            results = await read_topic(
+                kafka_bootstrap_servers, settings.registration_result_topic, len(sample_events), 60
+            )
+            assert len(results) == len(sample_events)
+            metrics = (await http.get("/metrics")).text
+            assert "registrar_events_consumed_total" in metrics
+            assert "faststream_published_messages_total" in metrics  # FastStream's own, alongside
+            assert "invoice_number" not in metrics
+
+            async def scraped() -> bool:
+                series = await query(
+                    prometheus_url, 'sum(registrar_events_consumed_total{app="amili-registrar"})'
+                )
+                return bool(series) and float(series[0]["value"][1]) == len(sample_events)
+
+            await wait_for(scraped, 60)
+            rejected = await query(prometheus_url, 'registrar_events_consumed_total{outcome="rejected"}')
+            assert float(rejected[0]["value"][1]) == 1
+            up = await query(prometheus_url, 'up{job="amili-registrar"}')
+            assert float(up[0]["value"][1]) == 1
+            histogram = await query(prometheus_url, "registrar_amili_request_duration_seconds_count")
+            assert {s["metric"]["endpoint"] for s in histogram} >= {"register"}
+
+            # Amili refuses the key: not ready (credentials), yet alive.
+            async with httpx.AsyncClient(base_url=amili_url) as amili_admin:
+                await amili_admin.patch(
+                    "/_admin/faults", json={"fail_next_count": 50, "fail_next_status": 401}
+                )
+            extra = dict(sample_events[0])
+            extra["id"] = "after-the-key-broke"
+            extra["data"] = {**extra["data"], "invoice_number": "OPS-401"}
+            await produce(
+                kafka_bootstrap_servers, settings.invoice_created_topic, [extra], show_progress=False
+            )
+
+            async def refused() -> bool:
+                readiness = await http.get("/readyz")
+                return readiness.status_code == 503 and not readiness.json()["checks"]["credentials"]["ok"]
+
+            await wait_for(refused, 30)
+            assert (await http.get("/healthz")).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down gracefully: -15 is a clean exit here.
+        assert await asyncio.to_thread(process.wait, 60) in (0, -signal.SIGTERM)
+
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+    handled = [line for line in lines if line["message"] == "event handled"]
+    assert {line["invoice_number"] for line in handled} >= {
+        e["data"]["invoice_number"] for e in sample_events
+    }
+    for line in handled:
+        assert {"creditor", "topic", "partition", "offset", "outcome", "attempts", "duration_ms"} <= set(line)
+    text = log_file.read_text()
+    assert "Application shutdown complete" in text
+    assert DEMO_API_KEY not in text
+    for personal in ("811218-9876", "astrid.lindqvist@example.se", "+46701234567", "Storgatan 12"):
+        assert personal not in text
