@@ -14,6 +14,7 @@ from service.domain.checksums import luhn_check_digit
 from service.events.cloudevents import CloudEvent
 from service.events.record import InboundRecord
 from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
+from service.ledger.claims import decide_claim
 from service.ports import AmiliDuplicate, AmiliError
 
 _ids = itertools.count(1)
@@ -145,46 +146,19 @@ class FakeLedger:
     ) -> Claim:
         self._maybe_fail()
         key = (creditor, invoice_number)
-        entry = self.entries.get(key)
-        fresh = LedgerEntry(
+        claim = decide_claim(
+            self.entries.get(key),
             creditor=creditor,
             invoice_number=invoice_number,
             fingerprint=fingerprint,
-            state=LedgerState.IN_FLIGHT,
-            attempts=1,
             event_id=event_id,
-            claimed_by=owner,
-            claimed_at=now,
-            result=None,
-            result_published=False,
-            created_at=now,
-            updated_at=now,
+            owner=owner,
+            now=now,
+            lease=lease,
         )
-        if entry is None or (entry.state is LedgerState.REJECTED and entry.fingerprint != fingerprint):
-            self.entries[key] = fresh
-            return Claim(ClaimStatus.CLAIMED, fresh)
-        if entry.fingerprint != fingerprint:
-            return Claim(ClaimStatus.CONFLICT, entry)
-        taken_over = dataclasses.replace(
-            entry,
-            state=LedgerState.IN_FLIGHT,
-            claimed_by=owner,
-            claimed_at=now,
-            attempts=entry.attempts + 1,
-            result=None,
-            result_published=False,
-            updated_at=now,
-        )
-        if entry.state is LedgerState.FAILED:
-            self.entries[key] = taken_over
-            return Claim(ClaimStatus.RECLAIMED, taken_over)
-        if entry.state.is_final:
-            return Claim(ClaimStatus.FINAL, entry)
-        assert entry.claimed_at is not None
-        if entry.claimed_by == owner or entry.claimed_at + lease <= now:
-            self.entries[key] = taken_over
-            return Claim(ClaimStatus.RECLAIMED, taken_over)
-        return Claim(ClaimStatus.HELD, entry)
+        if claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED):
+            self.entries[key] = claim.entry
+        return claim
 
     async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
         self._maybe_fail()

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr, ValidationError
@@ -211,19 +212,32 @@ class AmiliClient:
                 await response.aread()
             status_class = f"{response.status_code // 100}xx"
             return response
-        except (TimeoutError, httpx.TimeoutException) as error:
-            status_class = "timeout"
-            reason = f"{method} {path} timed out"
+        except (TimeoutError, httpx.TransportError) as error:
+            status_class = "timeout" if isinstance(error, TimeoutError | httpx.TimeoutException) else "error"
+            if never_sent(error):
+                raise AmiliUnavailable(
+                    f"{method} {path}: no connection ({error.__class__.__name__})"
+                ) from error
+            reason = f"{method} {path} failed: {error.__class__.__name__}"
             # The request may have been stored before the answer was lost.
             raise (AmiliOutcomeUnknown(reason) if mutating else AmiliUnavailable(reason)) from error
-        except httpx.TransportError as error:
-            reason = f"{method} {path} failed: {error.__class__.__name__}"
-            if mutating and not isinstance(error, httpx.ConnectError):
-                raise AmiliOutcomeUnknown(reason) from error
-            raise AmiliUnavailable(reason) from error
         finally:
             if self._observe is not None:
                 self._observe(endpoint, status_class, time.perf_counter() - started)
+
+
+def never_sent(error: BaseException) -> bool:
+    """Whether the request certainly never reached Amili: the connection was never made.
+
+    httpx-aiohttp reports every aiohttp connection error, including a connection reset after
+    the request went out, as ``httpx.ConnectTimeout``; only aiohttp's connector error (the
+    connection could not be opened) proves nothing was sent.
+    """
+    if isinstance(error.__cause__, aiohttp.ClientConnectorError):
+        return True
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) and not isinstance(
+        error.__cause__, aiohttp.ClientError
+    )
 
 
 def _receipt(body: Any) -> InvoiceRegistrationReceipt:

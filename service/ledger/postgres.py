@@ -23,7 +23,7 @@ import asyncpg
 from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
 
 # The claim rules are backend-neutral; they live with the first backend that needed them.
-from service.ledger.sqlite import decide_claim, utc
+from service.ledger.claims import decide_claim, utc
 
 T = TypeVar("T")
 
