@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
@@ -30,13 +33,15 @@ def sample_events_path() -> Path:
 
 
 async def run_demo(*, kafka_version: str | None = None, events_file: Path | None = None) -> int:
-    console = Console()
+    # Piped output has no width of its own; give the table room rather than 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=180)
     # The table is the demo's output; the service's own logs would only interleave with it.
     logging.getLogger("service").setLevel(logging.WARNING)
     events = read_events(events_file or sample_events_path())
     kafka = LocalKafka(name="demo", version=kafka_version or default_version())
     console.print(f"[bold]Starting Apache Kafka {kafka.version}[/] (first run downloads its jars)…")
     bootstrap = await asyncio.to_thread(kafka.start)
+    workdir = tempfile.TemporaryDirectory(prefix="amili-registrar-demo-")
     try:
         emulator_settings = EmulatorSettings(port=free_port(), api_keys=[DEMO_API_KEY])
         async with serve_emulator(emulator_settings) as (amili_url, _):
@@ -47,7 +52,9 @@ async def run_demo(*, kafka_version: str | None = None, events_file: Path | None
                 amili_api_key=SecretStr(DEMO_API_KEY),
                 consumer_group_id="amili-registrar-demo",
                 shutdown_grace_seconds=5,
+                ledger_url=SecretStr(f"sqlite:///{workdir.name}/ledger.db"),
             )
+            await _create_topics(settings)
             registrar = build_registrar(settings)
             async with registrar.app:
                 await produce(bootstrap, settings.invoice_created_topic, events)
@@ -55,8 +62,25 @@ async def run_demo(*, kafka_version: str | None = None, events_file: Path | None
         console.print(f"{received} of {len(events)} results received; shutting down.")
         return 0 if received == len(events) else 1
     finally:
+        workdir.cleanup()
         await asyncio.to_thread(kafka.stop)
         console.print("Everything stopped.")
+
+
+async def _create_topics(settings: Settings) -> None:
+    """Made up front, so the first produce and subscribe need no auto-creation (and log no errors)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(settings.invoice_created_topic, num_partitions=3, replication_factor=1),
+                NewTopic(settings.registration_result_topic, num_partitions=3, replication_factor=1),
+                NewTopic(settings.dead_letter_topic, num_partitions=1, replication_factor=1),
+            ]
+        )
+    finally:
+        await admin.close()
 
 
 async def _show_results(console: Console, settings: Settings, expected: int) -> int:
@@ -88,7 +112,7 @@ def _results_table() -> Table:
     table = Table(title="registration-result", expand=False)
     for column in ("invoice", "outcome", "case id", "OCR number"):
         table.add_column(column, no_wrap=True)
-    table.add_column("reason", overflow="fold")
+    table.add_column("reason", overflow="fold", min_width=30)
     return table
 
 
