@@ -59,6 +59,7 @@ class ApiCodeTokenProvider:
         private_key: SecretStr,
         algorithm: str = "ES256",
         default_token_lifetime_seconds: float = 3000.0,
+        timeout_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if algorithm not in SUPPORTED_ALGORITHMS:
@@ -70,6 +71,7 @@ class ApiCodeTokenProvider:
         self._private_key = private_key
         self._algorithm = algorithm
         self._default_lifetime = default_token_lifetime_seconds
+        self._timeout = timeout_seconds
         self._clock = clock
         self._current: SecretStr | None = None
         self._expires_at = 0.0
@@ -78,7 +80,13 @@ class ApiCodeTokenProvider:
     def mint_jwt(self) -> str:
         # Only the claims Amili documents; an ``iat`` would be refused by a server whose clock is behind.
         claims = {"api_code": self._api_code, "exp": int(self._clock()) + JWT_LIFETIME_SECONDS}
-        return jwt.encode(claims, self._private_key.get_secret_value(), algorithm=self._algorithm)
+        try:
+            return jwt.encode(claims, self._private_key.get_secret_value(), algorithm=self._algorithm)
+        except (ValueError, TypeError, jwt.PyJWTError) as error:
+            # A credentials problem: it pauses consumption like a refused key, never an invoice.
+            raise AmiliUnauthorized(
+                f"the private key cannot sign {self._algorithm} JWTs ({error.__class__.__name__})"
+            ) from None
 
     async def token(self) -> SecretStr:
         async with self._lock:
@@ -97,7 +105,10 @@ class ApiCodeTokenProvider:
 
     async def _exchange(self) -> None:
         try:
-            response = await self._http.get(EXCHANGE_PATH, headers={"x-api-key": self.mint_jwt()})
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.get(EXCHANGE_PATH, headers={"x-api-key": self.mint_jwt()})
+        except TimeoutError:
+            raise AmiliUnavailable("token exchange timed out") from None
         except httpx.HTTPError as error:
             raise AmiliUnavailable(f"token exchange failed: {error.__class__.__name__}") from error
         if response.status_code in (401, 403):

@@ -76,6 +76,8 @@ class AmiliClient:
         limits = httpx.Limits(
             max_connections=self._settings.max_connections,
             max_keepalive_connections=self._settings.max_connections,
+            # Below the usual 5 s of servers, so an idle connection is never reused as it closes.
+            keepalive_expiry=4.0,
         )
         if transport is None and self._settings.transport == "aiohttp":
             transport = AiohttpTransport(limits=limits)
@@ -95,6 +97,7 @@ class AmiliClient:
                 api_code=credentials.api_code,
                 private_key=credentials.private_key,
                 algorithm=credentials.algorithm,
+                timeout_seconds=self._settings.total_timeout_seconds,
             )
         else:
             self._tokens = StaticToken(credentials)
@@ -113,7 +116,8 @@ class AmiliClient:
             "register", "POST", REGISTRATIONS_PATH, json_body=request.to_wire(), mutating=True
         )
         if response.status_code in (200, 201):
-            return _receipt(response.json())
+            # Stored, most likely, but unreadable: the look-up will tell.
+            return _receipt(_json_body(response, unreadable=AmiliOutcomeUnknown))
         if response.status_code == 409:
             raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
         if response.status_code in (400, 422):
@@ -142,8 +146,10 @@ class AmiliClient:
             response = await self._send("find", "GET", REGISTRATIONS_PATH, params=params, mutating=False)
             if response.status_code != 200:
                 raise _unexpected(response, mutating=False)
-            body = response.json()
-            items = body.get("_items", [])
+            body = _json_body(response, unreadable=AmiliUnavailable)
+            items = body.get("_items", []) if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise AmiliUnavailable("Amili answered a look-up this client cannot read")
             # Filter again: a server that ignores an unknown ``where`` field must not hand us another invoice.
             found.extend(
                 _receipt(item)
@@ -165,7 +171,7 @@ class AmiliClient:
             return None
         if response.status_code != 200:
             raise _unexpected(response, mutating=False)
-        return _receipt(response.json())
+        return _receipt(_json_body(response, unreadable=AmiliUnavailable))
 
     async def _send(
         self,
@@ -240,13 +246,20 @@ def never_sent(error: BaseException) -> bool:
     )
 
 
+def _json_body(response: httpx.Response, *, unreadable: type[AmiliUnavailable]) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise unreadable(f"Amili answered HTTP {response.status_code} without a JSON body") from None
+
+
 def _receipt(body: Any) -> InvoiceRegistrationReceipt:
     try:
         return InvoiceRegistrationReceipt.model_validate(body)
     except ValidationError as error:
-        raise AmiliUnavailable(
-            f"Amili answered a registration this client cannot read ({error.error_count()} problems)"
-        ) from error
+        problems = error.error_count()
+    # Raised outside the handler, so no exception in the chain quotes the answer's personal data.
+    raise AmiliUnavailable(f"Amili answered a registration this client cannot read ({problems} problems)")
 
 
 def _issues(response: httpx.Response) -> dict[str, str]:
