@@ -109,6 +109,32 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from service.devtools.chaos import ChaosError, ChaosOptions, run_chaos
+    from service.localkafka import LocalKafkaError
+
+    # The run's own broker unless one is named (--kafka-bootstrap, or KAFKA_BOOTSTRAP_SERVERS set).
+    settings = Settings()
+    configured = "kafka_bootstrap_servers" in settings.model_fields_set
+    options = ChaosOptions(
+        invoices=args.invoices,
+        kill_every_min=args.kill_every_min,
+        kill_every_max=args.kill_every_max,
+        seed=args.seed,
+        ledger=args.ledger,
+        postgres_dsn=args.postgres_dsn,
+        kafka_bootstrap=args.kafka_bootstrap or (settings.kafka_bootstrap_servers if configured else None),
+        timeout_seconds=args.timeout,
+        rate=args.rate,
+        workdir=args.workdir,
+    )
+    try:
+        return asyncio.run(run_chaos(options))
+    except (ChaosError, LocalKafkaError) as error:
+        print(f"amili-registrar chaos: {error}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amili-registrar",
@@ -160,6 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--kafka-version", help="Apache Kafka version for the local broker")
     demo.add_argument("--file", type=Path, help="events to send instead of the samples")
     demo.set_defaults(handler=_demo)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="send many invoices while killing the service and injecting Amili faults",
+        description="Send N invoices (5% re-sent, 1% poison) to a local broker while the service is "
+        "SIGKILLed and restarted at random and the Amili emulator injects 5% 5xx, 2% store-then-timeout "
+        "and 1% 429; then check one registration and one result per invoice and a dead letter per "
+        "poison event. Exits 1 if a check fails.",
+    )
+    chaos.add_argument("--invoices", type=int, default=2000, help="invoices to send (default 2000)")
+    chaos.add_argument(
+        "--kill-every-min",
+        type=float,
+        default=2.0,
+        help="shortest life of the service: s after its first work (default 2)",
+    )
+    chaos.add_argument(
+        "--kill-every-max",
+        type=float,
+        default=6.0,
+        help="longest life of the service: s after its first work (default 6)",
+    )
+    chaos.add_argument("--seed", type=int, default=1, help="seed of events, kills and faults (default 1)")
+    chaos.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite", help="default sqlite")
+    chaos.add_argument(
+        "--postgres-dsn", help="with --ledger postgres: a server to create a database in (default: local)"
+    )
+    chaos.add_argument(
+        "--kafka-bootstrap", help="use this broker (default: KAFKA_BOOTSTRAP_SERVERS, else a local one)"
+    )
+    chaos.add_argument(
+        "--timeout", type=float, default=1800.0, help="give up waiting for results after s (default 1800)"
+    )
+    chaos.add_argument("--rate", type=float, default=250.0, help="events sent per second (0: at once)")
+    chaos.add_argument("--workdir", type=Path, help="where logs, ledger and Amili's store go (default: new)")
+    chaos.set_defaults(handler=_chaos)
     return parser
 
 
