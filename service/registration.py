@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -42,8 +41,8 @@ Clock = Callable[[], datetime]
 
 def fingerprint(request: InvoiceRegistrationRequest) -> str:
     """What identifies the content of an invoice: a hash of its canonical payload."""
-    canonical = json.dumps(request.to_wire(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # pydantic writes the fields in the model's order, so the same content gives the same bytes.
+    return hashlib.sha256(request.model_dump_json(exclude_none=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ headers with the data as the record value), as the CloudEvents Kafka protocol bi
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +15,7 @@ from service.events.record import InboundRecord
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON_CONTENT_TYPE = "application/json"
 MAX_JSON_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class CloudEvent(BaseModel):
@@ -97,10 +99,13 @@ def _json_value(value: bytes | None) -> Any:
     try:
         document = json.loads(value)
         # It must be sendable again: no lone surrogates (the HTTP client could not encode them).
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
+        # Only an escaped surrogate can bring one in, so the costly round trip runs only then.
+        if _SURROGATE_ESCAPE.search(value):
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError) as error:  # also JSONDecodeError, UnicodeDecodeError, huge ints
         raise EnvelopeError("json", f"the value is not JSON: {error.__class__.__name__}") from error
-    if _depth(document) > MAX_JSON_DEPTH:
+    # Nesting needs at least as many brackets as levels: count them before walking the document.
+    if value.count(b"{") + value.count(b"[") > MAX_JSON_DEPTH and _depth(document) > MAX_JSON_DEPTH:
         raise EnvelopeError("json", f"the value nests deeper than {MAX_JSON_DEPTH} levels")
     return document
 
