@@ -1,0 +1,149 @@
+"""Diagnostic: ``python -m service run`` with the steps of each event timed. (Not for production.)
+
+The service's code is unchanged: a few of its methods are wrapped at start-up, here, to add up how
+long each call takes as the event sees it (waiting included), plus how long each SQLite transaction
+runs on the ledger's thread and how late the event loop wakes up from a 10 ms sleep (its lag). At
+exit the totals go to ``$BENCH_TRACE_FILE`` as JSON: ``{step: [calls, seconds]}``.
+
+What-if experiments (``$BENCH_WHATIF``, comma separated; they change behaviour, only here):
+
+- ``admission``: at the in-flight limit the engine waits for a free slot instead of first blocking
+  100 ms in ``getmany`` on its paused partitions (``ConsumptionEngine._fetch_once``).
+
+    BENCH_TRACE_FILE=trace.json .venv/bin/python -m bench.trace_service   # env as for `service run`
+
+``python -m bench.throughput --trace-service`` runs the service this way and reports the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from service.amili.client import AmiliClient
+from service.cli import main
+from service.kafka.engine import ConsumptionEngine
+from service.kafka.publishing import KafkaResultPublisher
+from service.ledger.sqlite import SqliteLedger
+from service.processing import InvoiceProcessor
+from service.registration import InvoiceRegistration
+
+STEPS: dict[str, list[float]] = {}
+_LOCK = threading.Lock()
+
+
+def _add(step: str, seconds: float) -> None:
+    with _LOCK:
+        entry = STEPS.setdefault(step, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+
+def _timed_async(owner: type, name: str, step: str) -> None:
+    original: Callable[..., Awaitable[Any]] = getattr(owner, name)
+
+    @functools.wraps(original)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            _add(step, time.perf_counter() - started)
+
+    setattr(owner, name, wrapper)
+
+
+def _timed_sync(owner: type, name: str, step: str, *, static: bool = False) -> None:
+    original: Callable[..., Any] = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _add(step, time.perf_counter() - started)
+
+    setattr(owner, name, staticmethod(wrapper) if static else wrapper)
+
+
+async def _loop_lag() -> None:
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.01)
+        _add("event loop lag (beyond a 10 ms sleep)", max(0.0, time.perf_counter() - started - 0.01))
+
+
+def instrument() -> None:
+    _timed_async(ConsumptionEngine, "_handle", "event in flight (engine, admitted → finished)")
+    _timed_sync(InvoiceProcessor, "prepare", "decode + transform")
+    _timed_async(InvoiceRegistration, "register", "registration protocol (ledger + Amili)")
+    _timed_async(AmiliClient, "register", "Amili POST")
+    _timed_async(KafkaResultPublisher, "publish_result", "result publish (acks=all)")
+    for method in ("claim", "finish", "mark_published"):
+        _timed_async(SqliteLedger, method, f"ledger {method} (queue + thread)")
+    _timed_sync(SqliteLedger, "_in_transaction", "ledger transaction (on its thread)", static=True)
+
+    original_start = ConsumptionEngine.start
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(self: ConsumptionEngine) -> None:
+        await original_start(self)
+        tasks.append(asyncio.create_task(_loop_lag()))
+
+    ConsumptionEngine.start = start  # type: ignore[method-assign]
+
+
+def admit_on_free_slot() -> None:
+    """What-if ``admission``: the paused branch of ``_fetch_once`` waits for a slot first, then polls
+    without blocking (the poll still keeps the consumer in its group); otherwise unchanged."""
+    original = ConsumptionEngine._fetch_once
+
+    async def fetch_once(self: Any) -> None:
+        if self._max_in_flight - self._in_flight > 0 and self._accepting():
+            await original(self)
+            return
+        self._consumer.pause(*self._consumer.assignment())
+        self._slots_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
+        for partition, records in (await self._consumer.getmany(timeout_ms=0)).items():
+            self._consumer.seek(partition, records[0].offset)
+        self._observer.progress()
+
+    ConsumptionEngine._fetch_once = fetch_once  # type: ignore[method-assign]
+
+
+WHAT_IF: dict[str, Callable[[], None]] = {"admission": admit_on_free_slot}
+
+
+def _dump() -> None:
+    target = os.environ.get("BENCH_TRACE_FILE")
+    if target:
+        with _LOCK:
+            Path(target).write_text(json.dumps(STEPS, indent=2) + "\n")
+
+
+def _exit_on_sigterm(signum: int, _: object) -> None:
+    # uvicorn re-raises the SIGTERM it captured once it has shut down; exit normally, so atexit runs.
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    instrument()
+    for name in filter(None, os.environ.get("BENCH_WHATIF", "").split(",")):
+        WHAT_IF[name]()
+    atexit.register(_dump)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    sys.exit(main(["run"]))
