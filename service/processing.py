@@ -56,6 +56,8 @@ class Prepared:
     created: InvoiceCreated | None = None
     payload: InvoiceRegistrationRequest | Rejection | None = None
     error: EnvelopeError | None = None
+    creditor: str = ""
+    """The invoice's creditor, from the event or the configured default (decided once, here)."""
 
 
 class ProcessingObserver:
@@ -105,7 +107,13 @@ class InvoiceProcessor:
         invoice = created.invoice
         creditor = invoice.creditor or self._defaults.creditor or ""
         payload = to_registration(invoice, self._defaults)
-        return Prepared(record, f"{creditor}/{invoice.invoice_number}", created=created, payload=payload)
+        return Prepared(
+            record,
+            f"{creditor}/{invoice.invoice_number}",
+            created=created,
+            payload=payload,
+            creditor=creditor,
+        )
 
     async def process(self, record: InboundRecord) -> Handled:
         return await self.handle(self.prepare(record))
@@ -118,9 +126,8 @@ class InvoiceProcessor:
             self._observer.dead_letter(error.rule)
             return Handled(outcome=None, dead_letter_rule=error.rule)
 
-        created, payload = prepared.created, prepared.payload
+        created, payload, creditor = prepared.created, prepared.payload, prepared.creditor
         invoice = created.invoice
-        creditor = invoice.creditor or self._defaults.creditor or ""
         if isinstance(payload, Rejection):
             result = RegistrationResult(
                 outcome=Outcome.REJECTED.value,
