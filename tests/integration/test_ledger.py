@@ -443,3 +443,91 @@ async def test_an_in_memory_sqlite_ledger_works() -> None:
         assert (await claim(ledger, owner="replica-b")).status is ClaimStatus.HELD
     finally:
         await ledger.close()
+
+
+# -- SQLite's group commit
+
+
+class _CountingSqliteLedger(SqliteLedger):
+    """Counts the transactions the group commit makes."""
+
+    groups: list[int]
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self.groups = []
+
+    def _group(self, conn: Any, works: list[Any]) -> list[object]:  # type: ignore[override]
+        self.groups.append(len(works))
+        return SqliteLedger._group(conn, works)
+
+
+async def test_concurrent_sqlite_writes_share_commits_and_are_each_durable(tmp_path: Any) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = _CountingSqliteLedger(path)
+    await ledger.open()
+    try:
+        claims = await asyncio.gather(*(claim(ledger, number=f"INV-{i}") for i in range(200)))
+    finally:
+        await ledger.close()
+
+    assert {c.status for c in claims} == {ClaimStatus.CLAIMED}
+    assert sum(ledger.groups) == 200
+    assert len(ledger.groups) < 20, ledger.groups  # one fsync per write would be 200 transactions
+    reopened = SqliteLedger(path)
+    await reopened.open()
+    try:
+        assert [await stored(reopened, f"INV-{i}") for i in range(200)] == [c.entry for c in claims]
+    finally:
+        await reopened.close()
+
+
+async def test_a_failing_write_in_a_group_undoes_only_itself(tmp_path: Any) -> None:
+    ledger = _CountingSqliteLedger(tmp_path / "ledger.db")
+    await ledger.open()
+    try:
+        outcomes = await asyncio.gather(
+            claim(ledger, number="INV-1"),
+            ledger.finish(  # no such record: fails in the middle of the group
+                creditor=CREDITOR,
+                invoice_number="INV-404",
+                state=LedgerState.REGISTERED,
+                result=RESULT,
+                now=T0,
+            ),
+            claim(ledger, number="INV-2"),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], KeyError)
+        assert [o.status for o in (outcomes[0], outcomes[2]) if isinstance(o, Claim)] == [
+            ClaimStatus.CLAIMED
+        ] * 2
+        assert ledger.groups == [3]
+        assert await ledger.get(creditor=CREDITOR, invoice_number="INV-404") is None
+        assert (await stored(ledger, "INV-1")).state is LedgerState.IN_FLIGHT
+        assert (await stored(ledger, "INV-2")).state is LedgerState.IN_FLIGHT
+    finally:
+        await ledger.close()
+
+
+async def test_a_cancelled_writer_still_has_its_write_committed(tmp_path: Any) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    await ledger.open()
+    try:
+        task = asyncio.create_task(claim(ledger))
+        await asyncio.sleep(0)  # the write is handed over
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await claim(ledger, number="INV-later")  # committed in the same group or a later one
+        assert (await stored(ledger)).state is LedgerState.IN_FLIGHT
+    finally:
+        await ledger.close()
+
+
+async def test_writes_after_close_fail_clearly(tmp_path: Any) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    await ledger.open()
+    await ledger.close()
+    with pytest.raises(LedgerError, match="not open"):
+        await claim(ledger)
