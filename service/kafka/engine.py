@@ -118,6 +118,9 @@ class ConsumptionEngine:
         self._topic = topic
         self._processor = processor
         self._max_in_flight = max_in_flight
+        # Near the limit, slots are refilled a batch at a time: one fetch per freed slot would
+        # cost a poll (and a pause and resume) per event.
+        self._refill_batch = max(1, min(16, max_in_flight // 8))
         self._accepting = accepting
         self._commit_interval = commit_interval_seconds
         self._drain_seconds = drain_seconds
@@ -185,12 +188,13 @@ class ConsumptionEngine:
 
     async def _fetch_once(self) -> None:
         room = self._max_in_flight - self._in_flight
-        if room <= 0 or not self._accepting():
+        if room < self._refill_batch or not self._accepting():
             self._consumer.pause(*self._consumer.assignment())
             self._slots_freed.clear()
-            # Keep polling while paused: it keeps the consumer in its group (max.poll.interval).
-            # A partition assigned since the pause can still deliver: put such records back.
-            for partition, records in (await self._consumer.getmany(timeout_ms=100)).items():
+            # Keep polling while paused, without waiting: it keeps the consumer in its group
+            # (max.poll.interval). A partition assigned since the pause can still deliver: put such
+            # records back.
+            for partition, records in (await self._consumer.getmany(timeout_ms=0)).items():
                 self._consumer.seek(partition, records[0].offset)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
@@ -298,7 +302,8 @@ class ConsumptionEngine:
         self.last_progress = time.monotonic()
         self._observer.in_flight(self._in_flight)
         self._observer.progress()
-        self._slots_freed.set()
+        if self._max_in_flight - self._in_flight >= self._refill_batch:
+            self._slots_freed.set()
 
     # commits, rebalances, drains ------------------------------------------------------------------
 

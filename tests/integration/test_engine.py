@@ -201,8 +201,9 @@ async def test_a_rebalance_loses_nothing(kafka_bootstrap_servers: str, unique_na
     await produce(
         kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", n % partitions) for n in range(total)]
     )
-    first, second = StandInProcessor(max_delay=0.01), StandInProcessor(max_delay=0.01, seed=8)
-    async with running_engine(kafka_bootstrap_servers, topic, group, first, max_in_flight=32):
+    # The first is slow (about 160 events/s) so that the second joins while most are still to do.
+    first, second = StandInProcessor(max_delay=0.1), StandInProcessor(max_delay=0.01, seed=8)
+    async with running_engine(kafka_bootstrap_servers, topic, group, first, max_in_flight=8):
         await eventually(lambda: len(first.done) >= 100)
         async with running_engine(kafka_bootstrap_servers, topic, group, second, max_in_flight=32):
             await eventually(lambda: len(first.done | second.done) == total, wait_seconds=60)
