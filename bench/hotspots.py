@@ -36,7 +36,7 @@ STEPS = {
     "ConsumptionEngine._fetch_once": "engine: fetch (getmany) and admit",
     "InvoiceProcessor.prepare": "decode + transform (pydantic)",
     "InvoiceRegistration.register": "registration protocol (ledger + Amili)",
-    "AmiliClient.register": "Amili POST (httpx over aiohttp)",
+    "AmiliClient.register": "Amili POST (aiohttp)",
     "SqliteLedger._call": "ledger calls (hand-off to the SQLite thread)",
     "fingerprint": "fingerprint (json + sha256)",
     "InvoiceProcessor._publish": "result publish (FastStream)",

@@ -1,4 +1,5 @@
-"""Which transport under httpx's API keeps many Amili calls in flight? (A benchmark, not a test.)
+"""Which transport keeps many Amili calls in flight, aiohttp (called directly) or httpx's own pool?
+(A benchmark, not a test.)
 
 Serves the emulator on loopback with a fixed latency and sends POST /invoice--registrations with
 N calls in flight through AmiliClient, once per transport; prints requests per second against the

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=None, description="Creditor id used when an event carries none"
     )
     amili_http_transport: Literal["aiohttp", "httpx"] = Field(
-        default="aiohttp", description="HTTP transport under httpx's API"
+        default="aiohttp", description="HTTP client towards Amili: aiohttp (directly) or httpx (its own pool)"
     )
     amili_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     amili_read_timeout_seconds: float = Field(default=30.0, gt=0)

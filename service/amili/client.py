@@ -3,6 +3,12 @@
 It speaks only what Amili documents (plus Eve's conventions where Amili is silent), so it works
 against the real API as it does against our emulator. Errors become the port's exceptions; the API
 key is sent in the ``x-api-key`` header and never appears in a message.
+
+Two senders carry the calls and hand back the same ``_Answer``, so that statuses, bodies and
+transport errors are judged once: aiohttp's ``ClientSession`` called directly (``transport="aiohttp"``,
+the default; httpx's request and response objects cost about as much CPU per call as aiohttp
+itself), or httpx (``transport="httpx"``, or any ``httpx.AsyncBaseTransport`` given, as tests give
+recording ones). The api-code token exchange always goes through httpx: it is rare.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr, ValidationError
+from yarl import URL
 
 from service.amili.auth import ApiCodeTokenProvider, StaticToken, TokenSource
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
@@ -34,6 +40,8 @@ from service.ports import (
 
 REGISTRATIONS_PATH = "/invoice--registrations"
 MAX_RESULTS = 100  # the most Amili returns in one page
+# Below the usual 5 s of servers, so an idle connection is never reused as it closes.
+KEEPALIVE_SECONDS = 4.0
 Transport = Literal["aiohttp", "httpx"]
 
 
@@ -59,6 +67,162 @@ class HttpSettings:
     transport: Transport = "aiohttp"
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An answer read in full, whichever library carried it."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive (httpx's ``Headers``, aiohttp's ``CIMultiDictProxy``)
+    content: bytes
+
+
+class _Sender(Protocol):
+    async def send(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+    ) -> _Answer: ...
+
+    def never_sent(self, error: BaseException) -> bool:
+        """Whether the request certainly never reached Amili: no connection was ever had for it."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class AnswerUnreadable(aiohttp.ClientError):
+    """Stands in for aiohttp's error on an answer it cannot parse (``ClientResponseError``), which
+    quotes the request, its headers (our key among them) included, in its repr."""
+
+
+class _AiohttpSender:
+    """aiohttp's ``ClientSession``, called directly: no httpx object is built per call."""
+
+    def __init__(self, base_url: str, settings: HttpSettings) -> None:
+        self._base_url = base_url
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Opened on first use: a session belongs to the running loop, and the client may be built
+        # before there is one.
+        if self._closed:
+            raise RuntimeError("the Amili client is closed")
+        settings = self._settings
+        url = URL(self._base_url)
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_connections,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            # httpx's context: the same trust store (certifi, or SSL_CERT_FILE / SSL_CERT_DIR) as the
+            # httpx path and the token exchange.
+            ssl=httpx.create_ssl_context() if url.scheme == "https" else True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"accept": "application/json"},
+            # ``connect`` covers the wait for a free connection too: either way nothing was sent.
+            # The total is the caller's ``asyncio.timeout``.
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=settings.connect_timeout_seconds, sock_read=settings.read_timeout_seconds
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # Amili authenticates by header; no state to keep
+            raise_for_status=False,  # every status is the client's to judge
+            auto_decompress=True,  # aiohttp asks for gzip and deflate, as httpx does
+        )
+        return self._session
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+    ) -> _Answer:
+        session = self._session or self._open()
+        try:
+            async with session.request(
+                method,
+                self._base_url + path,
+                params=params,
+                data=body,
+                headers=headers,
+                allow_redirects=False,  # as httpx: a redirect is an unexpected status
+            ) as response:
+                return _Answer(response.status, response.headers, await response.read())
+        except aiohttp.ClientResponseError:
+            unreadable = AnswerUnreadable("an answer aiohttp cannot parse")
+        raise unreadable  # outside the handler, so that aiohttp's error is in no chain
+
+    def never_sent(self, error: BaseException) -> bool:
+        return _aiohttp_never_sent(error)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+
+
+class _HttpxSender:
+    """httpx's API, over its own pool or over the transport given."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+    ) -> _Answer:
+        try:
+            response = await self._http.request(method, path, content=body, params=params, headers=headers)
+        except aiohttp.ClientResponseError:  # httpx-aiohttp lets these through unmapped
+            unreadable = AnswerUnreadable("an answer aiohttp cannot parse")
+        else:
+            return _Answer(response.status_code, response.headers, response.content)
+        raise unreadable  # outside the handler, so that aiohttp's error is in no chain
+
+    def never_sent(self, error: BaseException) -> bool:
+        # httpx-aiohttp (an ``AiohttpTransport`` given) reports every aiohttp connection error, a
+        # reset after the request went out included, as ``httpx.ConnectTimeout``: judge its cause.
+        if isinstance(error.__cause__, aiohttp.ClientError):
+            return _aiohttp_never_sent(error.__cause__)
+        return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _aiohttp_never_sent(error: BaseException) -> bool:
+    # Both are raised before the request is written: no connection was had for it (aiohttp's
+    # connect timeout includes the wait for a free connection of the pool).
+    return isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
+def _httpx_client(
+    base_url: str, settings: HttpSettings, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_connections,
+        keepalive_expiry=KEEPALIVE_SECONDS,
+    )
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(settings.read_timeout_seconds, connect=settings.connect_timeout_seconds),
+        limits=limits,
+        transport=transport,
+        headers={"accept": "application/json"},
+    )
+
+
 class AmiliClient:
     """``async with AmiliClient(...) as amili: await amili.register(request)``."""
 
@@ -73,27 +237,25 @@ class AmiliClient:
     ) -> None:
         self._settings = settings or HttpSettings()
         self._observe = observe
-        limits = httpx.Limits(
-            max_connections=self._settings.max_connections,
-            max_keepalive_connections=self._settings.max_connections,
-            # Below the usual 5 s of servers, so an idle connection is never reused as it closes.
-            keepalive_expiry=4.0,
-        )
+        base_url = base_url.rstrip("/")
+        http: httpx.AsyncClient | None = None
+        self._sender: _Sender
         if transport is None and self._settings.transport == "aiohttp":
-            transport = AiohttpTransport(limits=limits)
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(
-                self._settings.read_timeout_seconds, connect=self._settings.connect_timeout_seconds
-            ),
-            limits=limits,
-            transport=transport,
-            headers={"accept": "application/json"},
-        )
+            self._sender = _AiohttpSender(base_url, self._settings)
+        else:
+            http = _httpx_client(base_url, self._settings, transport)
+            self._sender = _HttpxSender(http)
+        self._exchange_http: httpx.AsyncClient | None = None  # its own only beside the aiohttp sender
         self._tokens: TokenSource
         if isinstance(credentials, ApiCodeCredentials):
+            if http is None:
+                # A transport given, so that httpx takes no proxy from the environment: the calls
+                # over aiohttp take none either.
+                http = self._exchange_http = _httpx_client(
+                    base_url, self._settings, httpx.AsyncHTTPTransport()
+                )
             self._tokens = ApiCodeTokenProvider(
-                http=self._http,
+                http=http,
                 api_code=credentials.api_code,
                 private_key=credentials.private_key,
                 algorithm=credentials.algorithm,
@@ -109,23 +271,27 @@ class AmiliClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._sender.aclose()
+        if self._exchange_http is not None:
+            await self._exchange_http.aclose()
 
     async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
-        response = await self._send(
-            "register", "POST", REGISTRATIONS_PATH, json_body=request.to_wire(), mutating=True
-        )
-        if response.status_code in (200, 201):
+        # httpx's encoding of ``json=``: the same bytes on both paths, and NaN refused, not sent.
+        body = json.dumps(
+            request.to_wire(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+        answer = await self._send("register", "POST", REGISTRATIONS_PATH, body=body, mutating=True)
+        if answer.status in (200, 201):
             # Stored, most likely, but unreadable: the look-up will tell.
-            return _receipt(_json_body(response, unreadable=AmiliOutcomeUnknown))
-        if response.status_code == 409:
+            return _receipt(_json_body(answer, unreadable=AmiliOutcomeUnknown))
+        if answer.status == 409:
             raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
-        if response.status_code in (400, 422):
-            issues = _issues(response)
+        if answer.status in (400, 422):
+            issues = _issues(answer)
             if any("not unique" in message for path, message in issues.items() if path == "invoice_number"):
                 raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
-            raise AmiliRejected(response.status_code, issues)
-        raise _unexpected(response, mutating=True)
+            raise AmiliRejected(answer.status, issues)
+        raise _unexpected(answer, mutating=True)
 
     async def find_registration(
         self, creditor: str, invoice_number: str
@@ -143,10 +309,10 @@ class AmiliClient:
         page = 1
         while True:
             params = {"where": where, "max_results": str(MAX_RESULTS), "page": str(page), "sort": "_created"}
-            response = await self._send("find", "GET", REGISTRATIONS_PATH, params=params, mutating=False)
-            if response.status_code != 200:
-                raise _unexpected(response, mutating=False)
-            body = _json_body(response, unreadable=AmiliUnavailable)
+            answer = await self._send("find", "GET", REGISTRATIONS_PATH, params=params, mutating=False)
+            if answer.status != 200:
+                raise _unexpected(answer, mutating=False)
+            body = _json_body(answer, unreadable=AmiliUnavailable)
             items = body.get("_items", []) if isinstance(body, dict) else None
             if not isinstance(items, list):
                 raise AmiliUnavailable("Amili answered a look-up this client cannot read")
@@ -166,12 +332,12 @@ class AmiliClient:
             page += 1
 
     async def get_registration(self, registration_id: str) -> InvoiceRegistrationReceipt | None:
-        response = await self._send("get", "GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
-        if response.status_code == 404:
+        answer = await self._send("get", "GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
+        if answer.status == 404:
             return None
-        if response.status_code != 200:
-            raise _unexpected(response, mutating=False)
-        return _receipt(_json_body(response, unreadable=AmiliUnavailable))
+        if answer.status != 200:
+            raise _unexpected(answer, mutating=False)
+        return _receipt(_json_body(answer, unreadable=AmiliUnavailable))
 
     async def _send(
         self,
@@ -180,19 +346,19 @@ class AmiliClient:
         path: str,
         *,
         mutating: bool,
-        json_body: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
         params: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> _Answer:
         token = await self._tokens.token()
-        response = await self._attempt(endpoint, method, path, token, mutating, json_body, params)
-        if response.status_code in (401, 403):
+        answer = await self._attempt(endpoint, method, path, token, mutating, body, params)
+        if answer.status in (401, 403):
             # A token may expire or be revoked at any time: renew it once, then give up.
             renewed = await self._tokens.refresh(token)
             if renewed is not None:
-                response = await self._attempt(endpoint, method, path, renewed, mutating, json_body, params)
-        if response.status_code in (401, 403):
-            raise AmiliUnauthorized(f"Amili refused the credentials ({response.status_code})")
-        return response
+                answer = await self._attempt(endpoint, method, path, renewed, mutating, body, params)
+        if answer.status in (401, 403):
+            raise AmiliUnauthorized(f"Amili refused the credentials ({answer.status})")
+        return answer
 
     async def _attempt(
         self,
@@ -201,26 +367,22 @@ class AmiliClient:
         path: str,
         token: SecretStr,
         mutating: bool,
-        json_body: Mapping[str, Any] | None,
+        body: bytes | None,
         params: Mapping[str, str] | None,
-    ) -> httpx.Response:
+    ) -> _Answer:
+        headers = {"x-api-key": token.get_secret_value()}
+        if body is not None:
+            headers["content-type"] = "application/json"
         started = time.perf_counter()
         status_class = "error"
         try:
             async with asyncio.timeout(self._settings.total_timeout_seconds):
-                response = await self._http.request(
-                    method,
-                    path,
-                    json=json_body,
-                    params=params,
-                    headers={"x-api-key": token.get_secret_value()},
-                )
-                await response.aread()
-            status_class = f"{response.status_code // 100}xx"
-            return response
-        except (TimeoutError, httpx.TransportError) as error:
+                answer = await self._sender.send(method, path, headers, params, body)
+            status_class = f"{answer.status // 100}xx"
+            return answer
+        except (TimeoutError, httpx.TransportError, aiohttp.ClientError) as error:
             status_class = "timeout" if isinstance(error, TimeoutError | httpx.TimeoutException) else "error"
-            if never_sent(error):
+            if self._sender.never_sent(error):
                 raise AmiliUnavailable(
                     f"{method} {path}: no connection ({error.__class__.__name__})"
                 ) from error
@@ -232,25 +394,11 @@ class AmiliClient:
                 self._observe(endpoint, status_class, time.perf_counter() - started)
 
 
-def never_sent(error: BaseException) -> bool:
-    """Whether the request certainly never reached Amili: the connection was never made.
-
-    httpx-aiohttp reports every aiohttp connection error, including a connection reset after
-    the request went out, as ``httpx.ConnectTimeout``; only aiohttp's connector error (the
-    connection could not be opened) proves nothing was sent.
-    """
-    if isinstance(error.__cause__, aiohttp.ClientConnectorError):
-        return True
-    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) and not isinstance(
-        error.__cause__, aiohttp.ClientError
-    )
-
-
-def _json_body(response: httpx.Response, *, unreadable: type[AmiliUnavailable]) -> Any:
+def _json_body(answer: _Answer, *, unreadable: type[AmiliUnavailable]) -> Any:
     try:
-        return response.json()
+        return json.loads(answer.content)
     except ValueError:
-        raise unreadable(f"Amili answered HTTP {response.status_code} without a JSON body") from None
+        raise unreadable(f"Amili answered HTTP {answer.status} without a JSON body") from None
 
 
 def _receipt(body: Any) -> InvoiceRegistrationReceipt:
@@ -262,12 +410,12 @@ def _receipt(body: Any) -> InvoiceRegistrationReceipt:
     raise AmiliUnavailable(f"Amili answered a registration this client cannot read ({problems} problems)")
 
 
-def _issues(response: httpx.Response) -> dict[str, str]:
+def _issues(answer: _Answer) -> dict[str, str]:
     """Eve's ``_issues`` flattened to dot paths; a body without them becomes one ``_error`` issue."""
     try:
-        body = response.json()
+        body = json.loads(answer.content)
     except ValueError:
-        return {"_error": f"HTTP {response.status_code} without a JSON body"}
+        return {"_error": f"HTTP {answer.status} without a JSON body"}
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -283,11 +431,11 @@ def _issues(response: httpx.Response) -> dict[str, str]:
         walk("", body["_issues"])
     elif isinstance(body, dict) and isinstance(body.get("_error"), dict):
         flat["_error"] = str(body["_error"].get("message", ""))
-    return flat or {"_error": f"HTTP {response.status_code}"}
+    return flat or {"_error": f"HTTP {answer.status}"}
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(answer: _Answer) -> float | None:
+    value = answer.headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -302,12 +450,12 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
-def _unexpected(response: httpx.Response, *, mutating: bool) -> AmiliUnavailable:
-    status = response.status_code
+def _unexpected(answer: _Answer, *, mutating: bool) -> AmiliUnavailable:
+    status = answer.status
     reason = f"Amili answered HTTP {status}"
     if status == 429:
-        return AmiliRateLimited(reason, retry_after=_retry_after(response))
+        return AmiliRateLimited(reason, retry_after=_retry_after(answer))
     if mutating and status >= 500:
         # A 5xx on a POST may come from a gateway after the registration was stored.
         return AmiliOutcomeUnknown(reason)
-    return AmiliUnavailable(reason, retry_after=_retry_after(response) if status == 503 else None)
+    return AmiliUnavailable(reason, retry_after=_retry_after(answer) if status == 503 else None)

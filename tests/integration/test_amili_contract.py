@@ -9,12 +9,15 @@
 3. ``find_registrations`` walking pages, and the api-code token provider against the emulator's
    exchange, with a revoked token renewed once.
 
-Every client test runs with both transports (``aiohttp`` and httpx's own pool). One emulator serves
-the module; each test starts from no faults, no registrations and no issued tokens.
+Every client test runs with both transports: ``aiohttp`` (aiohttp's session, called directly) and
+``httpx`` (httpx's own pool). The tests that record the calls inject an httpx transport, so they go
+through httpx either way (over httpx-aiohttp's ``AiohttpTransport`` or httpx's pool). One emulator
+serves the module; each test starts from no faults, no registrations and no issued tokens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -22,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
 import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
@@ -742,6 +746,90 @@ async def test_a_refused_connection_is_unavailable_and_nothing_was_sent(transpor
         with pytest.raises(AmiliUnavailable) as post_error:
             await amili_client.register(model())
     assert not post_error.value.outcome_unknown  # the request never left: a plain retry is safe
+
+
+async def test_a_connection_dropped_after_the_post_was_stored_is_outcome_unknown_at_once(
+    amili: Served, transport: Transport
+) -> None:
+    """The answer's headers, then half its body, then the connection closes: an error, not a timeout."""
+    await amili.faults(hang_rate=1.0, hang_mode="reset")
+    observed: list[tuple[str, str, float]] = []
+    settings = HttpSettings(total_timeout_seconds=10, transport=transport)
+    async with AmiliClient(
+        amili.url, SecretStr(KEY), settings, observe=lambda *seen: observed.append(seen)
+    ) as amili_client:
+        with pytest.raises(AmiliOutcomeUnknown):
+            await amili_client.register(model())
+    assert [(endpoint, status) for endpoint, status, _ in observed] == [("register", "error")]
+    assert observed[0][2] < 5
+    assert len(amili.emulator.store.all()) == 1
+
+
+async def test_a_wait_for_a_free_connection_beyond_the_connect_timeout_sends_nothing(amili: Served) -> None:
+    """aiohttp's connect timeout covers the wait for a connection of the pool: nothing went out."""
+    await amili.faults(hang_rate=1.0, hang_mode="sleep", hang_seconds=60)
+    settings = HttpSettings(
+        connect_timeout_seconds=0.2,
+        read_timeout_seconds=2,
+        total_timeout_seconds=5,
+        max_connections=1,
+        transport="aiohttp",
+    )
+    async with AmiliClient(amili.url, SecretStr(KEY), settings) as amili_client:
+        holding = asyncio.create_task(amili_client.register(model("HOLDS-1")))  # the only connection
+        for _ in range(500):  # until the emulator holds it (and the connection)
+            if amili.emulator.store.all():
+                break
+            await asyncio.sleep(0.01)
+        assert amili.emulator.store.all()
+        started = time.perf_counter()
+        with pytest.raises(AmiliUnavailable) as waited:
+            await amili_client.register(model("WAITS-1"))
+        assert time.perf_counter() - started < 1.5
+        assert not waited.value.outcome_unknown  # a plain retry is safe
+        with pytest.raises(AmiliOutcomeUnknown):
+            await holding
+    assert [doc["invoice_number"] for doc in amili.emulator.store.all()] == ["HOLDS-1"]
+
+
+async def test_the_aiohttp_transport_sends_without_httpx_over_a_session_opened_on_first_use(
+    amili: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[aiohttp.ClientSession] = []
+    original = aiohttp.ClientSession.__init__
+
+    def recording(session: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
+        original(session, *args, **kwargs)
+        opened.append(session)
+
+    async def no_httpx(*_: object, **__: object) -> httpx.Response:
+        raise AssertionError("httpx on the aiohttp path")
+
+    monkeypatch.setattr(aiohttp.ClientSession, "__init__", recording)
+    monkeypatch.setattr(httpx.AsyncClient, "send", no_httpx)
+    # Built where no loop runs, as a service may build it before starting one.
+    amili_client = await asyncio.to_thread(client, amili, "aiohttp")
+    assert opened == []
+    receipt = await amili_client.register(model())
+    assert await amili_client.get_registration(receipt.id) is not None
+    assert await amili_client.find_registration(DEMO_CREDITOR, "INV-2024-002") is not None
+    assert len(opened) == 1
+    assert not opened[0].closed
+    await amili_client.aclose()
+    assert opened[0].closed
+    with pytest.raises(RuntimeError):
+        await amili_client.register(model("AFTER-CLOSE"))
+    assert len(opened) == 1
+
+
+@pytest.mark.parametrize("number", ["A+B &=#%/?ö 1", '{"$ne": null}', "INV 2024/002;page=2"])
+async def test_an_invoice_number_the_url_must_escape_is_registered_and_found(
+    amili: Served, shared: dict[Transport, AmiliClient], transport: Transport, number: str
+) -> None:
+    receipt = await shared[transport].register(model(number))
+    found = await shared[transport].find_registration(DEMO_CREDITOR, number)
+    assert found is not None
+    assert found.id == receipt.id
 
 
 # 3. Paging and the token provider -----------------------------------------------------------------

@@ -1,18 +1,37 @@
-"""The client against the emulator (in-process) and against scripted HTTP failures."""
+"""The client against the emulator (in-process), against scripted HTTP failures, and over a socket
+against a scripted server with both transports."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import json
+import traceback
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Literal
 
+import aiohttp
 import httpx
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
+from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
-from service.amili.client import AmiliClient, HttpSettings
+from service.amili.client import AmiliClient, AnswerUnreadable, HttpSettings, Transport
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import DEMO_API_KEY, EmulatorSettings
 from service.emulator.app import Emulator
-from service.ports import AmiliDuplicate, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+from service.ports import (
+    AmiliDuplicate,
+    AmiliOutcomeUnknown,
+    AmiliRateLimited,
+    AmiliRejected,
+    AmiliUnauthorized,
+    AmiliUnavailable,
+)
 from tests.unit.test_emulator import request
 
 REQUEST = InvoiceRegistrationRequest.model_validate(request())
@@ -105,3 +124,210 @@ async def test_the_key_goes_in_the_x_api_key_header() -> None:
         assert await amili.find_registration("c", "n") is None
     assert seen[0].headers["x-api-key"] == DEMO_API_KEY
     assert seen[0].url.params["where"] == '{"creditor":"c","invoice_number":"n"}'
+
+
+async def test_a_pool_or_connect_timeout_is_unavailable_and_a_read_timeout_outcome_unknown() -> None:
+    def timing_out(error: type[httpx.TimeoutException]) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            raise error("timed out", request=request)
+
+        return scripted(answer)
+
+    for never_sent in (httpx.PoolTimeout, httpx.ConnectTimeout):
+        async with client(timing_out(never_sent)) as amili:
+            with pytest.raises(AmiliUnavailable) as caught:
+                await amili.register(REQUEST)
+        assert not caught.value.outcome_unknown, never_sent
+    async with client(timing_out(httpx.ReadTimeout)) as amili:
+        with pytest.raises(AmiliOutcomeUnknown):
+            await amili.register(REQUEST)
+
+
+@pytest.mark.parametrize(
+    ("aiohttp_error", "outcome_unknown"),
+    [
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), False),
+        (
+            aiohttp.ClientConnectorError(
+                ConnectionKey("amili", 80, False, True, None, None, None), OSError(111, "refused")
+            ),
+            False,
+        ),
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), True),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+async def test_an_injected_aiohttp_transport_is_judged_by_aiohttps_error(
+    aiohttp_error: aiohttp.ClientError, outcome_unknown: bool
+) -> None:
+    """httpx-aiohttp reports aiohttp's connection errors as ``httpx.ConnectTimeout``, its cause kept."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout(str(aiohttp_error), request=request) from aiohttp_error
+
+    async with client(scripted(answer)) as amili:
+        with pytest.raises(AmiliUnavailable) as caught:
+            await amili.register(REQUEST)
+    assert caught.value.outcome_unknown is outcome_unknown
+
+
+# Over a socket, against a scripted server: both transports, aiohttp's own path included -------------
+
+# "httpx-aiohttp": httpx over an injected ``AiohttpTransport``, as the contract tests' recording ones.
+OnSocket = Literal[Transport, "httpx-aiohttp"]
+TRANSPORTS: tuple[OnSocket, ...] = ("aiohttp", "httpx", "httpx-aiohttp")
+RECEIPT = {
+    "_id": "6" * 24,
+    "_invoice": "7" * 24,
+    "_case": "8" * 24,
+    "_ocr_number": "9" * 24,
+    "ocr_number_ocr": "1234567897",
+}
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+Reply = Callable[[Seen], bytes | None]  # None: close the connection without answering
+
+
+def http(status: int, body: object = None, headers: dict[str, str] | None = None) -> bytes:
+    content = b"" if body is None else json.dumps(body).encode()
+    lines = [
+        f"HTTP/1.1 {status} Scripted",
+        f"content-length: {len(content)}",
+        "content-type: application/json",
+    ]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + content
+
+
+@contextlib.asynccontextmanager
+async def scripted_server(reply: Reply) -> AsyncIterator[tuple[str, list[Seen]]]:
+    """An HTTP/1.1 server on loopback that answers each request with ``reply``'s bytes."""
+    seen: list[Seen] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method, target, _ = head[0].split(" ", 2)
+                headers = {
+                    name.strip().lower(): value.strip()
+                    for name, value in (line.split(":", 1) for line in head[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                request = Seen(method, target, headers, body)
+                seen.append(request)
+                answer = reply(request)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}", seen
+
+
+def over(url: str, transport: OnSocket) -> AmiliClient:
+    if transport == "httpx-aiohttp":
+        settings = HttpSettings(total_timeout_seconds=5)
+        return AmiliClient(url, SecretStr(DEMO_API_KEY), settings, transport=AiohttpTransport())
+    settings = HttpSettings(total_timeout_seconds=5, transport=transport)
+    return AmiliClient(url, SecretStr(DEMO_API_KEY), settings)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_both_transports_send_the_same_request(transport: OnSocket) -> None:
+    async with scripted_server(lambda _: http(201, RECEIPT)) as (url, seen), over(url, transport) as amili:
+        receipt = await amili.register(REQUEST)
+    assert receipt.id == RECEIPT["_id"]
+    (sent,) = seen
+    assert (sent.method, sent.target) == ("POST", "/invoice--registrations")
+    assert sent.headers["x-api-key"] == DEMO_API_KEY
+    assert sent.headers["accept"] == "application/json"
+    assert sent.headers["content-type"] == "application/json"
+    assert "cookie" not in sent.headers
+    assert sent.body == json.dumps(REQUEST.to_wire(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_retry_after_as_an_http_date_and_in_any_case(transport: OnSocket) -> None:
+    in_30_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+
+    def reply(request: Seen) -> bytes:
+        if request.method == "POST":
+            return http(429, {"_status": "ERR"}, {"Retry-After": in_30_seconds})
+        return http(503, None, {"RETRY-AFTER": "12"})
+
+    async with scripted_server(reply) as (url, _), over(url, transport) as amili:
+        with pytest.raises(AmiliRateLimited) as throttled:
+            await amili.register(REQUEST)
+        with pytest.raises(AmiliUnavailable) as unavailable:
+            await amili.get_registration("6" * 24)
+    assert throttled.value.retry_after is not None
+    assert 20 < throttled.value.retry_after <= 30
+    assert unavailable.value.retry_after == 12.0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_redirect_is_not_followed(transport: OnSocket) -> None:
+    def reply(request: Seen) -> bytes:
+        return http(302, None, {"location": "/elsewhere"})
+
+    async with scripted_server(reply) as (url, seen), over(url, transport) as amili:
+        with pytest.raises(AmiliUnavailable) as caught:
+            await amili.get_registration("6" * 24)
+    assert str(caught.value) == "Amili answered HTTP 302"
+    assert [request.target for request in seen] == [f"/invoice--registrations/{'6' * 24}"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_connection_closed_without_an_answer_leaves_a_post_unknown(transport: OnSocket) -> None:
+    async with scripted_server(lambda _: None) as (url, _), over(url, transport) as amili:
+        with pytest.raises(AmiliOutcomeUnknown):
+            await amili.register(REQUEST)
+        with pytest.raises(AmiliUnavailable) as lost_get:
+            await amili.get_registration("6" * 24)
+    assert not lost_get.value.outcome_unknown
+
+
+def links(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_answer_that_is_not_http_leaves_a_post_unknown_and_quotes_no_key(
+    transport: Transport,
+) -> None:
+    """aiohttp's error for it holds the request, the key among its headers: it is left out of the chain."""
+    garbage = b"HTTP/1.1 200 OK\r\nthis is no header\r\n\r\n"
+    async with scripted_server(lambda _: garbage) as (url, _), over(url, transport) as amili:
+        with pytest.raises(AmiliOutcomeUnknown) as lost_post:
+            await amili.register(REQUEST)
+        with pytest.raises(AmiliUnavailable) as lost_get:
+            await amili.find_registration(REQUEST.creditor, REQUEST.invoice_number)
+    assert not lost_get.value.outcome_unknown
+    if transport != "httpx":
+        assert isinstance(lost_post.value.__cause__, AnswerUnreadable)
+    for error in (lost_post.value, lost_get.value):
+        for link in links(error):
+            assert DEMO_API_KEY not in f"{link} {link!r} {link.args!r}", type(link).__name__
+        assert DEMO_API_KEY not in "".join(traceback.format_exception(error))
