@@ -23,6 +23,25 @@ LABELS = {
     FASTSTREAM: "FastStream max_workers",
 }
 COLOURS = {SERVICE: "tab:blue", SEQUENTIAL: "tab:red", FASTSTREAM: "tab:green"}
+# the service at in-flight limits other than the primary one, in the order they ran
+_MORE_SERVICE_COLOURS = ("tab:purple", "tab:cyan", "tab:orange", "tab:olive", "tab:brown", "tab:pink")
+
+
+def service_contender(in_flight: int, primary: bool) -> str:
+    """The contender name of the service at that in-flight limit: ``service`` for the primary one
+    (the first ``--max-in-flight``), ``service@64`` for the others."""
+    return SERVICE if primary else f"{SERVICE}@{in_flight}"
+
+
+def is_service(contender: str) -> bool:
+    return contender == SERVICE or contender.startswith(f"{SERVICE}@")
+
+
+def label(contender: str, in_flight: int) -> str:
+    """How a contender is shown; the service with its in-flight limit, e.g. ``amili-registrar (64)``."""
+    if is_service(contender):
+        return f"{LABELS[SERVICE]} ({in_flight})"
+    return LABELS.get(contender, contender)
 
 
 @dataclass
@@ -70,7 +89,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.contender, self.contender)
+        return label(self.contender, self.in_flight)
 
     @property
     def ideal(self) -> float:
@@ -80,14 +99,27 @@ class Run:
     def cpu_bound(self) -> float:
         return 1000 / self.cpu_ms if self.cpu_ms > 0 else math.inf
 
+    def machine_capacity(self, cores: int) -> float:
+        """Registrations per second the whole machine could carry at this run's CPU per registration:
+        all cores' CPU seconds per second ÷ (contender + emulator + broker + harness CPU per
+        registration); the broker's share is left out when the broker is not ours (nan)."""
+        parts = (self.cpu_ms, self.emulator_cpu_ms, self.broker_cpu_ms, self.harness_cpu_ms)
+        total = sum(part for part in parts if not math.isnan(part))
+        if math.isnan(self.cpu_ms) or total <= 0:
+            return math.nan
+        return cores * 1000 / total
+
 
 @dataclass(frozen=True)
 class Verdict:
     target: str
     profile: str
+    contender: str
+    in_flight: int
     measured: str
     required: str
     passed: bool
+    note: str = ""
 
 
 @dataclass
@@ -97,7 +129,7 @@ class Settings:
     command: str
     invoices: int
     partitions: int
-    max_in_flight: int
+    max_in_flight: list[int]  # the service's, one contender each; the first is the primary one
     faststream_workers: int
     baseline_seconds: float
     paced_seconds: float
@@ -107,73 +139,85 @@ class Settings:
     profiles: dict[str, str]
 
 
-def verdicts(runs: Sequence[Run]) -> list[Verdict]:
-    """The issue's targets, for the service, from the runs at hand."""
-    found = {(run.contender, run.profile): run for run in runs}
+def _machine_note(run: Run, cores: int) -> str:
+    """Whether the run's ideal is within what the machine can carry (see ``Run.machine_capacity``)."""
+    capacity = run.machine_capacity(cores)
+    if math.isnan(capacity):
+        return "machine capacity unknown (no sustained window)"
+    reach = "within" if run.ideal <= capacity else "beyond"
+    broker = "" if not math.isnan(run.broker_cpu_ms) else ", broker not measured"
+    per_registration = 1000 * cores / capacity
+    return (
+        f"machine can carry ≈ {capacity:,.0f}/s ({cores} cores ÷ {per_registration:.2f} ms CPU/reg{broker}): "
+        f"ideal {reach} it"
+    )
+
+
+def _service_verdicts(run: Run, sequential: Run | None, cores: int) -> list[Verdict]:
+    """The targets for one service contender (one in-flight limit) in one profile."""
+
+    def verdict(target: str, measured: str, required: str, passed: bool, note: str = "") -> Verdict:
+        return Verdict(target, run.profile, run.contender, run.in_flight, measured, required, passed, note)
+
     result: list[Verdict] = []
-    fixed = found.get((SERVICE, "fixed"))
-    if fixed is not None:
-        bound = min(fixed.ideal, fixed.cpu_bound)
+    if run.profile == "fixed":
+        bound = min(run.ideal, run.cpu_bound)
         result.append(
-            Verdict(
+            verdict(
                 "≥ 80% of min(ideal, CPU-bound rate)",
-                "fixed",
-                f"{fixed.sustained:,.0f}/s = {fixed.sustained / bound:.0%} of {bound:,.0f}/s",
+                f"{run.sustained:,.0f}/s = {run.sustained / bound:.0%} of {bound:,.0f}/s",
                 f"≥ {0.8 * bound:,.0f}/s",
-                fixed.sustained >= 0.8 * bound,
+                run.sustained >= 0.8 * bound,
             )
         )
-        sequential = found.get((SEQUENTIAL, "fixed"))
         if sequential is not None and sequential.sustained > 0:
-            times = fixed.sustained / sequential.sustained
+            times = run.sustained / sequential.sustained
             result.append(
-                Verdict(
+                verdict(
                     "≥ 10 times the sequential consumer",
-                    "fixed",
                     f"{times:,.1f} times ({sequential.sustained:,.1f}/s)",
                     f"≥ {10 * sequential.sustained:,.0f}/s",
                     times >= 10,
                 )
             )
-    for profile in ("fixed", "heavy"):
-        run = found.get((SERVICE, profile))
-        if run is None:
-            continue
+    result.append(
+        verdict("≤ 1 ms service CPU per registration", f"{run.cpu_ms:.2f} ms", "≤ 1.00 ms", run.cpu_ms <= 1.0)
+    )
+    result.append(
+        verdict("peak RSS < 200 MB", f"{run.peak_rss_mb:.0f} MB", "< 200 MB", run.peak_rss_mb < 200)
+    )
+    if run.profile == "heavy":
         result.append(
-            Verdict(
-                "≤ 1 ms service CPU per registration",
-                profile,
-                f"{run.cpu_ms:.2f} ms",
-                "≤ 1.00 ms",
-                run.cpu_ms <= 1.0,
-            )
-        )
-        result.append(
-            Verdict(
-                "peak RSS < 200 MB", profile, f"{run.peak_rss_mb:.0f} MB", "< 200 MB", run.peak_rss_mb < 200
-            )
-        )
-    heavy = found.get((SERVICE, "heavy"))
-    if heavy is not None:
-        result.append(
-            Verdict(
+            verdict(
                 "≥ 70% of the ideal (heavy tail)",
-                "heavy",
-                f"{heavy.sustained:,.0f}/s = {heavy.sustained / heavy.ideal:.0%} of {heavy.ideal:,.0f}/s",
-                f"≥ {0.7 * heavy.ideal:,.0f}/s",
-                heavy.sustained >= 0.7 * heavy.ideal,
+                f"{run.sustained:,.0f}/s = {run.sustained / run.ideal:.0%} of {run.ideal:,.0f}/s",
+                f"≥ {0.7 * run.ideal:,.0f}/s",
+                run.sustained >= 0.7 * run.ideal,
+                _machine_note(run, cores),
             )
         )
-        bound = min(heavy.ideal, heavy.cpu_bound)
+        bound = min(run.ideal, run.cpu_bound)
         result.append(
-            Verdict(
+            verdict(
                 "(diagnostic) ≥ 70% of min(ideal, CPU-bound rate)",
-                "heavy",
-                f"{heavy.sustained / bound:.0%} of {bound:,.0f}/s",
+                f"{run.sustained / bound:.0%} of {bound:,.0f}/s",
                 f"≥ {0.7 * bound:,.0f}/s",
-                heavy.sustained >= 0.7 * bound,
+                run.sustained >= 0.7 * bound,
             )
         )
+    return result
+
+
+def verdicts(runs: Sequence[Run], cores: int) -> list[Verdict]:
+    """The issue's targets, for each service contender (in-flight limit), from the runs at hand."""
+    found = {(run.contender, run.profile): run for run in runs}
+    services = list(dict.fromkeys(run.contender for run in runs if is_service(run.contender)))
+    result: list[Verdict] = []
+    for service in services:
+        for profile in ("fixed", "heavy"):
+            run = found.get((service, profile))
+            if run is not None:
+                result += _service_verdicts(run, found.get((SEQUENTIAL, profile)), cores)
     return result
 
 
@@ -245,8 +289,23 @@ def _machine_row(run: Run) -> list[str]:
     ]
 
 
-def print_tables(console: Console, runs: Sequence[Run], profiles: dict[str, str]) -> None:
-    for profile, title in profiles.items():
+_VERDICT_HEADERS = ("target", "profile", "in flight", "measured", "required", "verdict", "note")
+
+
+def _verdict_row(verdict: Verdict, passed: str, failed: str) -> list[str]:
+    return [
+        verdict.target,
+        verdict.profile,
+        str(verdict.in_flight),
+        verdict.measured,
+        verdict.required,
+        passed if verdict.passed else failed,
+        verdict.note,
+    ]
+
+
+def print_tables(console: Console, runs: Sequence[Run], settings: Settings) -> None:
+    for profile, title in settings.profiles.items():
         chosen = [run for run in runs if run.profile == profile]
         if not chosen:
             continue
@@ -265,17 +324,11 @@ def print_tables(console: Console, runs: Sequence[Run], profiles: dict[str, str]
     for run in runs:
         if run.trace:
             console.print(_trace_table(run))
-    table = Table(title="targets (the service)", title_justify="left")
-    for header in ("target", "profile", "measured", "required", "verdict"):
-        table.add_column(header)
-    for verdict in verdicts(runs):
-        table.add_row(
-            verdict.target,
-            verdict.profile,
-            verdict.measured,
-            verdict.required,
-            "[green]PASS[/]" if verdict.passed else "[red]FAIL[/]",
-        )
+    table = Table(title="targets (the service, at each in-flight limit)", title_justify="left")
+    for header in _VERDICT_HEADERS:
+        table.add_column(header, justify="right" if header == "in flight" else "left")
+    for verdict in verdicts(runs, settings.cores):
+        table.add_row(*_verdict_row(verdict, "[green]PASS[/]", "[red]FAIL[/]"))
     console.print(table)
 
 
@@ -329,11 +382,8 @@ def markdown(runs: Sequence[Run], settings: Settings) -> str:
     parts.append("### Targets\n")
     parts.append(
         _markdown_table(
-            ("target", "profile", "measured", "required", "verdict"),
-            [
-                (v.target, v.profile, v.measured, v.required, "**PASS**" if v.passed else "**FAIL**")
-                for v in verdicts(runs)
-            ],
+            _VERDICT_HEADERS,
+            [_verdict_row(verdict, "**PASS**", "**FAIL**") for verdict in verdicts(runs, settings.cores)],
         )
         + "\n"
     )
@@ -343,13 +393,18 @@ def markdown(runs: Sequence[Run], settings: Settings) -> str:
 def write_json(path: Path, runs: Sequence[Run], settings: Settings) -> None:
     def encode(run: Run) -> dict[str, Any]:
         data = dataclasses.asdict(run)
-        data |= {"ideal": run.ideal, "cpu_bound": run.cpu_bound, "label": run.label}
+        data |= {
+            "ideal": run.ideal,
+            "cpu_bound": run.cpu_bound,
+            "machine_capacity": run.machine_capacity(settings.cores),
+            "label": run.label,
+        }
         return data
 
     document = {
         "settings": dataclasses.asdict(settings),
         "runs": [encode(run) for run in runs],
-        "verdicts": [dataclasses.asdict(v) for v in verdicts(runs)],
+        "verdicts": [dataclasses.asdict(v) for v in verdicts(runs, settings.cores)],
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
@@ -365,10 +420,17 @@ def plot(path: Path, runs: Sequence[Run], profiles: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 
     shown = [profile for profile in profiles if any(run.profile == profile for run in runs)]
+    more_services = [
+        name for name in dict.fromkeys(run.contender for run in runs) if is_service(name) and name != SERVICE
+    ]
+    colours = COLOURS | {
+        name: _MORE_SERVICE_COLOURS[index % len(_MORE_SERVICE_COLOURS)]
+        for index, name in enumerate(more_services)
+    }
     figure, axes = plt.subplots(len(shown), 1, figsize=(10, 4.2 * len(shown)), squeeze=False)
     for axis, profile in zip((row[0] for row in axes), shown, strict=True):
         for run in (run for run in runs if run.profile == profile):
-            colour = COLOURS.get(run.contender, "tab:gray")
+            colour = colours.get(run.contender, "tab:gray")
             seconds = list(range(len(run.buckets)))
             values = [max(count, 0.8) for count in run.buckets]  # zero shown just under 1 on log scale
             axis.step(seconds, values, where="post", color=colour, label=f"{run.label}")

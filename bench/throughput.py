@@ -1,11 +1,15 @@
 """Sustained throughput of the service against a real broker and the Amili emulator, side by side
 with a hand-written sequential consumer and a FastStream subscriber. (A benchmark, not a test.)
 
+The service runs once per in-flight limit of ``--max-in-flight`` (default 128,64: one run where the
+machine is the bound, one where the window is), each its own contender: ``service`` for the first
+(primary) limit, ``service@64`` for the others, shown as ``amili-registrar (128)``, ``(64)``...
+
 For each latency profile (fixed 50 ms; heavy tail: median 50 ms, 99th percentile 500 ms) the
 emulator runs in its own process; for each contender a fresh 6-partition topic gets a backlog of
 ``--invoices`` events first, then the contender runs as its own process until the backlog is done
 (the two baselines stop after ``--baseline-seconds``: they would take many minutes). Every contender
-publishes one result per event to its own topic, which the harness reads, so all three are measured
+publishes one result per event to its own topic, which the harness reads, so all are measured
 alike:
 
 - sustained registrations per second: between 10% and 90% of the events it finished;
@@ -16,8 +20,10 @@ alike:
   a fresh topic fed at a steady ``--paced-load`` share of its sustained rate (a backlog would only
   measure how long events waited in it).
 
-A progress display runs meanwhile; at the end, tables, the targets' verdicts, and a PNG plot of
-throughput over time.
+A progress display runs meanwhile; at the end, tables, the targets' verdicts (for each service
+contender; the heavy tail's also say how many registrations per second the machine could carry at
+that run's CPU per registration of the service, emulator, broker and harness together), and a PNG
+plot of throughput over time.
 
     .venv/bin/python -m bench.throughput                 # both profiles, about 10 minutes
     .venv/bin/python -m bench.throughput --quick         # a smoke run, about 2.5 minutes
@@ -125,7 +131,7 @@ class Options:
     invoices: int
     profiles: tuple[str, ...]
     contenders: tuple[str, ...]
-    max_in_flight: int
+    max_in_flight: tuple[int, ...]  # one service contender each; the first is the primary one
     faststream_workers: int
     baseline_seconds: float
     service_max_seconds: float
@@ -145,6 +151,19 @@ class Options:
     command: str
 
 
+def _in_flight_limits(text: str) -> tuple[int, ...]:
+    """``--max-in-flight``: a comma-separated list of distinct positive integers."""
+    try:
+        limits = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not limits or any(limit < 1 for limit in limits):
+        raise argparse.ArgumentTypeError(f"in-flight limits must be positive integers: {text!r}")
+    if len(set(limits)) != len(limits):
+        raise argparse.ArgumentTypeError(f"an in-flight limit is given twice: {text!r}")
+    return limits
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench.throughput", description=__doc__.splitlines()[0] if __doc__ else None
@@ -156,7 +175,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default="service,sequential,faststream",
         help="contenders to run: service,sequential,faststream",
     )
-    parser.add_argument("--max-in-flight", type=int, default=128, help="the service's MAX_IN_FLIGHT")
+    parser.add_argument(
+        "--max-in-flight",
+        type=_in_flight_limits,
+        default=(128, 64),
+        help="the service's MAX_IN_FLIGHT, comma separated: one service contender each, the first the "
+        "primary one ('service'; the others 'service@N') (default 128,64)",
+    )
     parser.add_argument(
         "--faststream-workers", type=int, default=PARTITIONS, help="max_workers of the FastStream baseline"
     )
@@ -328,12 +353,32 @@ class Topics:
 
 @dataclass(frozen=True)
 class Contender:
-    name: str
+    name: str  # also its process's name for the sampler: service, service@64, sequential, faststream
     in_flight: int
     time_box: float | None  # seconds, or None: until the backlog is done
 
+    @property
+    def is_service(self) -> bool:
+        return report.is_service(self.name)
+
+    @property
+    def label(self) -> str:
+        return report.label(self.name, self.in_flight)
+
+    @property
+    def slug(self) -> str:
+        """The name as it may go into a topic name (no '@')."""
+        return self.name.replace("@", "-")
+
+    @property
+    def code(self) -> str:
+        """A short tag for invoice numbers, distinct per contender (the emulator refuses a number it
+        has seen, and all contenders of a profile share one emulator)."""
+        kind, _, limit = self.name.partition("@")  # SER, SER64, SEQ, FAS
+        return (kind[:3] + limit).upper()
+
     def argv(self, topics: Topics, bootstrap: str, url: str, stats: Path, options: Options) -> list[str]:
-        if self.name == report.SERVICE:
+        if self.is_service:
             if options.profiler == "pyinstrument":
                 profile = stats.with_suffix(".pyisession")
                 return [
@@ -404,7 +449,7 @@ class Contender:
         what_if: str = "",
     ) -> dict[str, str]:
         env = _clean_env()
-        if self.name != report.SERVICE:
+        if not self.is_service:
             return env
         ledger = ledger_dir / f"ledger-{topics.inbound}.db"
         if trace is not None:
@@ -473,7 +518,7 @@ class Bench:
         self.progress.console.print(message)
 
     def topics(self, profile: Profile, contender: Contender, phase: str) -> Topics:
-        base = f"bench-{self.run_id}-{profile.name}-{contender.name}-{phase}"
+        base = f"bench-{self.run_id}-{profile.name}-{contender.slug}-{phase}"
         return Topics(f"{base}-invoices", f"{base}-results", f"{base}-dead-letters", f"{base}-group")
 
     async def prepare(self, topics: Topics) -> None:
@@ -511,13 +556,13 @@ class Bench:
 
     async def run_contender(self, profile: Profile, contender: Contender, url: str, emu: Child) -> None:
         options = self.options
-        label = f"{profile.name} · {report.LABELS[contender.name]}"
+        label = f"{profile.name} · {contender.label}"
         topics = self.topics(profile, contender, "backlog")
         await self.prepare(topics)
         produce_task = self.progress.add_task(
             f"{label}: producing the backlog", total=options.invoices, status=""
         )
-        factory = EventFactory(self.templates, f"B{self.run_id}{profile.name[0]}{contender.name[:3]}".upper())
+        factory = EventFactory(self.templates, f"B{self.run_id}{profile.name[0]}".upper() + contender.code)
         await produce_backlog(
             self.bootstrap,
             topics.inbound,
@@ -564,14 +609,12 @@ class Bench:
             )
             run_seconds = time.time() - started  # until the stop request
             hwm = peak_rss_bytes(child.pid) or 0
-            latency = (
-                await service_mean_latency_ms(http_port) if contender.name == report.SERVICE else math.nan
-            )
+            latency = await service_mean_latency_ms(http_port) if contender.is_service else math.nan
         self.progress.remove_task(task)
-        if contender.name != report.SERVICE:
+        if not contender.is_service:
             latency = baseline_mean_latency_ms(stats)
         run = self.summarise(profile, contender, collector, sampler, started, run_seconds, hwm, latency)
-        if trace is not None and contender.name == report.SERVICE:
+        if trace is not None and contender.is_service:
             run.trace = read_trace(trace)
         self.runs.append(run)
         self.say(
@@ -652,11 +695,11 @@ class Bench:
         """Latency at a steady rate: the contender on a fresh topic, a few events to warm it up, then
         ``rate`` events per second for ``--paced-seconds``."""
         options = self.options
-        label = f"{profile.name} · {report.LABELS[contender.name]}"
+        label = f"{profile.name} · {contender.label}"
         topics = self.topics(profile, contender, "paced")
         await self.prepare(topics)
         stats = options.workdir / f"{topics.inbound}.stats.json"
-        factory = EventFactory(self.templates, f"P{self.run_id}{profile.name[0]}{contender.name[:3]}".upper())
+        factory = EventFactory(self.templates, f"P{self.run_id}{profile.name[0]}".upper() + contender.code)
         total = max(1, round(rate * options.paced_seconds))
         task = self.progress.add_task(f"{label}: latency at {rate:,.0f}/s", total=total, status="warming up")
         sent: dict[str, float] = {}
@@ -795,14 +838,20 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
     }
     profiles = [all_profiles[name] for name in options.profiles]
     all_contenders = {
-        report.SERVICE: Contender(report.SERVICE, options.max_in_flight, None),
-        report.SEQUENTIAL: Contender(report.SEQUENTIAL, 1, options.baseline_seconds),
+        # the service once per in-flight limit, the primary one first
+        report.SERVICE: [
+            Contender(report.service_contender(limit, primary=index == 0), limit, None)
+            for index, limit in enumerate(options.max_in_flight)
+        ],
+        report.SEQUENTIAL: [Contender(report.SEQUENTIAL, 1, options.baseline_seconds)],
         # NACK_ON_ERROR: one consumer per worker, so no more in flight than partitions
-        report.FASTSTREAM: Contender(
-            report.FASTSTREAM, min(options.faststream_workers, PARTITIONS), options.baseline_seconds
-        ),
+        report.FASTSTREAM: [
+            Contender(
+                report.FASTSTREAM, min(options.faststream_workers, PARTITIONS), options.baseline_seconds
+            )
+        ],
     }
-    contenders = [all_contenders[name] for name in options.contenders]
+    contenders = [contender for name in options.contenders for contender in all_contenders[name]]
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -826,7 +875,7 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
         command=options.command,
         invoices=options.invoices,
         partitions=PARTITIONS,
-        max_in_flight=options.max_in_flight,
+        max_in_flight=list(options.max_in_flight),
         faststream_workers=options.faststream_workers,
         baseline_seconds=options.baseline_seconds,
         paced_seconds=options.paced_seconds,
@@ -835,7 +884,7 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
         machine=machine_description(),
         profiles={p.name: p.title for p in profiles},
     )
-    report.print_tables(console, runs, settings.profiles)
+    report.print_tables(console, runs, settings)
     report.plot(options.plot, runs, settings.profiles)
     report.write_json(options.workdir / "results.json", runs, settings)
     text = report.markdown(runs, settings)

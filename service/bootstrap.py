@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -84,6 +85,17 @@ def kafka_security(settings: Settings) -> tuple[BaseSecurity | None, dict[str, A
 def instance_id() -> str:
     """Who holds a claim in the ledger: this process, recognisably."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def freeze_long_lived_objects() -> None:
+    """Once started, move everything alive (modules, validators, clients, the broker) out of
+    the cyclic garbage collector's reach.
+
+    Otherwise each full collection walks them all again: with many events in flight, full
+    collections come every second or so and that walk cost about a tenth of the CPU per event.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -234,7 +246,7 @@ def build_registrar(
         ],
         logger=logging.getLogger("service.app"),
         on_startup=[ledger.open],
-        after_startup=[processor.publish_pending, engine.start],
+        after_startup=[processor.publish_pending, engine.start, freeze_long_lived_objects],
         on_shutdown=[engine.stop],
         after_shutdown=[amili.aclose, ledger.close],
     )

@@ -259,6 +259,16 @@ class ConsumptionEngine:
                 await asyncio.sleep(self._backoff.delay(failures, self._rng))
         seconds = time.monotonic() - started
         self._observer.handled(handled, seconds)
+        if log.isEnabledFor(logging.INFO):
+            self._log_handled(partition, prepared, handled, seconds)
+        progress = self._progress.get(partition)
+        if progress is not None:
+            progress.finish(prepared.record.offset)
+        self._release()
+        self._next_in_chain(prepared.ordering_key)
+
+    @staticmethod
+    def _log_handled(partition: TopicPartition, prepared: Prepared, handled: Handled, seconds: float) -> None:
         log.info(
             "event handled",
             extra={
@@ -273,11 +283,6 @@ class ConsumptionEngine:
                 "duration_ms": round(seconds * 1000, 1),
             },
         )
-        progress = self._progress.get(partition)
-        if progress is not None:
-            progress.finish(prepared.record.offset)
-        self._release()
-        self._next_in_chain(prepared.ordering_key)
 
     def _next_in_chain(self, key: str) -> None:
         chain = self._chains.get(key)

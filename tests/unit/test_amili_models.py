@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import email.utils
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 from pydantic import ValidationError
 
@@ -104,3 +107,21 @@ def test_car_registration_excludes_customer_number() -> None:
 
 def test_rfc1123_formatting() -> None:
     assert format_rfc1123(datetime(2024, 1, 21, 10, 11, 22, tzinfo=UTC)) == "Sun, 21 Jan 2024 10:11:22 GMT"
+
+
+@hypothesis.given(
+    moment=hypothesis.strategies.datetimes(
+        min_value=datetime(1000, 1, 1),
+        max_value=datetime(9998, 12, 31),
+        timezones=hypothesis.strategies.sampled_from(
+            [UTC, timezone(timedelta(hours=2)), timezone(-timedelta(hours=9, minutes=30)), None]
+        ),
+    )
+)
+def test_rfc1123_dates_are_what_the_standard_library_writes(moment: datetime) -> None:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    assert format_rfc1123(moment) == email.utils.format_datetime(aware.astimezone(UTC), usegmt=True)
+    day = moment.date()
+    assert format_rfc1123(day) == email.utils.format_datetime(
+        datetime(day.year, day.month, day.day, tzinfo=UTC), usegmt=True
+    )
