@@ -7,8 +7,11 @@ and commit either too early or everything at once, so the engine is built on aio
   Events with the same ordering key (creditor + invoice number) run one after another, in order.
 - Per partition the committed offset is the lowest offset not yet finished: never past an
   unfinished event, whatever finishes first.
-- Backpressure: at the in-flight limit, or while ``accepting()`` says no (the circuit towards Amili
-  is open), the assigned partitions are paused; nothing is buffered beyond the limit.
+- Backpressure: at the in-flight limit nothing more is taken; when the window stays full for
+  ``pause_after_seconds``, or while ``accepting()`` says no (the circuit towards Amili is open), the
+  assigned partitions are paused, so that nothing more is fetched either. Before that the consumer
+  holds at most one fetched batch per partition (its fetch sizes bound it): pausing at every brief
+  saturation would discard those batches and fetch them again.
 - Rebalance and shutdown: revoked partitions stop being fed, their events get ``drain_seconds``
   to finish, what is finished is committed, and the rest is abandoned uncommitted (the next owner
   processes it again, which the ledger makes harmless).
@@ -111,6 +114,7 @@ class ConsumptionEngine:
         backoff: Backoff | None = None,
         observer: EngineObserver | None = None,
         max_failures: int = 5,
+        pause_after_seconds: float = 1.0,
     ) -> None:
         # aiokafka clients must be made inside the running loop: the engine makes its own on start.
         self._make_consumer = consumer
@@ -127,6 +131,8 @@ class ConsumptionEngine:
         self._backoff = backoff or Backoff()
         self._observer = observer or EngineObserver()
         self._max_failures = max_failures
+        self._pause_after = pause_after_seconds
+        self._full_since: float | None = None
         self._rng = random.Random()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
@@ -188,7 +194,16 @@ class ConsumptionEngine:
 
     async def _fetch_once(self) -> None:
         room = self._max_in_flight - self._in_flight
-        if room < self._refill_batch or not self._accepting():
+        accepting = self._accepting()
+        if accepting and room < self._refill_batch and not self._full_for_long():
+            # Full for a moment, as between refills: wait for slots without pausing. Meanwhile the
+            # consumer holds at most one fetched batch per partition (bounded by its fetch sizes);
+            # a pause would throw those batches away, to be fetched and parsed again on resume.
+            self._slots_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
+            return
+        if room < self._refill_batch or not accepting:
             self._consumer.pause(*self._consumer.assignment())
             self._slots_freed.clear()
             # Keep polling while paused, without waiting: it keeps the consumer in its group
@@ -200,6 +215,7 @@ class ConsumptionEngine:
                 await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
             self._observer.progress()
             return
+        self._full_since = None
         paused = self._consumer.paused()
         if paused:
             self._consumer.resume(*paused)
@@ -215,6 +231,14 @@ class ConsumptionEngine:
             for raw in records:
                 progress.take(raw.offset)
                 self._admit(partition, self._processor.prepare(to_inbound_record(raw)))
+
+    def _full_for_long(self) -> bool:
+        """Whether the window has been full for longer than ``pause_after_seconds`` (Amili slow,
+        say): then the partitions are paused, so that nothing more is fetched."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        return now - self._full_since >= self._pause_after
 
     def _admit(self, partition: TopicPartition, prepared: Prepared) -> None:
         self._in_flight += 1

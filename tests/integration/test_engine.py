@@ -212,3 +212,26 @@ async def test_a_rebalance_loses_nothing(kafka_bootstrap_servers: str, unique_na
     assert first.done | second.done == {(n % partitions, n // partitions) for n in range(total)}
     offsets = await committed(kafka_bootstrap_servers, group, topic, partitions)
     assert offsets == {p: total // partitions for p in range(partitions)}
+
+
+async def test_a_window_full_for_long_pauses_fetching_and_resumes_after(
+    kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    topic, group = f"engine-pause-{unique_name}", f"g-{unique_name}"
+    await create_topic(kafka_bootstrap_servers, topic, 2)
+    await produce(kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", n % 2) for n in range(40)])
+    processor = StandInProcessor(max_delay=0.001)
+    gates = {(p, o): asyncio.Event() for p in range(2) for o in range(2)}
+    processor.block.update(gates)  # the first two events of each partition hang
+    async with running_engine(
+        kafka_bootstrap_servers, topic, group, processor, max_in_flight=4, pause_after_seconds=1.0
+    ) as engine:
+        consumer = engine._consumer
+        await eventually(lambda: processor.running == 4)
+        assert not consumer.paused()  # full for a moment only: nothing paused yet
+        await eventually(lambda: consumer.paused() == consumer.assignment(), wait_seconds=5)
+        assert processor.running == 4  # nothing taken beyond the window while paused
+        for gate in gates.values():
+            gate.set()
+        await eventually(lambda: len(processor.done) == 40)
+        assert not consumer.paused()
