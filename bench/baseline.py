@@ -52,17 +52,7 @@ def parse_options(description: str) -> Options:
     parser.add_argument("--api-key", default="demo-api-key")
     parser.add_argument("--stats", type=Path, help="write HTTP call statistics (JSON) here on exit")
     parser.add_argument("--workers", type=int, default=1, help="max_workers (FastStream baseline only)")
-    args = parser.parse_args()
-    return Options(
-        bootstrap=args.bootstrap,
-        topic=args.topic,
-        results=args.results,
-        group=args.group,
-        amili_url=args.amili_url,
-        api_key=args.api_key,
-        stats=args.stats,
-        workers=args.workers,
-    )
+    return Options(**vars(parser.parse_args()))  # one option per field
 
 
 @dataclass

@@ -7,8 +7,9 @@
   share the machine (the contender, the emulator, the broker, this harness) and the machine's CPU
   counters; peak RSS is also read from the kernel's high-water mark (``VmHWM``) before a contender
   stops.
-- ``summarise`` turns those into the figures of the report: sustained rate between 10% and 90% of
-  the events done, CPU per registration over the same window, throughput per 1-second bucket.
+- ``sustained_window``, ``cpu_in_window``, ``machine_busy_share`` and ``per_second`` turn those into
+  the figures of the report: sustained rate between 10% and 90% of the events done, CPU over the
+  same window, throughput per 1-second bucket.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +44,6 @@ class ResultCollector:
         self._partitions = partitions
         self.results: dict[str, Result] = {}
         self.duplicates = 0
-        self.unreadable = 0
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -84,8 +84,7 @@ class ResultCollector:
             moment = datetime.fromisoformat(document["time"]).timestamp()
             outcome = str(data["outcome"])
         except (ValueError, KeyError, TypeError):
-            self.unreadable += 1
-            return
+            return  # not a result event: not counted
         if event_id in self.results:
             self.duplicates += 1
             return
@@ -172,16 +171,9 @@ class ProcessSampler:
         return self.samples[-1] if self.samples else None
 
 
-def _interpolate(samples: Sequence[Sample], moment: float, value: str) -> float:
-    """A counter of the samples (``machine_busy``, ``machine_total`` or ``cpu:<name>``) at ``moment``."""
-
-    def read(sample: Sample) -> float:
-        if value.startswith("cpu:"):
-            return sample.cpu.get(value[4:], math.nan)
-        return float(getattr(sample, value))
-
-    times = [s.time for s in samples]
-    index = bisect.bisect_left(times, moment)
+def _interpolate(samples: Sequence[Sample], moment: float, read: Callable[[Sample], float]) -> float:
+    """A counter of the samples, as ``read`` takes it from each, at ``moment``."""
+    index = bisect.bisect_left(samples, moment, key=lambda sample: sample.time)
     if index <= 0:
         return read(samples[0])
     if index >= len(samples):
@@ -217,25 +209,24 @@ def sustained_window(result_times: Sequence[float], low: float = 0.1, high: floa
     return Window(ordered[first], ordered[last], last - first)
 
 
+def _growth(samples: Sequence[Sample], window: Window, read: Callable[[Sample], float]) -> float:
+    """How much a counter of the samples grew during the window."""
+    return _interpolate(samples, window.end, read) - _interpolate(samples, window.start, read)
+
+
 def cpu_in_window(samples: Sequence[Sample], window: Window, name: str) -> float:
     """CPU seconds the named process used during the window."""
     if not samples:
         return math.nan
-    return _interpolate(samples, window.end, f"cpu:{name}") - _interpolate(
-        samples, window.start, f"cpu:{name}"
-    )
+    return _growth(samples, window, lambda sample: sample.cpu.get(name, math.nan))
 
 
 def machine_busy_share(samples: Sequence[Sample], window: Window) -> float:
     """Share of the machine's CPU capacity (all cores) busy during the window."""
     if not samples:
         return math.nan
-    busy = _interpolate(samples, window.end, "machine_busy") - _interpolate(
-        samples, window.start, "machine_busy"
-    )
-    total = _interpolate(samples, window.end, "machine_total") - _interpolate(
-        samples, window.start, "machine_total"
-    )
+    busy = _growth(samples, window, lambda sample: sample.machine_busy)
+    total = _growth(samples, window, lambda sample: sample.machine_total)
     return busy / total if total > 0 else math.nan
 
 

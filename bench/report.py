@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,11 +304,16 @@ def _verdict_row(verdict: Verdict, passed: str, failed: str) -> list[str]:
     ]
 
 
-def print_tables(console: Console, runs: Sequence[Run], settings: Settings) -> None:
+def _by_profile(runs: Sequence[Run], settings: Settings) -> Iterator[tuple[str, list[Run]]]:
+    """Each profile's title and runs, for the profiles that have runs."""
     for profile, title in settings.profiles.items():
         chosen = [run for run in runs if run.profile == profile]
-        if not chosen:
-            continue
+        if chosen:
+            yield title, chosen
+
+
+def print_tables(console: Console, runs: Sequence[Run], settings: Settings) -> None:
+    for title, chosen in _by_profile(runs, settings):
         table = Table(title=f"{title}: throughput", title_justify="left")
         for header in _HEADERS:
             table.add_column(header, justify="left" if header == "contender" else "right")
@@ -368,10 +373,7 @@ def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> st
 
 def markdown(runs: Sequence[Run], settings: Settings) -> str:
     parts: list[str] = []
-    for profile, title in settings.profiles.items():
-        chosen = [run for run in runs if run.profile == profile]
-        if not chosen:
-            continue
+    for title, chosen in _by_profile(runs, settings):
         parts.append(f"### {title}\n")
         parts.append(_markdown_table(_HEADERS, [_row(run) for run in chosen]) + "\n")
         parts.append(_markdown_table(_MACHINE_HEADERS, [_machine_row(run) for run in chosen]) + "\n")

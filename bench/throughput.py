@@ -29,9 +29,9 @@ plot of throughput over time.
     .venv/bin/python -m bench.throughput --quick         # a smoke run, about 2.5 minutes
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else starts a local broker (``service.localkafka``) and
-stops it at the end. Diagnostics: ``--trace-service`` and ``--what-if`` (``bench/trace_service.py``),
-``--ledger-dir``, ``--switch-interval``, ``--profiler`` (then ``python -m bench.hotspots``). The
-figures and what they mean: ``docs/performance.md``.
+stops it at the end. Diagnostics: ``--trace-service`` (``bench/trace_service.py``), ``--ledger-dir``,
+``--switch-interval``, ``--profiler`` (then ``python -m bench.hotspots``). The figures and what they
+mean: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,10 @@ from bench.measure import (
     percentile,
     sustained_window,
 )
-from bench.workload import EventFactory, create_topics, load_templates, produce_backlog, produce_paced
-from service.config import DEMO_API_KEY, Settings
+from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
+from service.config import DEMO_API_KEY
+from service.devtools.chaos import clean_environment
+from service.devtools.produce import create_topics
 from service.localkafka import LocalKafka, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +150,6 @@ class Options:
     ledger_dir: Path
     switch_interval: float | None
     trace_service: bool
-    what_if: str
     command: str
 
 
@@ -224,11 +226,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="diagnostic: time the steps of each event in the service (bench/trace_service.py)",
     )
-    parser.add_argument(
-        "--what-if",
-        default="",
-        help="diagnostic (implies --trace-service): patches to try (bench/trace_service.py), e.g. admission",
-    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 2 minutes")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -253,8 +250,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         profiler=args.profiler,
         ledger_dir=(args.ledger_dir or workdir).resolve(),
         switch_interval=args.switch_interval,
-        trace_service=bool(args.trace_service or args.what_if),
-        what_if=args.what_if,
+        trace_service=args.trace_service,
         command=shlex.join(
             ["python", "-m", "bench.throughput", *(argv if argv is not None else sys.argv[1:])]
         ),
@@ -262,16 +258,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
 
 
 # processes ----------------------------------------------------------------------------------------
-
-
-def _clean_env() -> dict[str, str]:
-    """This environment without anything that would configure the service or the emulator."""
-    settings = {name.upper() for name in Settings.model_fields}
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key.upper() not in settings and not key.upper().startswith("AMILI_")
-    }
 
 
 class Child:
@@ -320,7 +306,7 @@ class Child:
 async def emulator(profile: Profile, workdir: Path) -> AsyncIterator[tuple[str, Child]]:
     """``python -m service emulator`` in its own process, with the profile's latency."""
     port = free_port()
-    env = _clean_env() | dict(profile.env) | {"AMILI_EMULATOR_FAULT_SEED": "7"}
+    env = clean_environment() | dict(profile.env) | {"AMILI_EMULATOR_FAULT_SEED": "7"}
     child = await Child.start(
         EMULATOR,
         [sys.executable, "-m", "service", "emulator", "--port", str(port)],
@@ -446,15 +432,13 @@ class Contender:
         ledger_dir: Path,
         http_port: int,
         trace: Path | None = None,
-        what_if: str = "",
     ) -> dict[str, str]:
-        env = _clean_env()
+        env = clean_environment()
         if not self.is_service:
             return env
         ledger = ledger_dir / f"ledger-{topics.inbound}.db"
         if trace is not None:
             env["BENCH_TRACE_FILE"] = str(trace)
-            env["BENCH_WHATIF"] = what_if
         return env | {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "INVOICE_CREATED_TOPIC": topics.inbound,
@@ -525,6 +509,7 @@ class Bench:
         await create_topics(
             self.bootstrap, {topics.inbound: PARTITIONS, topics.results: PARTITIONS, topics.dead_letters: 1}
         )
+        await asyncio.sleep(0.5)  # give the broker a moment to elect leaders before anyone produces
 
     async def watch(
         self,
@@ -574,7 +559,11 @@ class Bench:
 
         http_port = free_port()
         stats = options.workdir / f"{topics.inbound}.stats.json"
-        trace = options.workdir / f"{topics.inbound}.trace.json" if options.trace_service else None
+        trace = (
+            options.workdir / f"{topics.inbound}.trace.json"
+            if options.trace_service and contender.is_service
+            else None
+        )
         box = f" (time box {contender.time_box:.0f} s)" if contender.time_box else ""
         task = self.progress.add_task(f"{label}: backlog{box}", total=options.invoices, status="starting")
         async with contextlib.AsyncExitStack() as stack:
@@ -585,9 +574,7 @@ class Bench:
             child = await Child.start(
                 contender.name,
                 contender.argv(topics, self.bootstrap, url, stats, options),
-                contender.env(
-                    topics, self.bootstrap, url, options.ledger_dir, http_port, trace, options.what_if
-                ),
+                contender.env(topics, self.bootstrap, url, options.ledger_dir, http_port, trace),
                 options.workdir / f"{topics.inbound}.log",
             )
             stack.push_async_callback(asyncio.sleep, 0.5)  # the last results, after the child stopped
@@ -614,7 +601,7 @@ class Bench:
         if not contender.is_service:
             latency = baseline_mean_latency_ms(stats)
         run = self.summarise(profile, contender, collector, sampler, started, run_seconds, hwm, latency)
-        if trace is not None and contender.is_service:
+        if trace is not None:
             run.trace = read_trace(trace)
         self.runs.append(run)
         self.say(
@@ -644,9 +631,7 @@ class Bench:
     ) -> report.Run:
         results = list(collector.results.values())
         times = [result.time for result in results]
-        outcomes: dict[str, int] = {}
-        for result in results:
-            outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        outcomes = dict(Counter(result.outcome for result in results))
         window = sustained_window(times)
         samples = sampler.samples
         if window is None:

@@ -1,14 +1,10 @@
 """Diagnostic: ``python -m service run`` with the steps of each event timed. (Not for production.)
 
 The service's code is unchanged: a few of its methods are wrapped at start-up, here, to add up how
-long each call takes as the event sees it (waiting included), plus how long each SQLite transaction
-runs on the ledger's thread and how late the event loop wakes up from a 10 ms sleep (its lag). At
-exit the totals go to ``$BENCH_TRACE_FILE`` as JSON: ``{step: [calls, seconds]}``.
-
-What-if experiments (``$BENCH_WHATIF``, comma separated; they change behaviour, only here):
-
-- ``admission``: at the in-flight limit the engine waits for a free slot instead of first blocking
-  100 ms in ``getmany`` on its paused partitions (``ConsumptionEngine._fetch_once``).
+long each call takes as the event sees it (waiting included), plus how long each SQLite group
+commit (one transaction for the writes that waited for it) runs on the ledger's thread and how late
+the event loop wakes up from a 10 ms sleep (its lag). At exit the totals go to
+``$BENCH_TRACE_FILE`` as JSON: ``{step: [calls, seconds]}``.
 
     BENCH_TRACE_FILE=trace.json .venv/bin/python -m bench.trace_service   # env as for `service run`
 
@@ -19,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import json
 import os
@@ -92,8 +87,8 @@ def instrument() -> None:
     _timed_async(AmiliClient, "register", "Amili POST")
     _timed_async(KafkaResultPublisher, "publish_result", "result publish (acks=all)")
     for method in ("claim", "finish", "mark_published"):
-        _timed_async(SqliteLedger, method, f"ledger {method} (queue + thread)")
-    _timed_sync(SqliteLedger, "_in_transaction", "ledger transaction (on its thread)", static=True)
+        _timed_async(SqliteLedger, method, f"ledger {method} (group commit wait + thread)")
+    _timed_sync(SqliteLedger, "_group", "ledger group commit (on its thread)", static=True)
 
     original_start = ConsumptionEngine.start
     tasks: list[asyncio.Task[None]] = []
@@ -103,29 +98,6 @@ def instrument() -> None:
         tasks.append(asyncio.create_task(_loop_lag()))
 
     ConsumptionEngine.start = start  # type: ignore[method-assign]
-
-
-def admit_on_free_slot() -> None:
-    """What-if ``admission``: the paused branch of ``_fetch_once`` waits for a slot first, then polls
-    without blocking (the poll still keeps the consumer in its group); otherwise unchanged."""
-    original = ConsumptionEngine._fetch_once
-
-    async def fetch_once(self: Any) -> None:
-        if self._max_in_flight - self._in_flight > 0 and self._accepting():
-            await original(self)
-            return
-        self._consumer.pause(*self._consumer.assignment())
-        self._slots_freed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
-        for partition, records in (await self._consumer.getmany(timeout_ms=0)).items():
-            self._consumer.seek(partition, records[0].offset)
-        self._observer.progress()
-
-    ConsumptionEngine._fetch_once = fetch_once  # type: ignore[method-assign]
-
-
-WHAT_IF: dict[str, Callable[[], None]] = {"admission": admit_on_free_slot}
 
 
 def _dump() -> None:
@@ -142,8 +114,6 @@ def _exit_on_sigterm(signum: int, _: object) -> None:
 
 if __name__ == "__main__":
     instrument()
-    for name in filter(None, os.environ.get("BENCH_WHATIF", "").split(",")):
-        WHAT_IF[name]()
     atexit.register(_dump)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main(["run"]))

@@ -1,9 +1,10 @@
-"""The benchmark's workload: realistic invoice-created events, topics, a backlog and paced traffic.
+"""The benchmark's workload: realistic invoice-created events, a backlog and paced traffic.
 
 Events are the sample invoices of ``service/examples/invoices.ndjson`` (those the service's own
-rules accept; the deliberately invalid sixth line is left out), each sent with a unique invoice
-number, a fresh event id and the time it was produced, in CloudEvents structured mode, keyed
-``creditor/invoice_number`` as billing systems do (so they spread over the partitions).
+rules accept, as the chaos run sorts them; the deliberately invalid sixth line is left out), each
+sent with a unique invoice number, a fresh event id and the time it was produced, in CloudEvents
+structured mode, keyed ``creditor/invoice_number`` as billing systems do (so they spread over the
+partitions).
 """
 
 from __future__ import annotations
@@ -16,41 +17,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.devtools.chaos import sample_templates
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE
-from service.events.contract import INVOICE_CREATED_TYPE, decode_invoice_created
-from service.events.record import InboundRecord
+from service.events.contract import INVOICE_CREATED_TYPE
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "service" / "examples" / "invoices.ndjson"
 HEADERS = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
 
 Progress = Callable[[int], None]
 
 
-def load_templates(path: Path = EXAMPLES) -> list[dict[str, Any]]:
+def load_templates() -> list[dict[str, Any]]:
     """The sample events whose invoice the service would register (not reject): the invalid
     sixth line of the samples, and any other the business rules refuse, are left out."""
-    templates: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = InboundRecord("templates", 0, 0, None, line.encode(), tuple(HEADERS))
-        try:
-            created = decode_invoice_created(record)
-        except ValueError:
-            continue
-        if isinstance(to_registration(created.invoice, TransformDefaults(None, None)), Rejection):
-            continue
-        templates.append(json.loads(line))
+    templates = [template.event for template in sample_templates() if template.registrable]
     if not templates:
-        raise RuntimeError(f"{path}: no sample invoice the service would register")
+        raise RuntimeError("no sample invoice the service would register")
     return templates
 
 
@@ -81,22 +66,9 @@ class EventFactory:
         event["subject"] = number
         data = event["data"]
         data["invoice_number"] = number
-        if event.get("type") != INVOICE_CREATED_TYPE:
-            event["type"] = INVOICE_CREATED_TYPE
+        event["type"] = INVOICE_CREATED_TYPE
         key = f"{data.get('creditor', '')}/{number}".encode()
         return Event(event["id"], key, json.dumps(event).encode(), now)
-
-
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create each topic with the given number of partitions (replication factor 1)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in topics.items()])
-    finally:
-        await admin.close()
-    # Give the broker a moment to elect leaders before anyone produces.
-    await asyncio.sleep(0.5)
 
 
 def _producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:

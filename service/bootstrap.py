@@ -29,7 +29,6 @@ from service.config import Settings
 from service.domain.transform import TransformDefaults
 from service.kafka.engine import ConsumptionEngine, Processor
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
-from service.ledger.base import Ledger
 from service.ledger.factory import open_ledger
 from service.ops.http import Check, HealthEndpoint, progress_check
 from service.ops.metrics import Metrics, MetricsObserver
@@ -105,11 +104,7 @@ class Registrar:
     app: AsgiFastStream
     broker: KafkaBroker
     amili: AmiliClient
-    ledger: Ledger
     circuit: AmiliCircuit
-    processor: InvoiceProcessor
-    engine: ConsumptionEngine
-    metrics: Metrics
 
 
 def build_registrar(
@@ -250,13 +245,4 @@ def build_registrar(
         on_shutdown=[engine.stop],
         after_shutdown=[amili.aclose, ledger.close],
     )
-    return Registrar(
-        app=app,
-        broker=broker,
-        amili=amili,
-        ledger=ledger,
-        circuit=circuit,
-        processor=processor,
-        engine=engine,
-        metrics=metrics,
-    )
+    return Registrar(app=app, broker=broker, amili=amili, circuit=circuit)

@@ -26,7 +26,7 @@ from service.events.contract import (
     result_key,
 )
 from service.events.record import InboundRecord
-from service.ledger.base import Ledger, LedgerEntry, LedgerError
+from service.ledger.base import Ledger, LedgerError
 from service.ports import DeadLetterPublisher, ResultPublisher
 from service.registration import Backoff, InvoiceRegistration
 
@@ -142,7 +142,7 @@ class InvoiceProcessor:
 
         decision = await self._registration.register(payload, event_id=created.event.id)
         await self._publish(decision.result, created.event.time)
-        if decision.recorded:
+        if decision.recorded and not decision.already_published:
             await self._mark_published(decision.result)
         dead_letter_rule = None
         if decision.gave_up:
@@ -172,7 +172,7 @@ class InvoiceProcessor:
         """Publish the results recorded but never published (a crash came in between)."""
         published = 0
         while True:
-            entries: list[LedgerEntry] = await self._ledger.unpublished(limit=batch)
+            entries = await self._ledger.unpublished(limit=batch)
             if not entries:
                 return published
             for entry in entries:

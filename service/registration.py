@@ -80,7 +80,9 @@ class RegistrationObserver:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome for one invoice, ready to publish. ``recorded`` is false only for a conflict,
-    which belongs to the event that caused it and changes nothing in the ledger."""
+    which belongs to the event that caused it and changes nothing in the ledger.
+    ``already_published``: a final outcome from the ledger whose result was published before, so
+    it needs no second mark in the ledger once published again."""
 
     result: RegistrationResult
     attempts: int
@@ -148,13 +150,12 @@ class InvoiceRegistration:
             )
             if result is None:  # the claim was lost to another owner: claim again
                 continue
-            state = LedgerState.FAILED if gave_up else LedgerState(result.outcome)
             await self._ledger_call(
                 "finish",
                 self._ledger.finish,
                 creditor=creditor,
                 invoice_number=number,
-                state=state,
+                state=LedgerState(result.outcome),  # giving up is a failed outcome
                 result=result.model_dump(mode="json"),
             )
             return Decision(result, attempts=attempts, gave_up=gave_up)
@@ -233,71 +234,80 @@ class InvoiceRegistration:
                 await self._sleep(self._policy.backoff.delay(failures, self._rng))
 
     @staticmethod
-    def _base(request: InvoiceRegistrationRequest, event_id: str) -> dict[str, Any]:
-        return {
-            "creditor": request.creditor,
-            "invoice_number": request.invoice_number,
-            "inbound_event_id": event_id,
-        }
-
     def _registered(
-        self, request: InvoiceRegistrationRequest, event_id: str, receipt: InvoiceRegistrationReceipt
+        request: InvoiceRegistrationRequest, event_id: str, receipt: InvoiceRegistrationReceipt
     ) -> RegistrationResult:
         ids = AmiliIds.from_receipt(receipt)
-        if not is_valid_ocr(receipt.ocr_number_ocr):
-            # Registered, but with OCR digits a payment could never be matched against.
-            return RegistrationResult(
-                outcome=Outcome.FAILED.value,
-                amili=ids,
-                reasons=[
-                    Reason(
-                        field="amili.ocr_number_ocr",
-                        rule="ocr_check_digit",
-                        message="the OCR number Amili returned fails its mod-10 check digit",
-                    )
-                ],
-                **self._base(request, event_id),
-            )
-        return RegistrationResult(
-            outcome=Outcome.REGISTERED.value, amili=ids, **self._base(request, event_id)
+        if is_valid_ocr(receipt.ocr_number_ocr):
+            return _result(Outcome.REGISTERED, request, event_id, amili=ids)
+        # Registered, but with OCR digits a payment could never be matched against.
+        return _result(
+            Outcome.FAILED,
+            request,
+            event_id,
+            Reason(
+                field="amili.ocr_number_ocr",
+                rule="ocr_check_digit",
+                message="the OCR number Amili returned fails its mod-10 check digit",
+            ),
+            amili=ids,
         )
 
+    @staticmethod
     def _rejected(
-        self, request: InvoiceRegistrationRequest, event_id: str, rejected: AmiliRejected
+        request: InvoiceRegistrationRequest, event_id: str, rejected: AmiliRejected
     ) -> RegistrationResult:
-        return RegistrationResult(
-            outcome=Outcome.REJECTED.value,
-            reasons=[
+        return _result(
+            Outcome.REJECTED,
+            request,
+            event_id,
+            *(
                 Reason(field=inbound_field_path(path), rule="amili_validation", message=message)
                 for path, message in sorted(rejected.issues.items())
-            ],
-            **self._base(request, event_id),
+            ),
         )
 
-    def _conflict(self, request: InvoiceRegistrationRequest, event_id: str) -> RegistrationResult:
-        return RegistrationResult(
-            outcome=Outcome.CONFLICT.value,
-            reasons=[
-                Reason(
-                    field="data.invoice_number",
-                    rule="same_number_other_content",
-                    message="this invoice number was already taken by an invoice with other content",
-                )
-            ],
-            **self._base(request, event_id),
+    @staticmethod
+    def _conflict(request: InvoiceRegistrationRequest, event_id: str) -> RegistrationResult:
+        return _result(
+            Outcome.CONFLICT,
+            request,
+            event_id,
+            Reason(
+                field="data.invoice_number",
+                rule="same_number_other_content",
+                message="this invoice number was already taken by an invoice with other content",
+            ),
         )
 
+    @staticmethod
     def _failed(
-        self, request: InvoiceRegistrationRequest, event_id: str, attempts: int, reason: str
+        request: InvoiceRegistrationRequest, event_id: str, attempts: int, reason: str
     ) -> RegistrationResult:
-        return RegistrationResult(
-            outcome=Outcome.FAILED.value,
-            reasons=[
-                Reason(
-                    field="amili",
-                    rule="gave_up",
-                    message=f"Amili kept failing for this invoice ({reason}) after {attempts} attempts",
-                )
-            ],
-            **self._base(request, event_id),
+        return _result(
+            Outcome.FAILED,
+            request,
+            event_id,
+            Reason(
+                field="amili",
+                rule="gave_up",
+                message=f"Amili kept failing for this invoice ({reason}) after {attempts} attempts",
+            ),
         )
+
+
+def _result(
+    outcome: Outcome,
+    request: InvoiceRegistrationRequest,
+    event_id: str,
+    *reasons: Reason,
+    amili: AmiliIds | None = None,
+) -> RegistrationResult:
+    return RegistrationResult(
+        outcome=outcome.value,
+        creditor=request.creditor,
+        invoice_number=request.invoice_number,
+        inbound_event_id=event_id,
+        amili=amili,
+        reasons=list(reasons),
+    )

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from service.devtools.demo import sample_events_path
 from service.emulator.app import Emulator
 from service.emulator.server import serve_emulator
 from service.localkafka import free_port
+from tests.ci import under_ci
 
 pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.ledger"]
 
@@ -38,6 +38,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI nothing may be skipped: a skipped test is a test that did not run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if os.environ.get("CI", "").lower() == "true" and skipped and reporter is not None:
+    if under_ci() and skipped and reporter is not None:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

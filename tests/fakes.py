@@ -31,10 +31,7 @@ class FakeAmili:
     timeout after Amili stored it looks to the client."""
 
     def __init__(self) -> None:
-        self.registrations: dict[
-            tuple[str, str], tuple[InvoiceRegistrationRequest, InvoiceRegistrationReceipt]
-        ]
-        self.registrations = {}
+        self.registrations: dict[tuple[str, str], Stored] = {}
         self.posts = 0
         self.lookups = 0
         self.faults: list[tuple[AmiliError, bool]] = []

@@ -6,9 +6,9 @@ Unset optional fields are omitted on the wire (``to_wire``), never sent as null;
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.amili.wire import Money, ObjectId, Rfc1123Date, VatPercent
 
@@ -48,15 +48,6 @@ class Customer(_Request):
     mobile_number: str | None = None
     email: str | None = None
     car_registration: CarRegistration | None = None
-
-    @model_validator(mode="after")
-    def _one_customer_type(self) -> Self:
-        flags = [self.is_person, self.is_company, self.is_foreign]
-        if sum(flag is True for flag in flags) != 1:
-            raise ValueError("exactly one of is_person, is_company, is_foreign must be true")
-        if self.car_registration is not None and self.customer_number is not None:
-            raise ValueError("'car_registration' must not be present with 'customer_number'")
-        return self
 
 
 class MatrixItem(_Request):
@@ -102,6 +93,18 @@ class InvoiceRegistrationRequest(_Request):
     case_settings: dict[str, Any] | None = None
     labels: list[str] | None = None
     start_flow: bool | None = None
+
+    # The customer's rules are checked here, not by a model validator of ``Customer``: that would
+    # run again on the instance passed in, twice for every request the transform builds.
+    @field_validator("customer")
+    @classmethod
+    def _customer_rules(cls, customer: Customer) -> Customer:
+        flags = [customer.is_person, customer.is_company, customer.is_foreign]
+        if sum(flag is True for flag in flags) != 1:
+            raise ValueError("exactly one of is_person, is_company, is_foreign must be true")
+        if customer.car_registration is not None and customer.customer_number is not None:
+            raise ValueError("'car_registration' must not be present with 'customer_number'")
+        return customer
 
 
 class InvoiceRegistrationReceipt(BaseModel):

@@ -41,12 +41,12 @@ from typing import Any, Literal
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
 from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, Settings
-from service.devtools.produce import encode, event_key
+from service.devtools.produce import create_topics, encode, event_key
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
 from service.domain.transform import TransformDefaults, to_registration
@@ -151,23 +151,29 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    data: dict[str, Any]
+    event: dict[str, Any]  # a sample invoice-created CloudEvent
     registrable: bool
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.event["data"]
+        return data
 
 
 def sample_templates() -> list[Template]:
-    """The shipped sample invoices, each marked registrable or not by the service's own rules."""
+    """The shipped sample events, each marked registrable or not by the service's own rules."""
     from service.devtools.demo import sample_events_path
 
     templates = []
     for line in sample_events_path().read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
-        data = json.loads(line)["data"]
+        event = json.loads(line)
+        data = event["data"]
         data.setdefault("account", DEMO_ACCOUNT)
         data.setdefault("creditor", DEMO_CREDITOR)
         outcome = to_registration(Invoice.model_validate(data), TransformDefaults())
-        templates.append(Template(data=data, registrable=not isinstance(outcome, Rejection)))
+        templates.append(Template(event=event, registrable=not isinstance(outcome, Rejection)))
     return templates
 
 
@@ -217,16 +223,7 @@ def plan_events(
             template = rng.choice(templates)
             data = copy.deepcopy(template.data)
             data["invoice_number"] = f"CHAOS-{run_tag}-{len(sent) + 1:06d}"
-            envelope = {
-                "specversion": "1.0",
-                "id": _event_id(rng),
-                "source": SOURCE,
-                "type": INVOICE_CREATED_TYPE,
-                "time": _now(),
-                "datacontenttype": JSON_CONTENT_TYPE,
-                "subject": data["invoice_number"],
-                "data": data,
-            }
+            envelope = {**_envelope(rng), "subject": data["invoice_number"], "data": data}
             event = _invoice_event(envelope, "invoice", binary=rng.random() < binary_share)
             assert event.invoice is not None
             (registrable if template.registrable else rejectable).add(event.invoice)
@@ -243,6 +240,18 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _envelope(rng: random.Random) -> dict[str, Any]:
+    """The attributes of a new invoice-created CloudEvent, without subject and data."""
+    return {
+        "specversion": "1.0",
+        "id": _event_id(rng),
+        "source": SOURCE,
+        "type": INVOICE_CREATED_TYPE,
+        "time": _now(),
+        "datacontenttype": JSON_CONTENT_TYPE,
+    }
+
+
 def _invoice_event(envelope: dict[str, Any], kind: Kind, *, binary: bool) -> OutboundEvent:
     value, headers = encode(envelope, binary=binary)
     key = event_key(envelope)
@@ -253,14 +262,7 @@ def _poison_event(rule: str, rng: random.Random, run_tag: str, slot: int) -> Out
     structured: Headers = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
     # Some keyed, some not; a record with neither key nor value cannot be sent.
     key = f"poison-{slot}".encode() if rule == "empty" or rng.random() < 0.5 else None
-    envelope: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": _event_id(rng),
-        "source": SOURCE,
-        "type": INVOICE_CREATED_TYPE,
-        "time": _now(),
-        "datacontenttype": JSON_CONTENT_TYPE,
-    }
+    envelope = _envelope(rng)
     # Poison that carries an invoice carries one no other event has: were it registered, it shows.
     invoice = {
         "invoice_number": f"POISON-{run_tag}-{slot:06d}",
@@ -402,7 +404,7 @@ class Topics:
 # --------------------------------------------------------------------------- processes
 
 
-def _clean_environment() -> dict[str, str]:
+def clean_environment() -> dict[str, str]:
     """This process's environment without any of the service's or the emulator's settings, so
     nothing set in the caller's shell changes the run."""
     ours = {name.upper() for name in Settings.model_fields}
@@ -492,11 +494,9 @@ async def _postgres_ledger(admin_dsn: str | None, console: Console) -> AsyncIter
 
 @dataclass
 class RunStats:
-    kills: int = 0
     lives: int = 0
     unexpected_exits: int = 0
     stalls: int = 0
-    hang_mode_switches: int = 0
     events_sent: int = 0
     invoices_sent: int = 0
     produced_seconds: float = 0.0
@@ -504,7 +504,11 @@ class RunStats:
     settle_seconds: float = 0.0
     total_seconds: float = 0.0
     unconsumed: int | None = None
-    life_seconds: list[float] = field(default_factory=list)
+    life_seconds: list[float] = field(default_factory=list)  # of each life ended by a kill
+
+    @property
+    def kills(self) -> int:
+        return len(self.life_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,25 +550,18 @@ class ChaosRun:
 
     # set-up ---------------------------------------------------------------------------------
 
-    async def _create_topics(self, bootstrap: str) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            partitions = self.options.partitions
-            await admin.create_topics(
-                [
-                    NewTopic(self.topics.inbound, num_partitions=partitions, replication_factor=1),
-                    NewTopic(self.topics.results, num_partitions=partitions, replication_factor=1),
-                    NewTopic(self.topics.dead_letters, num_partitions=1, replication_factor=1),
-                ]
-            )
-        finally:
-            await admin.close()
+    def _partitions(self) -> dict[str, int]:
+        """The run's topics and their numbers of partitions."""
+        return {
+            self.topics.inbound: self.options.partitions,
+            self.topics.results: self.options.partitions,
+            self.topics.dead_letters: 1,
+        }
 
     async def _start_emulator(self) -> None:
         port = free_port()
         env = {
-            **_clean_environment(),
+            **clean_environment(),
             **EMULATOR_FAULTS,
             "AMILI_EMULATOR_HOST": "127.0.0.1",
             "AMILI_EMULATOR_PORT": str(port),
@@ -588,7 +585,7 @@ class ChaosRun:
 
     def _service_env(self, bootstrap: str, ledger_url: str) -> dict[str, str]:
         return {
-            **_clean_environment(),
+            **clean_environment(),
             **SERVICE_TUNING,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "INVOICE_CREATED_TOPIC": self.topics.inbound,
@@ -684,7 +681,6 @@ class ChaosRun:
                 return
             os.kill(service.pid, signal.SIGKILL)
             await asyncio.to_thread(service.wait)
-            self.stats.kills += 1
             self.stats.life_seconds.append(time.monotonic() - born)
             self.say(
                 f"kill #{self.stats.kills} (pid {service.pid}) after {time.monotonic() - born:.1f}s; "
@@ -700,7 +696,6 @@ class ChaosRun:
         with contextlib.suppress(httpx.HTTPError):
             async with httpx.AsyncClient(base_url=self.emulator_url, timeout=5.0) as http:
                 await http.patch("/_admin/faults", json={"hang_mode": mode})
-                self.stats.hang_mode_switches += 1
 
     async def _unconsumed(self, bootstrap: str, ends: dict[Any, int]) -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -720,12 +715,9 @@ class ChaosRun:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
         await consumer.start()
         try:
-            counts = {
-                self.topics.inbound: self.options.partitions,
-                self.topics.results: self.options.partitions,
-                self.topics.dead_letters: 1,
-            }
-            partitions = [TopicPartition(topic, n) for topic, count in counts.items() for n in range(count)]
+            partitions = [
+                TopicPartition(topic, n) for topic, count in self._partitions().items() for n in range(count)
+            ]
             ends: dict[Any, int] = await consumer.end_offsets(partitions)
             return ends
         finally:
@@ -784,7 +776,7 @@ class ChaosRun:
                     )
                 else:
                     ledger_url = f"sqlite:///{self.workdir / 'ledger.db'}"
-                await self._create_topics(bootstrap)
+                await create_topics(bootstrap, self._partitions())
                 await self._start_emulator()
                 console.print(f"Kafka at {bootstrap}, Amili emulator at {self.emulator_url}")
                 watcher = TopicWatcher(bootstrap, self.topics)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
@@ -21,7 +20,7 @@ from rich.table import Table
 
 from service.bootstrap import build_registrar
 from service.config import DEMO_API_KEY, EmulatorSettings, Settings
-from service.devtools.produce import produce, read_events
+from service.devtools.produce import create_topics, produce, read_events
 from service.emulator.server import serve_emulator
 from service.localkafka import LocalKafka, default_version, free_port
 
@@ -54,7 +53,14 @@ async def run_demo(*, kafka_version: str | None = None, events_file: Path | None
                 shutdown_grace_seconds=5,
                 ledger_url=SecretStr(f"sqlite:///{workdir.name}/ledger.db"),
             )
-            await _create_topics(settings)
+            await create_topics(
+                bootstrap,
+                {
+                    settings.invoice_created_topic: 3,
+                    settings.registration_result_topic: 3,
+                    settings.dead_letter_topic: 1,
+                },
+            )
             registrar = build_registrar(settings)
             async with registrar.app:
                 await produce(bootstrap, settings.invoice_created_topic, events)
@@ -65,22 +71,6 @@ async def run_demo(*, kafka_version: str | None = None, events_file: Path | None
         workdir.cleanup()
         await asyncio.to_thread(kafka.stop)
         console.print("Everything stopped.")
-
-
-async def _create_topics(settings: Settings) -> None:
-    """Made up front, so the first produce and subscribe need no auto-creation (and log no errors)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(settings.invoice_created_topic, num_partitions=3, replication_factor=1),
-                NewTopic(settings.registration_result_topic, num_partitions=3, replication_factor=1),
-                NewTopic(settings.dead_letter_topic, num_partitions=1, replication_factor=1),
-            ]
-        )
-    finally:
-        await admin.close()
 
 
 async def _show_results(console: Console, settings: Settings, expected: int) -> int:

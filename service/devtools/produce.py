@@ -1,4 +1,4 @@
-"""Send invoice-created events from a JSON or NDJSON file to Kafka.
+"""Send invoice-created events from a JSON or NDJSON file to Kafka (and make the topics first).
 
 Each item is either a whole CloudEvent (it has ``specversion``) or a bare canonical invoice, which
 is wrapped into a new ``invoice-created`` CloudEvent.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.progress import Progress
 
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
@@ -71,6 +72,19 @@ def encode(event: dict[str, Any], *, binary: bool) -> tuple[bytes, Headers]:
     ]
     headers.append(("content-type", JSON_CONTENT_TYPE.encode()))
     return json.dumps(event.get("data")).encode(), headers
+
+
+async def create_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -> None:
+    """Create each topic with its number of partitions (replication factor 1), so that the first
+    produce and subscribe need no auto-creation (and log no errors)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topic, count, replication_factor=1) for topic, count in partitions.items()]
+        )
+    finally:
+        await admin.close()
 
 
 async def produce(

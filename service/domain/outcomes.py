@@ -27,6 +27,3 @@ class Rejection:
     """An invoice that must not be registered as it stands; retrying will not help."""
 
     violations: tuple[Violation, ...] = field(default_factory=tuple)
-
-    def summary(self) -> str:
-        return "; ".join(f"{v.field}: {v.message}" for v in self.violations)

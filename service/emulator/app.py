@@ -61,12 +61,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _json_body(request: Request) -> Any:
-    """The request's JSON; ValueError when it is not JSON (NaN and Infinity are not)."""
+async def _json_object(request: Request) -> dict[str, Any] | Response:
+    """The request's JSON object, or the 400 that answers a body that is not one (NaN and Infinity
+    are not JSON)."""
     try:
-        return json.loads(await request.body(), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as problem:
-        raise ValueError("not JSON") from problem
+        body = json.loads(await request.body(), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # a ValueError: not UTF-8, not JSON, or NaN/Infinity
+        return error(400, BAD_REQUEST)
+    if not isinstance(body, dict):
+        return error(400, "The request body must be a JSON object")
+    return body
 
 
 class Emulator:
@@ -121,12 +125,9 @@ class Emulator:
         return await self.list_registrations(request)
 
     async def create_registration(self, request: Request) -> Response:
-        try:
-            document = await _json_body(request)
-        except ValueError:
-            return error(400, BAD_REQUEST)
-        if not isinstance(document, dict):
-            return error(400, "The request body must be a JSON object")
+        document = await _json_object(request)
+        if isinstance(document, Response):
+            return document
         issues = registration_issues(
             document,
             self.directory,
@@ -212,21 +213,19 @@ class Emulator:
         if request.method == "DELETE":
             self.store.clear()
             return Response(status_code=204)
+        documents = self.store.all()
         counts: dict[str, int] = {}
-        for doc in self.store.all():
+        for doc in documents:
             key = f"{doc['creditor']}/{doc['invoice_number']}"
             counts[key] = counts.get(key, 0) + 1
-        return JSONResponse({"total": len(self.store.all()), "per_invoice": counts})
+        return JSONResponse({"total": len(documents), "per_invoice": counts})
 
     async def admin_faults(self, request: Request) -> Response:
         """The fault injector's configuration: GET reads it, PUT replaces it, PATCH changes fields."""
         if request.method != "GET":
-            try:
-                changes = await _json_body(request)
-            except ValueError:
-                return error(400, BAD_REQUEST)
-            if not isinstance(changes, dict):
-                return error(400, "The request body must be a JSON object")
+            changes = await _json_object(request)
+            if isinstance(changes, Response):
+                return changes
             base = self.faults.config.model_dump() if request.method == "PATCH" else {}
             try:
                 config = FaultConfig.model_validate({**base, **changes})

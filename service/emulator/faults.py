@@ -93,7 +93,7 @@ class FaultConfig(BaseModel):
             + self.error_500_rate
             + self.error_502_rate
             + self.error_503_rate
-            + (self.hang_rate)
+            + self.hang_rate
             > 1 + 1e-9
         ):
             raise ValueError("the rates of throttle, 500, 502, 503 and hang add up to more than 1")

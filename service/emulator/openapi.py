@@ -96,16 +96,20 @@ def object_schema(fields: Mapping[str, Rule], *, requirements: bool = True) -> S
     return schema
 
 
+_OBJECT_ID: Schema = {"type": "string", "pattern": OBJECT_ID_PATTERN}
+_DATE: Schema = {"type": "string", "pattern": RFC1123_PATTERN}
+_PROJECTION: Schema = {"type": "object", "additionalProperties": {"type": "integer", "enum": [0, 1]}}
+
+
 def _meta(id_description: str) -> Schema:
     return {
-        "_id": {"type": "string", "pattern": OBJECT_ID_PATTERN, "description": id_description},
-        "_created": {"type": "string", "pattern": RFC1123_PATTERN},
-        "_updated": {"type": "string", "pattern": RFC1123_PATTERN},
+        "_id": {**_OBJECT_ID, "description": id_description},
+        "_created": _DATE,
+        "_updated": _DATE,
         "_etag": {"type": "string"},
     }
 
 
-_OBJECT_ID: Schema = {"type": "string", "pattern": OBJECT_ID_PATTERN}
 _OCR: Schema = {"type": "string", "pattern": "^[0-9]{2,25}$"}
 _META_REQUIRED = ["_id", "_created", "_updated", "_etag"]
 _RECEIPT_IDS: Schema = {
@@ -133,8 +137,8 @@ def _invoice_schema() -> Schema:
         "creditor": _OBJECT_ID,
         "invoice_number": {"type": "string"},
         "invoice_type": {"type": "string"},
-        "invoice_date": {"type": "string", "pattern": RFC1123_PATTERN},
-        "invoice_due_date": {"type": "string", "pattern": RFC1123_PATTERN},
+        "invoice_date": _DATE,
+        "invoice_due_date": _DATE,
         "currency": {"type": "string", "enum": ["SEK"]},
         "total_amount_excluding_vat": money,
         "total_vat_25_percent": money,
@@ -156,7 +160,7 @@ def _case_schema() -> Schema:
     def history(name: str) -> Schema:
         item = {
             "type": "object",
-            "properties": {name: {"type": "string"}, "date": {"type": "string", "pattern": RFC1123_PATTERN}},
+            "properties": {name: {"type": "string"}, "date": _DATE},
             "required": [name, "date"],
         }
         return {"type": "array", "items": item}
@@ -309,11 +313,7 @@ def _query_parameters() -> list[Schema]:
             "name": "projection",
             "in": "query",
             "description": "Top-level fields, all 1 (only these) or all 0 (all but these)",
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object", "additionalProperties": {"type": "integer", "enum": [0, 1]}}
-                }
-            },
+            "content": {"application/json": {"schema": _PROJECTION}},
         },
         {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
         {
@@ -353,14 +353,7 @@ def _item_operation(summary: str, item: str, tag: str) -> Schema:
                 {
                     "name": "projection",
                     "in": "query",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": {"type": "integer", "enum": [0, 1]},
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": _PROJECTION}},
                 },
             ],
             "responses": {

@@ -18,7 +18,6 @@ import ast
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from service.emulator.validation import parse_rfc1123
@@ -277,16 +276,10 @@ def _sort_key(field: str) -> Callable[[Document], tuple[int, Any]]:
         found = _values(document, path)
         if not found or found[0] is None:
             return (_TYPE_RANK["missing"], 0)
-        value = found[0]
-        if isinstance(value, bool):
-            return (_TYPE_RANK["bool"], value)
-        if isinstance(value, int | float):
-            return (_TYPE_RANK["number"], value)
-        if isinstance(value, str):
-            moment: datetime | None = parse_rfc1123(value)
-            return (_TYPE_RANK["date"], moment) if moment is not None else (_TYPE_RANK["string"], value)
-        kind = "dict" if isinstance(value, dict) else "list"
-        return (_TYPE_RANK[kind], json.dumps(value, sort_keys=True))
+        kind, comparable = _scalar(found[0])
+        if kind == "other":  # sorting tells objects from lists
+            kind = "dict" if isinstance(found[0], dict) else "list"
+        return (_TYPE_RANK[kind], comparable)
 
     return key
 

@@ -75,16 +75,20 @@ def _read_binary(record: InboundRecord, content_type: str | None) -> CloudEvent:
     return _validated(attributes)
 
 
+def validation_problems(error: ValidationError, prefix: str = "") -> str:
+    """What a validation found wrong, each problem located (``prefix`` + its path), without the input."""
+    return "; ".join(
+        f"{prefix + '.'.join(str(p) for p in issue['loc']) or 'event'}: {issue['msg']}"
+        for issue in error.errors(include_url=False, include_input=False)
+    )
+
+
 def _validated(document: dict[str, Any]) -> CloudEvent:
     try:
         return CloudEvent.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc']) or 'event'}: {issue['msg']}"
-            for issue in error.errors(include_url=False, include_input=False)
-        )
         raise EnvelopeError(
-            "cloudevents_attributes", f"invalid CloudEvents attributes: {problems}"
+            "cloudevents_attributes", f"invalid CloudEvents attributes: {validation_problems(error)}"
         ) from error
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.amili.models import InvoiceRegistrationReceipt
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome, Violation
-from service.events.cloudevents import CloudEvent, EnvelopeError, read_cloudevent
+from service.events.cloudevents import CloudEvent, EnvelopeError, read_cloudevent, validation_problems
 from service.events.record import InboundRecord
 
 INVOICE_CREATED_TYPE = "billing.invoice.created.v1"
@@ -40,10 +40,7 @@ def decode_invoice_created(record: InboundRecord) -> InvoiceCreated:
     try:
         invoice = Invoice.model_validate(event.data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"data.{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}"
-            for issue in error.errors(include_url=False, include_input=False)
-        )
+        problems = validation_problems(error, prefix="data.")
         raise EnvelopeError("data_schema", f"data does not match the invoice schema: {problems}") from error
     return InvoiceCreated(event=event, invoice=invoice)
 

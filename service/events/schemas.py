@@ -36,8 +36,9 @@ from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonS
 from pydantic_core import core_schema
 
 from service.domain.invoice import Invoice
+from service.domain.outcomes import Outcome
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
-from service.events.contract import RegistrationResult
+from service.events.contract import RESULT_TYPES, RegistrationResult
 from service.kafka.publishing import DeadLetterHeaders
 
 Schema = dict[str, Any]
@@ -73,16 +74,13 @@ class ContractSchema(GenerateJsonSchema):
 def _outcome_matches_type(schema: Schema) -> None:
     """A result event's ``type`` names its ``data.outcome``; a registered one carries Amili's ids."""
     rules: list[Schema] = []
-    for outcome in ("registered", "rejected", "conflict", "failed"):
-        data: Schema = {"properties": {"outcome": {"const": outcome}}}
-        if outcome == "registered":
+    for outcome, event_type in RESULT_TYPES.items():
+        data: Schema = {"properties": {"outcome": {"const": outcome.value}}}
+        if outcome is Outcome.REGISTERED:
             data["required"] = ["amili"]
         rules.append(
             {
-                "if": {
-                    "properties": {"type": {"const": f"amili-registrar.registration.{outcome}.v1"}},
-                    "required": ["type"],
-                },
+                "if": {"properties": {"type": {"const": event_type}}, "required": ["type"]},
                 "then": {"properties": {"data": data}},
             }
         )

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from service.events.record import InboundRecord
@@ -86,6 +86,11 @@ class PartitionProgress:
     @property
     def busy(self) -> int:
         return len(self.pending)
+
+
+def outcome_label(handled: Handled) -> str:
+    """The outcome as logs and metrics name it: a dead letter has none of its own."""
+    return handled.outcome.value if handled.outcome is not None else "dead_lettered"
 
 
 def to_inbound_record(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
@@ -195,26 +200,29 @@ class ConsumptionEngine:
     async def _fetch_once(self) -> None:
         room = self._max_in_flight - self._in_flight
         accepting = self._accepting()
-        if accepting and room < self._refill_batch and not self._full_for_long():
-            # Full for a moment, as between refills: wait for slots without pausing. Meanwhile the
-            # consumer holds at most one fetched batch per partition (bounded by its fetch sizes);
-            # a pause would throw those batches away, to be fetched and parsed again on resume.
-            self._slots_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
+        if accepting and room >= self._refill_batch:
+            await self._take(room)
             return
-        if room < self._refill_batch or not accepting:
+        # Wait for slots. Cleared before any await, so that a slot freed meanwhile is not missed.
+        self._slots_freed.clear()
+        # Full only for a moment, as between refills, nothing is paused: meanwhile the consumer
+        # holds at most one fetched batch per partition (bounded by its fetch sizes), and a pause
+        # would throw those batches away, to be fetched and parsed again on resume.
+        pausing = not accepting or self._full_for_long()
+        if pausing:
             self._consumer.pause(*self._consumer.assignment())
-            self._slots_freed.clear()
             # Keep polling while paused, without waiting: it keeps the consumer in its group
             # (max.poll.interval). A partition assigned since the pause can still deliver: put such
             # records back.
             for partition, records in (await self._consumer.getmany(timeout_ms=0)).items():
                 self._consumer.seek(partition, records[0].offset)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
+        if pausing:
             self._observer.progress()
-            return
+
+    async def _take(self, room: int) -> None:
+        """Fetch up to ``room`` records (resuming paused partitions) and set them going."""
         self._full_since = None
         paused = self._consumer.paused()
         if paused:
@@ -257,21 +265,32 @@ class ConsumptionEngine:
 
     async def _handle(self, partition: TopicPartition, prepared: Prepared) -> None:
         started = time.monotonic()
+        try:
+            handled = await self._outcome(partition, prepared)
+            seconds = time.monotonic() - started
+            self._observer.handled(handled, seconds)
+            if log.isEnabledFor(logging.INFO):
+                self._log_handled(partition, prepared, handled, seconds)
+            progress = self._progress.get(partition)
+            if progress is not None:
+                progress.finish(prepared.record.offset)
+        finally:
+            # Finished, or cancelled (by a drain) wherever it was, even asleep between retries:
+            # the slot is freed and what queued behind it goes on if its partition is still ours.
+            self._release()
+            self._next_in_chain(prepared.ordering_key)
+
+    async def _outcome(self, partition: TopicPartition, prepared: Prepared) -> Handled:
         failures = 0
         while True:
             try:
-                handled = await self._processor.handle(prepared)
-                break
-            except asyncio.CancelledError:
-                self._abandon(prepared.ordering_key)
-                raise
+                return await self._processor.handle(prepared)
             except Exception as error:
                 # A fault of ours, not of the event: try again after a pause; an event that keeps
                 # failing goes to dead letters rather than stall its partition.
                 failures += 1
                 if failures >= self._max_failures:
-                    handled = await self._processor.give_up(prepared, error)
-                    break
+                    return await self._processor.give_up(prepared, error)
                 log.exception(
                     "processing failed; retrying",
                     extra={
@@ -281,15 +300,6 @@ class ConsumptionEngine:
                     },
                 )
                 await asyncio.sleep(self._backoff.delay(failures, self._rng))
-        seconds = time.monotonic() - started
-        self._observer.handled(handled, seconds)
-        if log.isEnabledFor(logging.INFO):
-            self._log_handled(partition, prepared, handled, seconds)
-        progress = self._progress.get(partition)
-        if progress is not None:
-            progress.finish(prepared.record.offset)
-        self._release()
-        self._next_in_chain(prepared.ordering_key)
 
     @staticmethod
     def _log_handled(partition: TopicPartition, prepared: Prepared, handled: Handled, seconds: float) -> None:
@@ -301,7 +311,7 @@ class ConsumptionEngine:
                 "topic": partition.topic,
                 "partition": partition.partition,
                 "offset": prepared.record.offset,
-                "outcome": handled.outcome.value if handled.outcome is not None else "dead_lettered",
+                "outcome": outcome_label(handled),
                 "dead_letter_rule": handled.dead_letter_rule,
                 "attempts": handled.attempts,
                 "duration_ms": round(seconds * 1000, 1),
@@ -310,21 +320,13 @@ class ConsumptionEngine:
 
     def _next_in_chain(self, key: str) -> None:
         chain = self._chains.get(key)
-        if chain:
+        while chain:
             partition, prepared = chain.popleft()
             if partition in self._progress and partition not in self._revoking:
                 self._spawn(partition, prepared)
                 return
             self._release()  # its partition was revoked: abandoned
-            self._next_in_chain(key)
-            return
         self._chains.pop(key, None)
-
-    def _abandon(self, key: str) -> None:
-        """A cancelled event gives up its place; what queued behind it goes on if its partition
-        is still ours."""
-        self._release()
-        self._next_in_chain(key)
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -349,7 +351,7 @@ class ConsumptionEngine:
             return
         try:
             await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as error:
+        except KafkaError as error:  # CommitFailedError among them
             # Not fatal: the events are processed again by whoever owns them next.
             log.warning("commit failed", extra={"error": repr(error)})
             return

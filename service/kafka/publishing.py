@@ -12,29 +12,34 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE, CloudEvent
 from service.events.record import InboundRecord
 
-DEAD_LETTER_HEADER_PREFIX = "dlq."
 
-
-class KafkaResultPublisher:
-    """Publishes structured-mode CloudEvents and returns once the broker has them (acks=all).
-
-    The record goes straight to the broker's aiokafka producer: FastStream's publish path (its
-    middlewares, message and correlation ids, header encoding) costs more CPU than the rest of the
-    send, and the result event carries its own id. The FastStream publisher of the topic still
-    documents it in the AsyncAPI schema.
-    """
-
-    _HEADERS: ClassVar[list[tuple[str, bytes]]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+class _RawProducerPublisher:
+    """Sends records to one topic through the broker's underlying aiokafka producer, returning
+    once the broker has them (acks=all). The FastStream publisher of the topic still documents it
+    in the AsyncAPI schema."""
 
     def __init__(self, broker: KafkaBroker, topic: str) -> None:
         self._broker = broker
         self._topic = topic
 
-    async def publish_result(self, event: CloudEvent, key: bytes) -> None:
+    async def _send(
+        self, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         producer = underlying_producer(self._broker)
-        value = event.to_structured()
-        delivery = await producer.send(self._topic, value=value, key=key, headers=self._HEADERS)
-        await delivery
+        await producer.send_and_wait(self._topic, value=value, key=key, headers=headers)
+
+
+class KafkaResultPublisher(_RawProducerPublisher):
+    """Publishes structured-mode CloudEvents.
+
+    Not through FastStream's publish path: it (its middlewares, message and correlation ids, header
+    encoding) costs more CPU than the rest of the send, and the result event carries its own id.
+    """
+
+    _HEADERS: ClassVar[list[tuple[str, bytes]]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+
+    async def publish_result(self, event: CloudEvent, key: bytes) -> None:
+        await self._send(key=key, value=event.to_structured(), headers=self._HEADERS)
 
 
 DEAD_LETTER_REASON_MAX_LENGTH = 2000
@@ -78,27 +83,16 @@ def dead_letter_headers(
     return [*record.headers, *((name, value.encode()) for name, value in ours.model_dump().items())]
 
 
-class KafkaDeadLetterPublisher:
+class KafkaDeadLetterPublisher(_RawProducerPublisher):
     """Sends a record that cannot be processed to the dead-letter topic: key, value and headers
     byte for byte as they came, plus ``dlq.*`` headers.
 
-    FastStream's publishers take headers as text and add a content-type of their own, so the
-    record goes out through the broker's underlying aiokafka producer instead; the FastStream
-    publisher of the topic still documents it in the AsyncAPI schema.
+    Not through FastStream's publisher: it takes headers as text and adds a content-type of its own.
     """
 
-    def __init__(self, broker: KafkaBroker, topic: str) -> None:
-        self._broker = broker
-        self._topic = topic
-
     async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None:
-        producer = underlying_producer(self._broker)
-        await producer.send_and_wait(
-            self._topic,
-            value=record.value,
-            key=record.key,
-            headers=dead_letter_headers(record, rule, reason, datetime.now(UTC)),
-        )
+        headers = dead_letter_headers(record, rule, reason, datetime.now(UTC))
+        await self._send(key=record.key, value=record.value, headers=headers)
 
 
 def underlying_producer(broker: KafkaBroker) -> AIOKafkaProducer:

@@ -11,6 +11,7 @@ Every driver error becomes ``LedgerError``; its message never contains the DSN's
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -21,8 +22,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
-
-# The claim rules are backend-neutral; they live with the first backend that needed them.
 from service.ledger.claims import decide_claim, utc
 
 T = TypeVar("T")
@@ -188,20 +187,20 @@ class PostgresLedger:
         now: datetime,
         lease: timedelta,
     ) -> Claim:
-        now = utc(now)
+        decide = functools.partial(
+            decide_claim,
+            creditor=creditor,
+            invoice_number=invoice_number,
+            fingerprint=fingerprint,
+            event_id=event_id,
+            owner=owner,
+            now=utc(now),
+            lease=lease,
+        )
 
         async def work() -> Claim:
             async with self._require().acquire() as conn, conn.transaction():
-                fresh = decide_claim(
-                    None,
-                    creditor=creditor,
-                    invoice_number=invoice_number,
-                    fingerprint=fingerprint,
-                    event_id=event_id,
-                    owner=owner,
-                    now=now,
-                    lease=lease,
-                )
+                fresh = decide(None)
                 inserted = await conn.fetchrow(
                     f"{_INSERT} ON CONFLICT DO NOTHING RETURNING 1", *_values(fresh.entry)
                 )
@@ -212,16 +211,7 @@ class PostgresLedger:
                 )
                 if row is None:  # records are never deleted
                     raise LedgerError(f"postgres claim: {creditor}/{invoice_number} vanished")
-                claim = decide_claim(
-                    _entry(row),
-                    creditor=creditor,
-                    invoice_number=invoice_number,
-                    fingerprint=fingerprint,
-                    event_id=event_id,
-                    owner=owner,
-                    now=now,
-                    lease=lease,
-                )
+                claim = decide(_entry(row))
                 if claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED):
                     await conn.execute(_UPDATE, *_values(claim.entry))
                 return claim

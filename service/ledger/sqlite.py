@@ -329,38 +329,17 @@ class SqliteLedger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = work(conn)
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL, ...)
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     @staticmethod
     def _group(conn: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], object]]) -> list[object]:
         """Run ``works`` in one transaction, each in its own savepoint; one commit (one fsync)."""
-        outcomes: list[object] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for work in works:
-                conn.execute("SAVEPOINT write")
-                try:
-                    value = work(conn)
-                except Exception as error:
-                    if not conn.in_transaction:  # SQLite rolled back the whole transaction itself
-                        raise
-                    conn.execute("ROLLBACK TO write")
-                    conn.execute("RELEASE write")
-                    outcomes.append(_Failed(error))
-                else:
-                    conn.execute("RELEASE write")
-                    outcomes.append(_Done(value))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return outcomes
+        return SqliteLedger._in_transaction(conn, lambda conn: [_savepoint(conn, work) for work in works])
 
     # -- on the event loop
 
@@ -419,6 +398,21 @@ class SqliteLedger:
             return await asyncio.get_running_loop().run_in_executor(self._executor, work)
         except sqlite3.Error as error:
             raise LedgerError(f"sqlite: {error}") from error
+
+
+def _savepoint(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], object]) -> _Done | _Failed:
+    """Run ``work`` in a savepoint of the open transaction; if it fails, undo only its changes."""
+    conn.execute("SAVEPOINT write")
+    try:
+        value = work(conn)
+    except Exception as error:
+        if not conn.in_transaction:  # SQLite rolled back the whole transaction itself
+            raise
+        conn.execute("ROLLBACK TO write")
+        conn.execute("RELEASE write")
+        return _Failed(error)
+    conn.execute("RELEASE write")
+    return _Done(value)
 
 
 def _fail(writes: list[_Write], message: str, cause: BaseException | None) -> None:

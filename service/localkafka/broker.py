@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.localkafka.pom import render_pom, uses_log4j2
+from service.localkafka.pom import SCALA_BINARY_VERSION, render_pom, uses_log4j2
 
 DEFAULT_KAFKA_VERSION = "3.9.2"
 """Apache Kafka version used unless told otherwise (3.9.1 is a known-good fallback)."""
@@ -228,10 +228,6 @@ def format_properties(props: Mapping[str, str]) -> str:
     return "# written by service.localkafka; regenerated on every start\n" + body
 
 
-def _write_properties(path: Path, props: Mapping[str, str]) -> None:
-    path.write_text(format_properties(props))
-
-
 # --------------------------------------------------------------------------- jars
 
 
@@ -282,8 +278,9 @@ def ensure_jars(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = N
         if result.returncode != 0:
             line = _mvn_failure_line(result.stdout + "\n" + result.stderr)
             raise LocalKafkaError(f"{failure}: {line}")
-        if not any(staging.glob(f"kafka_2.13-{version}.jar")):
-            raise LocalKafkaError(f"{failure}: mvn succeeded but kafka_2.13-{version}.jar is missing")
+        broker_jar = f"kafka_{SCALA_BINARY_VERSION}-{version}.jar"
+        if not (staging / broker_jar).is_file():
+            raise LocalKafkaError(f"{failure}: mvn succeeded but {broker_jar} is missing")
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
         (libs / _COMPLETE_MARKER).write_text(f"{version}\n")
@@ -588,7 +585,7 @@ class LocalKafka:
             log_dir=self.data_dir,
             extra=self.extra_properties,
         )
-        _write_properties(self.properties_file, props)
+        self.properties_file.write_text(format_properties(props))
         if cluster_id is not None:
             return cluster_id
 
@@ -710,24 +707,3 @@ class LocalKafka:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-__all__ = [
-    "DEFAULT_JVM_OPTS",
-    "DEFAULT_KAFKA_VERSION",
-    "HOME_ENV",
-    "VERSION_ENV",
-    "LocalKafka",
-    "LocalKafkaError",
-    "default_cache_dir",
-    "default_version",
-    "ensure_jars",
-    "format_properties",
-    "free_port",
-    "new_cluster_id",
-    "project_root",
-    "render_log_config",
-    "render_server_properties",
-    "require_java",
-    "require_mvn",
-]

@@ -1,1 +1,1 @@
-"""Operations: logging (and, later, metrics and health)."""
+"""Operations: structured logs, Prometheus metrics and the health endpoints."""

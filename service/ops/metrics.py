@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.circuit import AmiliCircuit
-from service.kafka.engine import EngineObserver
+from service.kafka.engine import EngineObserver, outcome_label
 from service.processing import Handled, ProcessingObserver
 from service.registration import RegistrationObserver
 
@@ -109,8 +109,7 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver):
         self._m.events_in_flight.set(count)
 
     def handled(self, handled: Handled, seconds: float) -> None:
-        outcome = handled.outcome.value if handled.outcome is not None else "dead_lettered"
-        self._m.events_consumed.labels(outcome).inc()
+        self._m.events_consumed.labels(outcome_label(handled)).inc()
 
     def lag(self, topic: str, partition: int, lag: int) -> None:
         self._m.consumer_lag.labels(topic, str(partition)).set(lag)

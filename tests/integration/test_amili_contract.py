@@ -162,22 +162,24 @@ def raw(body: dict[str, Any]) -> InvoiceRegistrationRequest:
 Mutation = Callable[[dict[str, Any]], None]
 
 
+def _parent(body: dict[str, Any], path: tuple[str | int, ...]) -> Any:
+    """The dict or list in ``body`` that holds ``path``'s last step."""
+    target: Any = body
+    for step in path[:-1]:
+        target = target[step]
+    return target
+
+
 def setting(*path: str | int, value: Any) -> Mutation:
     def mutate(body: dict[str, Any]) -> None:
-        target: Any = body
-        for step in path[:-1]:
-            target = target[step]
-        target[path[-1]] = value
+        _parent(body, path)[path[-1]] = value
 
     return mutate
 
 
 def without(*path: str | int) -> Mutation:
     def mutate(body: dict[str, Any]) -> None:
-        target: Any = body
-        for step in path[:-1]:
-            target = target[step]
-        del target[path[-1]]
+        del _parent(body, path)[path[-1]]
 
     return mutate
 

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from typing import Any
 
 import jsonschema
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from service.bootstrap import build_registrar
 from service.devtools.produce import encode, produce
@@ -28,7 +27,7 @@ from service.events.cloudevents import EnvelopeError
 from service.events.contract import RESULT_TYPES, decode_invoice_created
 from service.events.record import InboundRecord
 from service.events.schemas import DEAD_LETTER_HEADERS_FILE, RESULT_EVENT_FILE, SCHEMA_DIR
-from tests.integration.harness import read_topic, settings_for
+from tests.integration.harness import kafka_producer, read_records, read_topic, settings_for
 from tests.unit.test_decoder_fuzz import PATHOLOGICAL, WIRE_HOSTILE, Garbage, garbage_records
 
 pytestmark = pytest.mark.kafka
@@ -41,53 +40,13 @@ def schema_validator(name: str) -> jsonschema.Draft202012Validator:
     )
 
 
-async def read_records(
-    bootstrap: str, topic: str, count: int, wait_seconds: float = 60.0
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """The first ``count`` records of ``topic`` as they are (fewer if ``wait_seconds`` pass first)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    found: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        while len(found) < count and loop.time() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                found.extend(records)
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def read_until_settled(
-    bootstrap: str, results_topic: str, dead_letter_topic: str, wait_seconds: float = 20.0
+    bootstrap: str, results_topic: str, dead_letter_topic: str
 ) -> tuple[list[dict[str, Any]], list[ConsumerRecord[bytes, bytes]]]:
-    """Results and dead letters until there are two of them together (or ``wait_seconds`` pass)."""
-    consumer = AIOKafkaConsumer(
-        results_topic,
-        dead_letter_topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    results: list[dict[str, Any]] = []
-    letters: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        while len(results) + len(letters) < 2 and loop.time() < deadline:
-            for partition, records in (await consumer.getmany(timeout_ms=200)).items():
-                if partition.topic == results_topic:
-                    results.extend(json.loads(record.value) for record in records)
-                else:
-                    letters.extend(records)
-    finally:
-        await consumer.stop()
-    return results, letters
+    """Results and dead letters until there are two of them together (or 20 s pass)."""
+    records = await read_records(bootstrap, results_topic, dead_letter_topic, count=2, wait_seconds=20.0)
+    results = [json.loads(record.value) for record in records if record.topic == results_topic]
+    return results, [record for record in records if record.topic != results_topic]
 
 
 def expected_rule(garbage: Garbage, topic: str) -> str:
@@ -122,30 +81,21 @@ async def test_garbage_is_dead_lettered_untouched_and_a_valid_event_still_regist
     valid = copy.deepcopy(sample_events[0])
     valid_value, valid_headers = encode(valid, binary=False)
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
-    await producer.start()
     produced: dict[tuple[int, int], Garbage] = {}
-    try:
-        middle = len(garbage) // 2
-        for item in garbage[:middle]:
+    async with kafka_producer(kafka_bootstrap_servers) as producer:
+        for index, item in enumerate(garbage):
+            if index == len(garbage) // 2:  # the valid event amid the garbage
+                await producer.send_and_wait(topic, value=valid_value, key=b"valid", headers=valid_headers)
             sent = await producer.send_and_wait(
                 topic, value=item.value, key=item.key, headers=list(item.headers)
             )
             produced[(sent.partition, sent.offset)] = item
-        await producer.send_and_wait(topic, value=valid_value, key=b"valid", headers=valid_headers)
-        for item in garbage[middle:]:
-            sent = await producer.send_and_wait(
-                topic, value=item.value, key=item.key, headers=list(item.headers)
-            )
-            produced[(sent.partition, sent.offset)] = item
-    finally:
-        await producer.stop()
 
     async with build_registrar(settings).app:
         results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 1)
-        letters = await read_records(kafka_bootstrap_servers, settings.dead_letter_topic, len(garbage))
+        letters = await read_records(
+            kafka_bootstrap_servers, settings.dead_letter_topic, count=len(garbage), wait_seconds=60.0
+        )
 
     assert len(results) == 1, results
     check_registered(results[0], valid)
@@ -213,18 +163,12 @@ async def test_a_record_the_json_parser_or_amilis_wire_cannot_take_does_not_stop
     engine would stop fetching, or retry the record forever and never commit past it."""
     amili_url, amili = emulator
     settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    try:
+    async with kafka_producer(kafka_bootstrap_servers) as producer:
         await producer.send_and_wait(
             settings.invoice_created_topic,
             value=value,
             headers=[("content-type", b"application/cloudevents+json")],
         )
-    finally:
-        await producer.stop()
     valid = copy.deepcopy(sample_events[0])
     await produce(kafka_bootstrap_servers, settings.invoice_created_topic, [valid], show_progress=False)
 

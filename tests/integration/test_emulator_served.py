@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,21 +17,13 @@ import pytest
 from service.config import DEMO_API_KEY, EmulatorSettings
 from service.emulator.app import Emulator
 from service.emulator.server import serve_emulator
-from tests.unit.test_emulator import request
-
-HEADERS = {"x-api-key": DEMO_API_KEY}
-
-
-def loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from service.localkafka import free_port
+from tests.unit.test_emulator import HEADERS, request
 
 
 @asynccontextmanager
 async def served(**settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Emulator]]:
-    configured = EmulatorSettings(port=loopback_port(), **settings)
+    configured = EmulatorSettings(port=free_port(), **settings)
     async with serve_emulator(configured) as (url, emulator), httpx.AsyncClient(base_url=url) as http:
         yield http, emulator
 

@@ -13,7 +13,13 @@ from service.config import DEMO_API_KEY
 from service.devtools.produce import produce
 from service.domain.checksums import is_valid_ocr
 from service.emulator.app import Emulator
-from tests.integration.harness import committed_offset, read_topic, settings_for
+from tests.integration.harness import (
+    committed_offset,
+    kafka_producer,
+    read_records,
+    read_topic,
+    settings_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -87,28 +93,22 @@ async def test_undecodable_events_go_to_dead_letters_and_the_stream_moves_on(
     sample_events: list[dict[str, Any]],
     unique_name: str,
 ) -> None:
-    from aiokafka import AIOKafkaProducer
-
     amili_url, amili = emulator
     settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap_servers)
-    await producer.start()
-    try:
+    async with kafka_producer(kafka_bootstrap_servers) as producer:
         await producer.send_and_wait(
             settings.invoice_created_topic,
             b"not json",
             key=b"k1",
             headers=[("trace", b"t-1"), ("raw", b"\xff\xfe"), ("trace", b"t-2")],
         )
-    finally:
-        await producer.stop()
     await produce(
         kafka_bootstrap_servers, settings.invoice_created_topic, [sample_events[0]], show_progress=False
     )
 
     async with build_registrar(settings).app:
         results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 1)
-        consumer_records = await _raw_records(kafka_bootstrap_servers, settings.dead_letter_topic)
+        consumer_records = await read_records(kafka_bootstrap_servers, settings.dead_letter_topic, count=1)
 
     assert [r["data"]["invoice_number"] for r in results] == ["DEMO-1001"]
     assert len(amili.store.all()) == 1
@@ -121,24 +121,3 @@ async def test_undecodable_events_go_to_dead_letters_and_the_stream_moves_on(
     assert headers["dlq.rule"] == b"json"
     assert headers["dlq.topic"] == settings.invoice_created_topic.encode()
     assert headers["dlq.offset"] == b"0"
-
-
-async def _raw_records(bootstrap: str, topic: str) -> list[Any]:
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        for _ in range(50):
-            batches = await consumer.getmany(timeout_ms=200)
-            records = [record for batch in batches.values() for record in batch]
-            if records:
-                return records
-            await asyncio.sleep(0)
-        return []
-    finally:
-        await consumer.stop()

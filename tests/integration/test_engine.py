@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer
 
+from service.devtools.produce import create_topics
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
 from service.processing import Handled, Prepared
+from tests.integration.harness import committed, kafka_producer, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -56,32 +57,10 @@ class StandInProcessor:
         raise AssertionError(f"the stand-in never fails: {error!r}")
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-
-
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, int | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
+    async with kafka_producer(bootstrap, linger_ms=5) as producer:
         futures = [await producer.send(topic, value=v, key=k, partition=p) for k, v, p in records]
         await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
-    finally:
-        await consumer.stop()
 
 
 @asynccontextmanager
@@ -112,25 +91,16 @@ async def running_engine(
         await engine.stop()
 
 
-async def eventually(condition: Callable[[], bool], wait_seconds: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_seconds
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_many_in_flight_with_per_invoice_order(kafka_bootstrap_servers: str, unique_name: str) -> None:
     topic, group = f"engine-order-{unique_name}", f"g-{unique_name}"
-    await create_topic(kafka_bootstrap_servers, topic, 3)
+    await create_topics(kafka_bootstrap_servers, {topic: 3})
     # 40 invoices x 10 events, each invoice on one partition, sequence numbers as values.
     records = [(f"inv-{i}".encode(), str(n).encode(), i % 3) for n in range(10) for i in range(40)]
     await produce(kafka_bootstrap_servers, topic, records)
     processor = StandInProcessor()
     async with running_engine(kafka_bootstrap_servers, topic, group, processor, max_in_flight=64) as engine:
-        await eventually(lambda: len(processor.done) == 400)
-        await eventually(lambda: engine.in_flight == 0)
+        await wait_for(lambda: len(processor.done) == 400)
+        await wait_for(lambda: engine.in_flight == 0)
     assert processor.most_running >= 8  # genuinely concurrent, more than the 3 partitions
     for key, sequence in processor.order.items():
         assert sequence == list(range(10)), key
@@ -139,23 +109,23 @@ async def test_many_in_flight_with_per_invoice_order(kafka_bootstrap_servers: st
 
 async def test_commits_never_pass_an_unfinished_event(kafka_bootstrap_servers: str, unique_name: str) -> None:
     topic, group = f"engine-commit-{unique_name}", f"g-{unique_name}"
-    await create_topic(kafka_bootstrap_servers, topic, 1)
+    await create_topics(kafka_bootstrap_servers, {topic: 1})
     await produce(kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", 0) for n in range(30)])
     processor = StandInProcessor()
     processor.block[(0, 7)] = asyncio.Event()
     async with running_engine(kafka_bootstrap_servers, topic, group, processor):
-        await eventually(lambda: len(processor.done) == 29)
+        await wait_for(lambda: len(processor.done) == 29)
         await asyncio.sleep(0.6)  # several commit intervals
         assert await committed(kafka_bootstrap_servers, group, topic, 1) == {0: 7}
         processor.block[(0, 7)].set()
-        await eventually(lambda: len(processor.done) == 30)
+        await wait_for(lambda: len(processor.done) == 30)
         await asyncio.sleep(0.6)
         assert await committed(kafka_bootstrap_servers, group, topic, 1) == {0: 30}
 
 
 async def test_backpressure_keeps_the_window_bounded(kafka_bootstrap_servers: str, unique_name: str) -> None:
     topic, group = f"engine-window-{unique_name}", f"g-{unique_name}"
-    await create_topic(kafka_bootstrap_servers, topic, 2)
+    await create_topics(kafka_bootstrap_servers, {topic: 2})
     await produce(kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", n % 2) for n in range(2000)])
     processor = StandInProcessor(max_delay=0.002)
     release = asyncio.Event()
@@ -170,25 +140,25 @@ async def test_backpressure_keeps_the_window_bounded(kafka_bootstrap_servers: st
         assert most_in_flight == 16  # filled, and never more
         assert processor.done == set()
         release.set()
-        await eventually(lambda: len(processor.done) == 2000)
+        await wait_for(lambda: len(processor.done) == 2000)
 
 
 async def test_shutdown_drains_what_it_can_and_commits_only_that(
     kafka_bootstrap_servers: str, unique_name: str
 ) -> None:
     topic, group = f"engine-stop-{unique_name}", f"g-{unique_name}"
-    await create_topic(kafka_bootstrap_servers, topic, 1)
+    await create_topics(kafka_bootstrap_servers, {topic: 1})
     await produce(kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", 0) for n in range(10)])
     processor = StandInProcessor()
     processor.block[(0, 4)] = asyncio.Event()  # never released: abandoned at shutdown
     async with running_engine(kafka_bootstrap_servers, topic, group, processor, drain_seconds=0.5):
-        await eventually(lambda: len(processor.done) == 9)
+        await wait_for(lambda: len(processor.done) == 9)
     assert await committed(kafka_bootstrap_servers, group, topic, 1) == {0: 4}
 
     # The next run starts at the abandoned event and takes it (and only what follows) again.
     again = StandInProcessor()
     async with running_engine(kafka_bootstrap_servers, topic, group, again):
-        await eventually(lambda: len(again.done) == 6)
+        await wait_for(lambda: len(again.done) == 6)
     assert again.done == {(0, offset) for offset in range(4, 10)}
     assert await committed(kafka_bootstrap_servers, group, topic, 1) == {0: 10}
 
@@ -196,7 +166,7 @@ async def test_shutdown_drains_what_it_can_and_commits_only_that(
 async def test_a_rebalance_loses_nothing(kafka_bootstrap_servers: str, unique_name: str) -> None:
     topic, group = f"engine-rebalance-{unique_name}", f"g-{unique_name}"
     partitions = 4
-    await create_topic(kafka_bootstrap_servers, topic, partitions)
+    await create_topics(kafka_bootstrap_servers, {topic: partitions})
     total = 1200
     await produce(
         kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", n % partitions) for n in range(total)]
@@ -204,9 +174,9 @@ async def test_a_rebalance_loses_nothing(kafka_bootstrap_servers: str, unique_na
     # The first is slow (about 160 events/s) so that the second joins while most are still to do.
     first, second = StandInProcessor(max_delay=0.1), StandInProcessor(max_delay=0.01, seed=8)
     async with running_engine(kafka_bootstrap_servers, topic, group, first, max_in_flight=8):
-        await eventually(lambda: len(first.done) >= 100)
+        await wait_for(lambda: len(first.done) >= 100)
         async with running_engine(kafka_bootstrap_servers, topic, group, second, max_in_flight=32):
-            await eventually(lambda: len(first.done | second.done) == total, wait_seconds=60)
+            await wait_for(lambda: len(first.done | second.done) == total, wait_seconds=60)
             await asyncio.sleep(0.5)
     assert second.done, "the second instance never received partitions"
     assert first.done | second.done == {(n % partitions, n // partitions) for n in range(total)}
@@ -218,7 +188,7 @@ async def test_a_window_full_for_long_pauses_fetching_and_resumes_after(
     kafka_bootstrap_servers: str, unique_name: str
 ) -> None:
     topic, group = f"engine-pause-{unique_name}", f"g-{unique_name}"
-    await create_topic(kafka_bootstrap_servers, topic, 2)
+    await create_topics(kafka_bootstrap_servers, {topic: 2})
     await produce(kafka_bootstrap_servers, topic, [(f"k{n}".encode(), b"0", n % 2) for n in range(40)])
     processor = StandInProcessor(max_delay=0.001)
     gates = {(p, o): asyncio.Event() for p in range(2) for o in range(2)}
@@ -227,11 +197,11 @@ async def test_a_window_full_for_long_pauses_fetching_and_resumes_after(
         kafka_bootstrap_servers, topic, group, processor, max_in_flight=4, pause_after_seconds=1.0
     ) as engine:
         consumer = engine._consumer
-        await eventually(lambda: processor.running == 4)
+        await wait_for(lambda: processor.running == 4)
         assert not consumer.paused()  # full for a moment only: nothing paused yet
-        await eventually(lambda: consumer.paused() == consumer.assignment(), wait_seconds=5)
+        await wait_for(lambda: consumer.paused() == consumer.assignment(), wait_seconds=5)
         assert processor.running == 4  # nothing taken beyond the window while paused
         for gate in gates.values():
             gate.set()
-        await eventually(lambda: len(processor.done) == 40)
+        await wait_for(lambda: len(processor.done) == 40)
         assert not consumer.paused()

@@ -8,22 +8,22 @@ import copy
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.bootstrap import build_registrar
 from service.circuit import CircuitState
-from service.devtools.produce import produce
+from service.devtools.produce import create_topics, produce
 from service.emulator.app import Emulator
 from tests.integration.harness import (
     fresh_ledger_url,
+    numbered,
     read_topic,
     service_process,
+    set_faults,
     settings_for,
     wait_for,
 )
@@ -41,21 +41,8 @@ async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         yield url
 
 
-async def set_faults(amili_url: str, **faults: Any) -> None:
-    async with httpx.AsyncClient(base_url=amili_url) as http:
-        response = await http.patch("/_admin/faults", json=faults)
-        response.raise_for_status()
-
-
 def registrations(amili: Emulator) -> Counter[str]:
     return Counter(f"{doc['creditor']}/{doc['invoice_number']}" for doc in amili.store.all())
-
-
-def numbered(event: dict[str, Any], number: str, event_id: str | None = None) -> dict[str, Any]:
-    copied = copy.deepcopy(event)
-    copied["data"]["invoice_number"] = number
-    copied["id"] = event_id or f"evt-{number}"
-    return copied
 
 
 async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
@@ -84,11 +71,7 @@ async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
     )
     first = service_process(settings, tmp_path / "first.log")
     try:
-
-        async def stored() -> bool:
-            return sum(registrations(amili).values()) == 1
-
-        await wait_for(stored, wait_seconds=60)
+        await wait_for(lambda: sum(registrations(amili).values()) == 1, wait_seconds=60)
     finally:
         os.kill(first.pid, signal.SIGKILL)  # between Amili storing it and the ledger recording it
         first.wait()
@@ -195,11 +178,7 @@ async def test_refused_credentials_pause_consumption_until_the_key_works(
     await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
     registrar = build_registrar(settings)
     async with registrar.app:
-
-        async def refused() -> bool:
-            return not registrar.circuit.authorized
-
-        await wait_for(refused)
+        await wait_for(lambda: not registrar.circuit.authorized)
         assert not registrar.circuit.accepting or registrar.circuit.state is CircuitState.HALF_OPEN
         results = await read_topic(kafka_bootstrap_servers, settings.registration_result_topic, 5, 60)
         assert registrar.circuit.authorized
@@ -220,12 +199,7 @@ async def test_two_instances_sharing_postgres_across_a_rebalance_register_each_i
         settings = settings_for(
             kafka_bootstrap_servers, amili_url, unique_name, ledger_url=url, max_in_flight=16
         )
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(settings.invoice_created_topic, 6, 1)])
-        finally:
-            await admin.close()
+        await create_topics(kafka_bootstrap_servers, {settings.invoice_created_topic: 6})
         total = 300
         events = [numbered(sample_events[i % 5], f"TWO-{i}") for i in range(total)]
         # Every invoice twice, under different event ids, so both instances may see it.
@@ -235,12 +209,7 @@ async def test_two_instances_sharing_postgres_across_a_rebalance_register_each_i
 
         first = build_registrar(settings)
         async with first.app:
-            seen: Callable[[], int] = lambda: sum(registrations(amili).values())  # noqa: E731
-
-            async def started() -> bool:
-                return seen() >= 50
-
-            await wait_for(started, 60)
+            await wait_for(lambda: sum(registrations(amili).values()) >= 50, 60)
             second = build_registrar(settings)
             async with second.app:  # joins the group: a rebalance in the middle of the stream
                 results = await read_topic(

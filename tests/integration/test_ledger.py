@@ -16,7 +16,7 @@ from service.ledger.factory import open_ledger
 from service.ledger.postgres import PostgresLedger
 from service.ledger.sqlite import SqliteLedger
 from service.localkafka import free_port
-from tests.fixtures.ledger import LedgerFactory
+from tests.fixtures.ledger import LedgerFactory, opened
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 LEASE = timedelta(minutes=2)
@@ -323,13 +323,9 @@ async def test_opening_again_migrates_nothing_and_keeps_the_data(
     ledger: Ledger, make_ledger: LedgerFactory
 ) -> None:
     entry = await finished(ledger, LedgerState.REGISTERED)
-    again = make_ledger()
-    await again.open()
-    await again.open()  # a second open() of the same ledger is a no-op
-    try:
+    async with opened(make_ledger()) as again:
+        await again.open()  # a second open() of the same ledger is a no-op
         assert await stored(again) == entry
-    finally:
-        await again.close()
 
 
 async def test_replicas_starting_together_migrate_once(make_ledger: LedgerFactory) -> None:
@@ -343,20 +339,14 @@ async def test_replicas_starting_together_migrate_once(make_ledger: LedgerFactor
 
 
 async def test_records_survive_close_and_reopen(make_ledger: LedgerFactory) -> None:
-    first = make_ledger()
-    await first.open()
-    entry = await finished(first, LedgerState.REJECTED)
-    held = await claim(first, number="INV-2")
-    await first.close()
+    async with opened(make_ledger()) as first:
+        entry = await finished(first, LedgerState.REJECTED)
+        held = await claim(first, number="INV-2")
 
-    reopened = make_ledger()
-    await reopened.open()
-    try:
+    async with opened(make_ledger()) as reopened:
         assert await stored(reopened) == entry
         assert await stored(reopened, "INV-2") == held.entry
         assert await reopened.unpublished() == [entry]
-    finally:
-        await reopened.close()
 
 
 async def test_twenty_owners_race_and_exactly_one_wins(make_ledger: LedgerFactory) -> None:
@@ -436,13 +426,9 @@ def test_the_factory_reads_urls() -> None:
 
 
 async def test_an_in_memory_sqlite_ledger_works() -> None:
-    ledger = SqliteLedger(":memory:")
-    await ledger.open()
-    try:
+    async with opened(SqliteLedger(":memory:")) as ledger:
         assert (await claim(ledger)).status is ClaimStatus.CLAIMED
         assert (await claim(ledger, owner="replica-b")).status is ClaimStatus.HELD
-    finally:
-        await ledger.close()
 
 
 # -- SQLite's group commit
@@ -464,28 +450,18 @@ class _CountingSqliteLedger(SqliteLedger):
 
 async def test_concurrent_sqlite_writes_share_commits_and_are_each_durable(tmp_path: Any) -> None:
     path = tmp_path / "ledger.db"
-    ledger = _CountingSqliteLedger(path)
-    await ledger.open()
-    try:
+    async with opened(_CountingSqliteLedger(path)) as ledger:
         claims = await asyncio.gather(*(claim(ledger, number=f"INV-{i}") for i in range(200)))
-    finally:
-        await ledger.close()
 
     assert {c.status for c in claims} == {ClaimStatus.CLAIMED}
     assert sum(ledger.groups) == 200
     assert len(ledger.groups) < 20, ledger.groups  # one fsync per write would be 200 transactions
-    reopened = SqliteLedger(path)
-    await reopened.open()
-    try:
+    async with opened(SqliteLedger(path)) as reopened:
         assert [await stored(reopened, f"INV-{i}") for i in range(200)] == [c.entry for c in claims]
-    finally:
-        await reopened.close()
 
 
 async def test_a_failing_write_in_a_group_undoes_only_itself(tmp_path: Any) -> None:
-    ledger = _CountingSqliteLedger(tmp_path / "ledger.db")
-    await ledger.open()
-    try:
+    async with opened(_CountingSqliteLedger(tmp_path / "ledger.db")) as ledger:
         outcomes = await asyncio.gather(
             claim(ledger, number="INV-1"),
             ledger.finish(  # no such record: fails in the middle of the group
@@ -506,14 +482,10 @@ async def test_a_failing_write_in_a_group_undoes_only_itself(tmp_path: Any) -> N
         assert await ledger.get(creditor=CREDITOR, invoice_number="INV-404") is None
         assert (await stored(ledger, "INV-1")).state is LedgerState.IN_FLIGHT
         assert (await stored(ledger, "INV-2")).state is LedgerState.IN_FLIGHT
-    finally:
-        await ledger.close()
 
 
 async def test_a_cancelled_writer_still_has_its_write_committed(tmp_path: Any) -> None:
-    ledger = SqliteLedger(tmp_path / "ledger.db")
-    await ledger.open()
-    try:
+    async with opened(SqliteLedger(tmp_path / "ledger.db")) as ledger:
         task = asyncio.create_task(claim(ledger))
         await asyncio.sleep(0)  # the write is handed over
         task.cancel()
@@ -521,8 +493,6 @@ async def test_a_cancelled_writer_still_has_its_write_committed(tmp_path: Any) -
             await task
         await claim(ledger, number="INV-later")  # committed in the same group or a later one
         assert (await stored(ledger)).state is LedgerState.IN_FLIGHT
-    finally:
-        await ledger.close()
 
 
 async def test_writes_after_close_fail_clearly(tmp_path: Any) -> None:

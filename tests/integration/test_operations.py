@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,15 @@ from service.config import DEMO_API_KEY
 from service.devtools.produce import produce
 from service.emulator.app import Emulator
 from service.localkafka import free_port
-from tests.integration.harness import read_topic, service_process, settings_for, wait_for
+from tests.ci import skip_or_fail
+from tests.integration.harness import (
+    numbered,
+    read_topic,
+    service_process,
+    set_faults,
+    settings_for,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -29,10 +36,7 @@ pytestmark = pytest.mark.kafka
 def prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
-        message = "no prometheus server (Debian's prometheus package; make ops-tools installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("no prometheus server (Debian's prometheus package; make ops-tools installs it)")
     return found
 
 
@@ -88,15 +92,10 @@ async def test_prometheus_scrapes_the_running_service_and_health_reflects_its_st
 ) -> None:
     amili_url, _ = emulator
     prometheus_url, targets = prometheus
-    port = free_port()
     settings = settings_for(
-        kafka_bootstrap_servers,
-        amili_url,
-        unique_name,
-        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
-        http_port=port,
-        http_host="127.0.0.1",
+        kafka_bootstrap_servers, amili_url, unique_name, ledger_url=f"sqlite:///{tmp_path}/ledger.db"
     )
+    port = settings.http_port
     targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"app": "amili-registrar"}}]))
     await produce(kafka_bootstrap_servers, settings.invoice_created_topic, sample_events, show_progress=False)
     log_file = tmp_path / "service.log"
@@ -136,13 +135,8 @@ async def test_prometheus_scrapes_the_running_service_and_health_reflects_its_st
             assert {s["metric"]["endpoint"] for s in histogram} >= {"register"}
 
             # Amili refuses the key: not ready (credentials), yet alive.
-            async with httpx.AsyncClient(base_url=amili_url) as amili_admin:
-                await amili_admin.patch(
-                    "/_admin/faults", json={"fail_next_count": 50, "fail_next_status": 401}
-                )
-            extra = dict(sample_events[0])
-            extra["id"] = "after-the-key-broke"
-            extra["data"] = {**extra["data"], "invoice_number": "OPS-401"}
+            await set_faults(amili_url, fail_next_count=50, fail_next_status=401)
+            extra = numbered(sample_events[0], "OPS-401", event_id="after-the-key-broke")
             await produce(
                 kafka_bootstrap_servers, settings.invoice_created_topic, [extra], show_progress=False
             )

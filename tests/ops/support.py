@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
-import pytest
+from tests.ci import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".cache" / "tools" / "bin"
@@ -28,9 +28,10 @@ INSTALL_HINT = "run scripts/ops-tools.sh"
 
 def unavailable(reason: str) -> NoReturn:
     """Skip the calling test, or fail it under CI (where nothing may be missing)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: a missing tool fails the test; {INSTALL_HINT})")
-    pytest.skip(f"{reason}; {INSTALL_HINT}")
+    skip_or_fail(
+        f"{reason}; {INSTALL_HINT}",
+        ci_reason=f"{reason} (CI=true: a missing tool fails the test; {INSTALL_HINT})",
+    )
 
 
 def find_tool(name: str) -> str:

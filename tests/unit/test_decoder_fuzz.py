@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -164,8 +164,7 @@ def records(draw: Callable[[st.SearchStrategy[Any]], Any]) -> InboundRecord:
 # --- a processor on fakes ---------------------------------------------------------------------------
 
 
-@dataclass
-class World:
+class World(NamedTuple):
     processor: InvoiceProcessor
     amili: FakeAmili
     results: FakeResults

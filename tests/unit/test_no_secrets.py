@@ -15,7 +15,6 @@ import asyncio
 import copy
 import json
 import logging
-import random
 import secrets
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,15 +30,13 @@ from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import DEMO_ACCOUNT, DEMO_CREDITOR, EmulatorSettings
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
 from service.emulator.server import serve_emulator
 from service.localkafka import free_port
 from service.ops.logging import JsonFormatter
-from service.ports import AmiliOutcomeUnknown, AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
-from service.processing import InvoiceProcessor
-from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy
+from service.ports import AmiliOutcomeUnknown, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from tests.fakes import structured_record
 from tests.unit.test_amili_auth import key_pair
+from tests.unit.test_amili_client import links
 from tests.unit.test_processing import World
 
 # Letters only: a run of digits in the key could be redacted as a phone number by chance, which
@@ -280,15 +277,6 @@ def as_logged(error: BaseException) -> str:
     return JsonFormatter().format(record)
 
 
-def chain_of(error: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 @dataclass
 class Captured:
     errors: list[BaseException]
@@ -379,7 +367,7 @@ async def test_no_exception_in_the_chain_quotes_personal_data_or_secrets(
     captured = await run_scenario(caplog, "api-code", ScriptedAmili(api_answer=API_ANSWERS[scenario]))
     forbidden = [*captured.secrets.all(), *PERSONAL_DATA]
     for error in captured.errors:
-        for link in chain_of(error):
+        for link in links(error):
             assert not leaks(exception_texts(link), forbidden), f"{type(link).__name__} in the chain leaks"
         printed = "".join(traceback.format_exception(error))
         assert not leaks(printed, forbidden)
@@ -521,41 +509,15 @@ def stopping_after(count: int) -> Callable[[float], Awaitable[None]]:
     return sleep
 
 
-def processor_over(world: World, amili: AmiliPort) -> InvoiceProcessor:
-    """The world's processor, with ``amili`` in place of the fake."""
-    backoff = Backoff(initial_seconds=1, max_seconds=8)
-    sleep = stopping_after(6)
-    registration = InvoiceRegistration(
-        amili=amili,
-        ledger=world.ledger,
-        circuit=world.circuit,
-        owner=world.owner,
-        clock=world.clock,
-        policy=RegistrationPolicy(backoff=backoff, max_attempts=2),
-        sleep=sleep,
-        rng=random.Random(1),
-    )
-    return InvoiceProcessor(
-        registration=registration,
-        ledger=world.ledger,
-        results=world.results,
-        dead_letters=world.dead_letters,
-        defaults=TransformDefaults(account=DEMO_ACCOUNT, creditor=DEMO_CREDITOR),
-        clock=world.clock,
-        backoff=backoff,
-        sleep=sleep,
-    )
-
-
 @pytest.mark.parametrize("scenario", sorted(API_ANSWERS))
 async def test_the_processor_over_the_real_client_logs_nothing_it_should_not(
     caplog: pytest.LogCaptureFixture, scenario: str
 ) -> None:
-    world = World()
+    world = World(max_attempts=2)
     transport = httpx.MockTransport(ScriptedAmili(api_answer=API_ANSWERS[scenario]).handle)
     settings = HttpSettings(total_timeout_seconds=0.1, read_timeout_seconds=0.1)
     async with AmiliClient("http://amili.test", SecretStr(API_KEY), settings, transport=transport) as client:
-        processor = processor_over(world, client)
+        processor = world.build(world.owner, sleep=stopping_after(6), amili=client)
         escaped: Exception | None = None
         try:
             await processor.process(structured_record(invoice_event("NS-3")))

@@ -18,7 +18,7 @@ from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
 from service.ledger.base import LedgerState
-from service.ports import AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from service.processing import InvoiceProcessor
 from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy, fingerprint
 from tests.fakes import (
@@ -62,10 +62,14 @@ class World:
         self.max_attempts = max_attempts
         self.processor = self.build(owner)
 
-    def build(self, owner: str, sleep: Sleep | None = None) -> InvoiceProcessor:
+    def build(
+        self, owner: str, sleep: Sleep | None = None, amili: AmiliPort | None = None
+    ) -> InvoiceProcessor:
+        """A processor over this world's fakes (``amili`` in place of its fake Amili, if given), its
+        registration waiting with ``sleep`` (else the recording one)."""
         backoff = Backoff(initial_seconds=1, max_seconds=8)
         registration = InvoiceRegistration(
-            amili=self.amili,
+            amili=amili or self.amili,
             ledger=self.ledger,
             circuit=self.circuit,
             owner=owner,

@@ -17,7 +17,7 @@ import re
 import string
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.amili.models import InvoiceRegistrationRequest
-from service.circuit import AmiliCircuit
 from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome, Rejection
@@ -36,16 +35,8 @@ from service.domain.transform import TransformDefaults, to_registration
 from service.emulator.app import Emulator
 from service.events.contract import INVOICE_CREATED_TYPE
 from service.events.schemas import INVOICE_DATA_FILE, SCHEMA_DIR
-from service.processing import InvoiceProcessor
-from service.registration import InvoiceRegistration, RegistrationPolicy
-from tests.fakes import (
-    FakeAmili,
-    FakeDeadLetters,
-    FakeLedger,
-    FakeResults,
-    RecordingSleep,
-    structured_record,
-)
+from tests.fakes import structured_record
+from tests.unit.test_decoder_fuzz import world
 
 Data = dict[str, Any]
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -365,28 +356,6 @@ async def test_every_valid_invoice_is_accepted_by_amili(data: Data) -> None:
     assert response.status_code == 201, (response.status_code, response.text, payload.to_wire())
 
 
-def rejecting_world() -> tuple[InvoiceProcessor, FakeAmili, FakeResults, FakeDeadLetters]:
-    amili, ledger, results, dead_letters = FakeAmili(), FakeLedger(), FakeResults(), FakeDeadLetters()
-    registration = InvoiceRegistration(
-        amili=amili,
-        ledger=ledger,
-        circuit=AmiliCircuit(failure_threshold=50, open_seconds=0, unauthorized_retry_seconds=0),
-        owner="properties",
-        clock=lambda: datetime.now(UTC),
-        policy=RegistrationPolicy(max_attempts=1),
-        sleep=RecordingSleep(),
-    )
-    processor = InvoiceProcessor(
-        registration=registration,
-        ledger=ledger,
-        results=results,
-        dead_letters=dead_letters,
-        defaults=DEFAULTS,
-        sleep=RecordingSleep(),
-    )
-    return processor, amili, results, dead_letters
-
-
 def invoice_created(data: Data) -> Data:
     return {
         "specversion": "1.0",
@@ -411,7 +380,7 @@ async def test_an_invoice_breaking_one_rule_is_rejected_before_amili(
     assert all(violation.rule and violation.message for violation in result.violations)
 
     # Through the processor: a rejected result, and Amili never called.
-    processor, amili, results, dead_letters = rejecting_world()
+    processor, amili, results, dead_letters = world()
     handled = await processor.process(structured_record(invoice_created(data)))
     assert handled.outcome is Outcome.REJECTED
     assert amili.posts == 0

@@ -6,14 +6,13 @@ Initiative's own parser (node, @asyncapi/parser, installed into .cache/asyncapi-
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import typing
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 import pytest
@@ -49,6 +48,7 @@ from service.events.schemas import (
     render,
 )
 from service.kafka.publishing import DeadLetterHeaders, dead_letter_headers
+from tests.ci import skip_or_fail
 
 Schema = dict[str, Any]
 Validator = jsonschema.protocols.Validator
@@ -339,10 +339,8 @@ def _references(node: Any) -> list[str]:
     return []
 
 
-def _tool_missing(reason: str) -> None:
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{reason} (CI must run the AsyncAPI parser)", pytrace=False)
-    pytest.skip(reason)
+def _tool_missing(reason: str) -> NoReturn:
+    skip_or_fail(reason, ci_reason=f"{reason} (CI must run the AsyncAPI parser)")
 
 
 @pytest.fixture(scope="session")
