@@ -173,7 +173,8 @@ class ConsumptionEngine:
         self._revoking |= set(self._progress)
         await self._drain(list(self._progress))
         self.connected = False
-        await self._consumer.stop()
+        if self._consumer is not None:  # stopped before it ever started
+            await self._consumer.stop()
 
     # the fetch loop -------------------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class ConsumptionEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._slots_freed.wait(), timeout=0.2)
         if pausing:
-            self._observer.progress()
+            self._alive()
 
     async def _take(self, room: int) -> None:
         """Fetch up to ``room`` records (resuming paused partitions) and set them going."""
@@ -229,8 +230,7 @@ class ConsumptionEngine:
             self._consumer.resume(*paused)
         batches = await self._consumer.getmany(timeout_ms=200, max_records=room)
         if not batches:
-            self.last_progress = time.monotonic()
-            self._observer.progress()
+            self._alive()
         assignment = self._consumer.assignment()
         for partition, records in batches.items():
             if partition not in assignment:  # revoked while the fetch was under way: not ours
@@ -318,6 +318,12 @@ class ConsumptionEngine:
             },
         )
 
+    def _alive(self) -> None:
+        """The loop went round: it finished an event, found nothing to fetch, or waits paused
+        (Amili down, say). Liveness reads this; an outage must not get the instance restarted."""
+        self.last_progress = time.monotonic()
+        self._observer.progress()
+
     def _next_in_chain(self, key: str) -> None:
         chain = self._chains.get(key)
         while chain:
@@ -330,9 +336,8 @@ class ConsumptionEngine:
 
     def _release(self) -> None:
         self._in_flight -= 1
-        self.last_progress = time.monotonic()
         self._observer.in_flight(self._in_flight)
-        self._observer.progress()
+        self._alive()
         if self._max_in_flight - self._in_flight >= self._refill_batch:
             self._slots_freed.set()
 

@@ -205,3 +205,38 @@ async def test_a_window_full_for_long_pauses_fetching_and_resumes_after(
             gate.set()
         await wait_for(lambda: len(processor.done) == 40)
         assert not consumer.paused()
+
+
+async def test_a_loop_paused_by_an_open_circuit_stays_alive(
+    kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    """Liveness reads ``last_progress``: an Amili outage pauses consumption, it must not look like
+    a dead loop (and get the instance restarted)."""
+    topic, group = f"engine-alive-{unique_name}", f"g-{unique_name}"
+    await create_topics(kafka_bootstrap_servers, {topic: 1})
+    processor = StandInProcessor()
+    engine = ConsumptionEngine(
+        consumer=partial(
+            AIOKafkaConsumer,
+            bootstrap_servers=kafka_bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        ),
+        topic=topic,
+        processor=processor,
+        accepting=lambda: False,
+    )
+    await engine.start()
+    try:
+        before = engine.last_progress
+        await wait_for(lambda: engine.last_progress > before + 0.5, wait_seconds=10)
+        assert not processor.done
+    finally:
+        await engine.stop()
+
+
+async def test_an_engine_stopped_before_it_started_stops_quietly() -> None:
+    engine = ConsumptionEngine(consumer=AIOKafkaConsumer, topic="never", processor=StandInProcessor())
+    await engine.stop()
+    assert not engine.connected
