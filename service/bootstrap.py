@@ -243,6 +243,6 @@ def build_registrar(
         on_startup=[ledger.open],
         after_startup=[processor.publish_pending, engine.start, freeze_long_lived_objects],
         on_shutdown=[engine.stop],
-        after_shutdown=[amili.aclose, ledger.close],
+        after_shutdown=[processor.settle, amili.aclose, ledger.close],
     )
     return Registrar(app=app, broker=broker, amili=amili, circuit=circuit)

@@ -92,6 +92,7 @@ class InvoiceProcessor:
         self._sleep = sleep
         self._rng = random.Random()
         self._observer = observer or ProcessingObserver()
+        self._marking: set[asyncio.Task[None]] = set()
 
     def prepare(self, record: InboundRecord) -> Prepared:
         """Decode and transform (pure, no I/O); the ordering key tells which records must not
@@ -143,7 +144,7 @@ class InvoiceProcessor:
         decision = await self._registration.register(payload, event_id=created.event.id)
         await self._publish(decision.result, created.event.time)
         if decision.recorded and not decision.already_published:
-            await self._mark_published(decision.result)
+            self._mark_published_later(decision.result)
         dead_letter_rule = None
         if decision.gave_up:
             dead_letter_rule = GAVE_UP_RULE
@@ -186,6 +187,24 @@ class InvoiceProcessor:
         event = result_event(result, time=self._clock())
         await self._results.publish_result(event, result_key(result.creditor, result.invoice_number))
         self._observer.result_published(result.outcome, event_time)
+
+    def _mark_published_later(self, result: RegistrationResult) -> None:
+        """Mark the result published without holding up its event: the mark waits for a ledger
+        commit (an fsync), and losing it to a crash only publishes the same result (same event
+        id) again on restart, which ``publish_pending`` does anyway."""
+        marking = asyncio.create_task(self._mark_published(result))
+        self._marking.add(marking)
+        marking.add_done_callback(self._marked)
+
+    def _marked(self, marking: asyncio.Task[None]) -> None:
+        self._marking.discard(marking)
+        if not marking.cancelled() and marking.exception() is not None:
+            log.error("marking a result published failed", exc_info=marking.exception())
+
+    async def settle(self) -> None:
+        """Wait for the results still being marked published (before the ledger closes)."""
+        while self._marking:
+            await asyncio.wait(set(self._marking))
 
     async def _mark_published(self, result: RegistrationResult) -> None:
         failures = 0

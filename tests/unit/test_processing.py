@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -118,6 +119,7 @@ async def test_an_invoice_is_registered_recorded_and_its_result_published(
     _, receipt = world.amili.registrations[(CREDITOR, "DEMO-1001")]
     assert data["amili"]["_case"] == receipt.case
     assert world.results.published[0][1] == f"{CREDITOR}/DEMO-1001".encode()
+    await world.processor.settle()  # marked published off the event's path
     entry = world.ledger.entries[(CREDITOR, "DEMO-1001")]
     assert entry.state is LedgerState.REGISTERED
     assert entry.result_published
@@ -366,3 +368,27 @@ async def test_result_payload_is_a_cloudevent(world: World, event: dict[str, Any
     document = json.loads(world.results.published[0][0].to_structured())
     assert document["specversion"] == "1.0"
     assert document["source"] == "amili-registrar"
+
+
+async def test_the_event_does_not_wait_for_its_result_to_be_marked_published(
+    world: World, event: dict[str, Any]
+) -> None:
+    released = asyncio.Event()
+
+    class SlowToMark(FakeLedger):
+        async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
+            await released.wait()
+            await super().mark_published(creditor=creditor, invoice_number=invoice_number, now=now)
+
+    slow = SlowToMark()
+    world.ledger = slow
+    world.processor = world.build("replica-a")
+
+    handled = await world.processor.process(structured_record(event))
+
+    assert handled.outcome is Outcome.REGISTERED
+    assert world.results.published
+    assert not slow.entries[(CREDITOR, "DEMO-1001")].result_published
+    released.set()
+    await world.processor.settle()
+    assert slow.entries[(CREDITOR, "DEMO-1001")].result_published
