@@ -77,6 +77,7 @@ def emulator_process(latency_ms: float, port: int) -> Iterator[tuple[str, int]]:
         "AMILI_EMULATOR_LATENCY_MS": str(latency_ms),
         "AMILI_EMULATOR_PORT": str(port),
         "AMILI_EMULATOR_API_KEYS": DEMO_API_KEY,
+        "AMILI_EMULATOR_ACCESS_LOG": "false",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "emulator", "--port", str(port)],

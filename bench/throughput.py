@@ -306,7 +306,8 @@ class Child:
 async def emulator(profile: Profile, workdir: Path) -> AsyncIterator[tuple[str, Child]]:
     """``python -m service emulator`` in its own process, with the profile's latency."""
     port = free_port()
-    env = clean_environment() | dict(profile.env) | {"AMILI_EMULATOR_FAULT_SEED": "7"}
+    quiet = {"AMILI_EMULATOR_FAULT_SEED": "7", "AMILI_EMULATOR_ACCESS_LOG": "false"}
+    env = clean_environment() | dict(profile.env) | quiet
     child = await Child.start(
         EMULATOR,
         [sys.executable, "-m", "service", "emulator", "--port", str(port)],

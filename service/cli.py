@@ -55,6 +55,8 @@ def _emulator(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        access_log=settings.access_log,
+        proxy_headers=False,  # it serves loopback only; no proxy to trust
         timeout_graceful_shutdown=5,
     )
     return 0

@@ -140,6 +140,7 @@ class EmulatorSettings(BaseSettings):
         default=None, description="JSON-lines file that keeps registrations across restarts"
     )
     check_id_numbers: bool = Field(default=False, description="Check Swedish id number checksums")
+    access_log: bool = Field(default=True, description="Log a line per request (the benchmark turns it off)")
     inactive_accounts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Known account ids that are not active (registrations refused)"
     )

@@ -27,6 +27,9 @@ class RegistrationStore:
         self._path = path
         self._by_id: dict[str, dict[str, Any]] = {}
         self._by_invoice: dict[tuple[str, str], str] = {}
+        # The invoice and case views are built on first read: most registrations are never read.
+        self._invoice_ids: dict[str, str] = {}  # invoice id → registration id
+        self._case_ids: dict[str, str] = {}  # case id → registration id
         self._invoices: dict[str, dict[str, Any]] = {}
         self._cases: dict[str, dict[str, Any]] = {}
         if path is not None and path.exists():
@@ -55,9 +58,8 @@ class RegistrationStore:
     def _index(self, document: dict[str, Any]) -> None:
         self._by_id[document["_id"]] = document
         self._by_invoice[(document["creditor"], document["invoice_number"])] = document["_id"]
-        invoice, case = invoice_view(document), case_view(document)
-        self._invoices[invoice["_id"]] = invoice
-        self._cases[case["_id"]] = case
+        self._invoice_ids[document["_invoice"]] = document["_id"]
+        self._case_ids[document["_case"]] = document["_id"]
 
     def add(self, document: dict[str, Any]) -> None:
         key = (document["creditor"], document["invoice_number"])
@@ -82,20 +84,36 @@ class RegistrationStore:
         return None if registration_id is None else self._by_id[registration_id]
 
     def invoice(self, invoice_id: str) -> dict[str, Any] | None:
-        return self._invoices.get(invoice_id)
+        registration_id = self._invoice_ids.get(invoice_id)
+        return None if registration_id is None else self._invoice_of(registration_id)
 
     def invoices(self) -> list[dict[str, Any]]:
-        return list(self._invoices.values())
+        return [self._invoice_of(registration_id) for registration_id in self._invoice_ids.values()]
 
     def case(self, case_id: str) -> dict[str, Any] | None:
-        return self._cases.get(case_id)
+        registration_id = self._case_ids.get(case_id)
+        return None if registration_id is None else self._case_of(registration_id)
 
     def cases(self) -> list[dict[str, Any]]:
-        return list(self._cases.values())
+        return [self._case_of(registration_id) for registration_id in self._case_ids.values()]
+
+    def _invoice_of(self, registration_id: str) -> dict[str, Any]:
+        view = self._invoices.get(registration_id)
+        if view is None:
+            view = self._invoices[registration_id] = invoice_view(self._by_id[registration_id])
+        return view
+
+    def _case_of(self, registration_id: str) -> dict[str, Any]:
+        view = self._cases.get(registration_id)
+        if view is None:
+            view = self._cases[registration_id] = case_view(self._by_id[registration_id])
+        return view
 
     def clear(self) -> None:
         self._by_id.clear()
         self._by_invoice.clear()
+        self._invoice_ids.clear()
+        self._case_ids.clear()
         self._invoices.clear()
         self._cases.clear()
         if self._path is not None and self._path.exists():

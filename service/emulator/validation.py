@@ -14,6 +14,7 @@ normalised (``Sun, 21 Jan 2024 10:11:22 GMT``); ``normalise_dates`` does that.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -146,10 +147,23 @@ def parse_rfc1123(value: object) -> datetime | None:
     """The moment an RFC 1123 GMT string names, read as Eve reads it; None when it is not one."""
     if not isinstance(value, str) or not value.isascii():
         return None
+    return _parse_rfc1123_text(value)
+
+
+# Remembered: ``strptime`` is the costliest step of a registration, and invoices share their dates.
+@functools.lru_cache(maxsize=4096)
+def _parse_rfc1123_text(value: str) -> datetime | None:
     try:
         return datetime.strptime(value, RFC1123_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalised_date(value: str) -> str:
+    moment = _parse_rfc1123_text(value)
+    assert moment is not None, "only a date that parses is normalised"
+    return format_rfc1123(moment)
 
 
 def is_object_id(value: object) -> bool:
@@ -309,8 +323,8 @@ def normalise_dates(document: Mapping[str, Any], schema: Mapping[str, Rule] = RE
 
 
 def _normalise(value: Any, rule: Rule) -> Any:
-    if rule.type == "datetime" and (moment := parse_rfc1123(value)) is not None:
-        return format_rfc1123(moment)
+    if rule.type == "datetime" and parse_rfc1123(value) is not None:
+        return _normalised_date(value)
     if rule.type == "dict" and rule.schema is not None and isinstance(value, dict):
         return normalise_dates(value, rule.schema)
     if rule.type == "list" and rule.items is not None and isinstance(value, list):
