@@ -41,8 +41,7 @@ Clock = Callable[[], datetime]
 
 def fingerprint(request: InvoiceRegistrationRequest) -> str:
     """What identifies the content of an invoice: a hash of its canonical payload."""
-    # pydantic writes the fields in the model's order, so the same content gives the same bytes.
-    return hashlib.sha256(request.model_dump_json(exclude_none=True).encode()).hexdigest()
+    return hashlib.sha256(request.wire_json()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

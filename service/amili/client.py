@@ -276,11 +276,9 @@ class AmiliClient:
             await self._exchange_http.aclose()
 
     async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
-        # httpx's encoding of ``json=``: the same bytes on both paths, and NaN refused, not sent.
-        body = json.dumps(
-            request.to_wire(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-        answer = await self._send("register", "POST", REGISTRATIONS_PATH, body=body, mutating=True)
+        answer = await self._send(
+            "register", "POST", REGISTRATIONS_PATH, body=request.wire_json(), mutating=True
+        )
         if answer.status in (200, 201):
             # Stored, most likely, but unreadable: the look-up will tell.
             return _receipt(_json_body(answer, unreadable=AmiliOutcomeUnknown))

@@ -20,6 +20,11 @@ class _Request(BaseModel):
         """The JSON body Amili expects."""
         return self.model_dump(mode="json", exclude_none=True)
 
+    def wire_json(self) -> bytes:
+        """``to_wire`` as UTF-8 JSON, the request's body, written by pydantic in one step (fields in
+        the model's order, so the same content gives the same bytes)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
 
 class Address(_Request):
     address_line_1: str | None = None

@@ -121,79 +121,83 @@ def _vat_percent(rate: Decimal) -> str:
 
 
 def _build(invoice: Invoice, defaults: TransformDefaults) -> amili.InvoiceRegistrationRequest:
+    # One validation of the whole document rather than a model per nested object: a refusal's
+    # location is then the whole path (``customer.address.country``), which maps back to the event.
     customer = invoice.customer
     address = customer.address
     car = customer.car_registration
-    lines = address.lines if address is not None else []
     refs = invoice.references
-    return amili.InvoiceRegistrationRequest(
-        account=invoice.account or defaults.account or "",
-        creditor=invoice.creditor or defaults.creditor or "",
-        customer=amili.Customer(
-            name=customer.name,
-            customer_number=customer.customer_number,
-            id_number=customer.id_number,
-            is_person=True if customer.type is CustomerType.PERSON else None,
-            is_company=True if customer.type is CustomerType.COMPANY else None,
-            is_foreign=True if customer.type is CustomerType.FOREIGN else None,
-            address=None
-            if address is None
-            else amili.Address(
-                address_line_1=lines[0] if len(lines) > 0 else None,
-                address_line_2=lines[1] if len(lines) > 1 else None,
-                address_line_3=lines[2] if len(lines) > 2 else None,
-                zip_code=address.postal_code,
-                city=address.city,
-                country=address.country,
-                gln=address.gln,
-            ),
-            mobile_number=customer.mobile_number,
-            email=customer.email,
-            car_registration=None
-            if car is None
-            else amili.CarRegistration(
-                number=car.number,
-                country=car.country,
-                ownership_date=_midnight(car.ownership_date),
-            ),
-        ),
-        invoice_type=invoice.invoice_type,
-        invoice_number=invoice.invoice_number,
-        reference_number=refs.reference_number,
-        payout_reference=refs.payout_reference,
-        invoice_date=_midnight(invoice.issue_date),
-        invoice_due_date=_midnight(invoice.due_date),
-        invoice_delivery_date=_midnight(invoice.delivery_date),
-        invoice_headline=invoice.headline,
-        invoice_body_text=invoice.body_text,
-        currency="SEK",
-        your_contact=refs.your_contact,
-        your_reference=refs.your_reference,
-        our_reference=refs.our_reference,
-        your_additional_reference=refs.your_additional_reference,
-        order_reference=refs.order_reference,
-        contract_reference=refs.contract_reference,
-        debt_description=invoice.debt_description,
-        custom_column_headlines=invoice.custom_column_headlines or None,
-        matrix=[
-            amili.MatrixItem(
-                article_number=line.article_number,
-                article_description=line.description,
-                unit_price=line.unit_price,
-                number_of_units=line.quantity,
-                total_price_excluding_vat=line.total_excluding_vat,
-                unit_vat_percent=_vat_percent(line.vat_rate),
-                is_discount=True if line.is_discount else None,
-                cost_center=line.cost_center,
-                article_date=_midnight(line.article_date),
-                order_line_reference=line.order_line_reference,
-                custom_column_data=line.custom_columns or None,
-                extra_rows=line.extra_rows or None,
-            )
-            for line in invoice.lines
-        ],
-        preferred_invoice_distribution=invoice.preferred_distribution,
-        case_settings=invoice.case_settings,
-        labels=invoice.labels or None,
-        start_flow=invoice.start_flow,
+    lines = address.lines if address is not None else []
+    return amili.InvoiceRegistrationRequest.model_validate(
+        {
+            "account": invoice.account or defaults.account or "",
+            "creditor": invoice.creditor or defaults.creditor or "",
+            "customer": {
+                "name": customer.name,
+                "customer_number": customer.customer_number,
+                "id_number": customer.id_number,
+                "is_person": True if customer.type is CustomerType.PERSON else None,
+                "is_company": True if customer.type is CustomerType.COMPANY else None,
+                "is_foreign": True if customer.type is CustomerType.FOREIGN else None,
+                "address": None
+                if address is None
+                else {
+                    "address_line_1": lines[0] if len(lines) > 0 else None,
+                    "address_line_2": lines[1] if len(lines) > 1 else None,
+                    "address_line_3": lines[2] if len(lines) > 2 else None,
+                    "zip_code": address.postal_code,
+                    "city": address.city,
+                    "country": address.country,
+                    "gln": address.gln,
+                },
+                "mobile_number": customer.mobile_number,
+                "email": customer.email,
+                "car_registration": None
+                if car is None
+                else {
+                    "number": car.number,
+                    "country": car.country,
+                    "ownership_date": _midnight(car.ownership_date),
+                },
+            },
+            "invoice_type": invoice.invoice_type,
+            "invoice_number": invoice.invoice_number,
+            "reference_number": refs.reference_number,
+            "payout_reference": refs.payout_reference,
+            "invoice_date": _midnight(invoice.issue_date),
+            "invoice_due_date": _midnight(invoice.due_date),
+            "invoice_delivery_date": _midnight(invoice.delivery_date),
+            "invoice_headline": invoice.headline,
+            "invoice_body_text": invoice.body_text,
+            "currency": "SEK",
+            "your_contact": refs.your_contact,
+            "your_reference": refs.your_reference,
+            "our_reference": refs.our_reference,
+            "your_additional_reference": refs.your_additional_reference,
+            "order_reference": refs.order_reference,
+            "contract_reference": refs.contract_reference,
+            "debt_description": invoice.debt_description,
+            "custom_column_headlines": invoice.custom_column_headlines or None,
+            "matrix": [
+                {
+                    "article_number": line.article_number,
+                    "article_description": line.description,
+                    "unit_price": line.unit_price,
+                    "number_of_units": line.quantity,
+                    "total_price_excluding_vat": line.total_excluding_vat,
+                    "unit_vat_percent": _vat_percent(line.vat_rate),
+                    "is_discount": True if line.is_discount else None,
+                    "cost_center": line.cost_center,
+                    "article_date": _midnight(line.article_date),
+                    "order_line_reference": line.order_line_reference,
+                    "custom_column_data": line.custom_columns or None,
+                    "extra_rows": line.extra_rows or None,
+                }
+                for line in invoice.lines
+            ],
+            "preferred_invoice_distribution": invoice.preferred_distribution,
+            "case_settings": invoice.case_settings,
+            "labels": invoice.labels or None,
+            "start_flow": invoice.start_flow,
+        }
     )

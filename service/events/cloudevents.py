@@ -101,7 +101,7 @@ def _json_value(value: bytes | None) -> Any:
     if value is None:
         raise EnvelopeError("empty", "the record has no value")
     try:
-        document = json.loads(value)
+        document = json.loads(value, parse_constant=_not_json)
         # It must be sendable again: no lone surrogates (the HTTP client could not encode them).
         # Only an escaped surrogate can bring one in, so the costly round trip runs only then.
         if _SURROGATE_ESCAPE.search(value):
@@ -112,6 +112,11 @@ def _json_value(value: bytes | None) -> Any:
     if value.count(b"{") + value.count(b"[") > MAX_JSON_DEPTH and _depth(document) > MAX_JSON_DEPTH:
         raise EnvelopeError("json", f"the value nests deeper than {MAX_JSON_DEPTH} levels")
     return document
+
+
+def _not_json(constant: str) -> Any:
+    # Python's reader takes NaN and Infinity, which JSON has not; sent on, they would become null.
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _depth(document: Any) -> int:

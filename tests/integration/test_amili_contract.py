@@ -145,12 +145,12 @@ def model(number: str = "INV-2024-002", **changes: Any) -> InvoiceRegistrationRe
 
 @dataclass(frozen=True)
 class RawBody:
-    """Stands in for a request model that let a value through: the client sends ``to_wire()`` as it is."""
+    """Stands in for a request model that let a value through: the client sends its body as it is."""
 
     body: dict[str, Any]
 
-    def to_wire(self) -> dict[str, Any]:
-        return self.body
+    def wire_json(self) -> bytes:
+        return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def raw(body: dict[str, Any]) -> InvoiceRegistrationRequest:

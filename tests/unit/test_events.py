@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from service.events.contract import (
 from service.events.record import InboundRecord
 from tests.fakes import structured_record
 
-INVOICE = {
+INVOICE: dict[str, Any] = {
     "invoice_number": "INV-1",
     "issue_date": "2026-11-20",
     "due_date": "2026-12-20",
@@ -57,6 +58,17 @@ def test_binary_mode() -> None:
         (b"not json", (), "json"),
         (None, (), "empty"),
         (b"[1]", (), "json"),
+        # Python reads these, JSON has none of them; passed on, they would reach Amili as null.
+        (
+            json.dumps({**EVENT, "data": {**INVOICE, "case_settings": {"x": math.nan}}}).encode(),
+            (),
+            "json",
+        ),
+        (
+            json.dumps({**EVENT, "data": {**INVOICE, "case_settings": {"x": -math.inf}}}).encode(),
+            (),
+            "json",
+        ),
         (json.dumps(EVENT).encode(), (("content-type", b"text/plain"),), "content_type"),
         (json.dumps({**EVENT, "specversion": "0.3"}).encode(), (), "cloudevents_attributes"),
         (json.dumps({k: v for k, v in EVENT.items() if k != "time"}).encode(), (), "cloudevents_attributes"),

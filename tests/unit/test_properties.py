@@ -348,6 +348,7 @@ async def test_every_valid_invoice_is_accepted_by_amili(data: Data) -> None:
     data_schema_validator().validate(data)
     payload = to_registration(Invoice.model_validate(data), DEFAULTS)
     assert isinstance(payload, InvoiceRegistrationRequest), payload
+    assert json.loads(payload.wire_json()) == payload.to_wire()  # the body sent is the model's wire form
     transport = httpx.ASGITransport(app=emulator().app())
     async with httpx.AsyncClient(transport=transport, base_url="http://amili") as amili:
         response = await amili.post(

@@ -97,6 +97,12 @@ def test_every_canonical_field_reaches_amili(sample_events: list[dict[str, Any]]
     assert columns["start_flow"] is True
 
 
+def test_what_only_amili_refuses_is_named_by_the_events_field() -> None:
+    # The canonical schema takes any account text; Amili's model wants an ObjectId.
+    refused = to_registration(invoice(account="not-an-object-id"), DEFAULTS)
+    assert rules(refused) == {("data.account", "string_pattern_mismatch")}
+
+
 def test_event_account_and_creditor_win_over_defaults() -> None:
     other = "0" * 23 + "1"
     body = wire(to_registration(invoice(account=other, creditor=other), DEFAULTS))
