@@ -180,8 +180,16 @@ def _service_verdicts(run: Run, sequential: Run | None, cores: int) -> list[Verd
                     times >= 10,
                 )
             )
+    # The issue sets the CPU target at fixed latency; with the heavy tail, answers come back spread
+    # out rather than together, so each wake-up of every process serves fewer events.
+    cpu_target = "≤ 1 ms service CPU per registration"
     result.append(
-        verdict("≤ 1 ms service CPU per registration", f"{run.cpu_ms:.2f} ms", "≤ 1.00 ms", run.cpu_ms <= 1.0)
+        verdict(
+            cpu_target if run.profile == "fixed" else f"(diagnostic) {cpu_target}",
+            f"{run.cpu_ms:.2f} ms",
+            "≤ 1.00 ms",
+            run.cpu_ms <= 1.0,
+        )
     )
     result.append(
         verdict("peak RSS < 200 MB", f"{run.peak_rss_mb:.0f} MB", "< 200 MB", run.peak_rss_mb < 200)
