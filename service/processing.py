@@ -7,7 +7,6 @@ record and may commit that record's offset once ``process`` returns.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -142,13 +141,8 @@ class InvoiceProcessor:
             await self._publish(result, created.event.time)
             return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice.invoice_number)
 
-        decision = await self._registration.register(
-            payload,
-            event_id=created.event.id,
-            announce=functools.partial(self._publish, event_time=created.event.time),
-        )
-        if not decision.announced:
-            await self._publish(decision.result, created.event.time)
+        decision = await self._registration.register(payload, event_id=created.event.id)
+        await self._publish(decision.result, created.event.time)
         if decision.recorded and not decision.already_published:
             self._mark_published_later(decision.result)
         dead_letter_rule = None

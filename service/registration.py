@@ -37,20 +37,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], datetime]
-Announce = Callable[[RegistrationResult], Awaitable[None]]
 
 
 def fingerprint(request: InvoiceRegistrationRequest) -> str:
     """What identifies the content of an invoice: a hash of its canonical payload."""
     return hashlib.sha256(request.wire_json()).hexdigest()
-
-
-async def _all_settled(*steps: Awaitable[object]) -> None:
-    """Run ``steps`` at once and wait for every one of them, whatever happens to the others; then
-    raise the first failure."""
-    for outcome in await asyncio.gather(*steps, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +88,6 @@ class Decision:
     recorded: bool = True
     gave_up: bool = False
     already_published: bool = False
-    announced: bool = False
-    """The result was announced (published) while it was being recorded."""
 
 
 class InvoiceRegistration:
@@ -125,13 +114,7 @@ class InvoiceRegistration:
         self._rng = rng or random.Random()
         self._observer = observer or RegistrationObserver()
 
-    async def register(
-        self, request: InvoiceRegistrationRequest, *, event_id: str, announce: Announce | None = None
-    ) -> Decision:
-        """Register ``request`` exactly once. A new outcome is recorded in the ledger and, given
-        ``announce``, announced at the same time: the two waits overlap. A crash between them leaves
-        the claim in flight, which is looked up at Amili again and announced again under the same
-        result id, as after a crash during the call."""
+    async def register(self, request: InvoiceRegistrationRequest, *, event_id: str) -> Decision:
         creditor, number = request.creditor, request.invoice_number
         digest = fingerprint(request)
         waits = 0
@@ -166,7 +149,7 @@ class InvoiceRegistration:
             )
             if result is None:  # the claim was lost to another owner: claim again
                 continue
-            recording = self._ledger_call(
+            await self._ledger_call(
                 "finish",
                 self._ledger.finish,
                 creditor=creditor,
@@ -174,11 +157,7 @@ class InvoiceRegistration:
                 state=LedgerState(result.outcome),  # giving up is a failed outcome
                 result=result.model_dump(mode="json"),
             )
-            if announce is None:
-                await recording
-            else:
-                await _all_settled(recording, announce(result))
-            return Decision(result, attempts=attempts, gave_up=gave_up, announced=announce is not None)
+            return Decision(result, attempts=attempts, gave_up=gave_up)
 
     async def _attempt(
         self, request: InvoiceRegistrationRequest, event_id: str, *, look_up_first: bool

@@ -349,9 +349,7 @@ class SqliteLedger:
         try:
             return SqliteLedger._in_transaction(conn, lambda conn: [_Done(work(conn)) for work in works])
         except Exception:
-            return SqliteLedger._in_transaction(
-                conn, lambda conn: [_savepoint(conn, work) for work in works]
-            )
+            return SqliteLedger._in_transaction(conn, lambda conn: [_savepoint(conn, work) for work in works])
 
     # -- on the event loop
 

@@ -18,7 +18,7 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
-from service.ledger.base import LedgerEntry, LedgerState
+from service.ledger.base import LedgerState
 from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from service.processing import InvoiceProcessor
 from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy, fingerprint
@@ -392,34 +392,3 @@ async def test_the_event_does_not_wait_for_its_result_to_be_marked_published(
     released.set()
     await world.processor.settle()
     assert slow.entries[(CREDITOR, "DEMO-1001")].result_published
-
-
-async def test_the_result_is_published_while_it_is_being_recorded(
-    world: World, event: dict[str, Any]
-) -> None:
-    released = asyncio.Event()
-
-    class SlowToFinish(FakeLedger):
-        async def finish(self, **arguments: Any) -> LedgerEntry:
-            await released.wait()
-            return await super().finish(**arguments)
-
-    slow = SlowToFinish()
-    world.ledger = slow
-    world.processor = world.build("replica-a")
-
-    processing = asyncio.create_task(world.processor.process(structured_record(event)))
-    for _ in range(100):
-        if world.results.published:
-            break
-        await asyncio.sleep(0)
-    assert world.data()["outcome"] == "registered"  # out before the ledger has it
-    assert slow.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.IN_FLIGHT
-    assert not processing.done()  # the event is not finished (nor its offset committed) before both
-    released.set()
-    handled = await processing
-    assert handled.outcome is Outcome.REGISTERED
-    await world.processor.settle()
-    entry = slow.entries[(CREDITOR, "DEMO-1001")]
-    assert (entry.state, entry.result_published) == (LedgerState.REGISTERED, True)
-    assert len(world.results.published) == 1
