@@ -67,6 +67,8 @@ class ProcessingObserver:
 
     def result_published(self, outcome: str, event_time: datetime | None) -> None: ...
 
+    def ledger_error(self, operation: str) -> None: ...
+
 
 class InvoiceProcessor:
     def __init__(
@@ -217,5 +219,6 @@ class InvoiceProcessor:
             except LedgerError:
                 # Publishing again later is harmless (same event id); losing track is not.
                 failures += 1
+                self._observer.ledger_error("mark_published")
                 log.warning("ledger unavailable while marking a result published; retrying")
                 await self._sleep(self._backoff.delay(failures, self._rng))

@@ -312,7 +312,12 @@ class AmiliClient:
                 raise _unexpected(answer, mutating=False)
             body = _json_body(answer, unreadable=AmiliUnavailable)
             items = body.get("_items", []) if isinstance(body, dict) else None
-            if not isinstance(items, list):
+            meta = body.get("_meta", {}) if isinstance(body, dict) else None
+            if (
+                not isinstance(items, list)
+                or not all(isinstance(item, dict) for item in items)
+                or not isinstance(meta, dict)
+            ):
                 raise AmiliUnavailable("Amili answered a look-up this client cannot read")
             # Filter again: a server that ignores an unknown ``where`` field must not hand us another invoice.
             found.extend(
@@ -320,7 +325,7 @@ class AmiliClient:
                 for item in items
                 if item.get("creditor") == creditor and item.get("invoice_number") == invoice_number
             )
-            total = body.get("_meta", {}).get("total")
+            total = meta.get("total")
             if (
                 not items
                 or len(items) < MAX_RESULTS
@@ -395,7 +400,7 @@ class AmiliClient:
 def _json_body(answer: _Answer, *, unreadable: type[AmiliUnavailable]) -> Any:
     try:
         return json.loads(answer.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what Python can read
         raise unreadable(f"Amili answered HTTP {answer.status} without a JSON body") from None
 
 
@@ -412,7 +417,7 @@ def _issues(answer: _Answer) -> dict[str, str]:
     """Eve's ``_issues`` flattened to dot paths; a body without them becomes one ``_error`` issue."""
     try:
         body = json.loads(answer.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"_error": f"HTTP {answer.status} without a JSON body"}
     flat: dict[str, str] = {}
 
@@ -426,7 +431,10 @@ def _issues(answer: _Answer) -> dict[str, str]:
             flat[prefix] = str(value)
 
     if isinstance(body, dict) and isinstance(body.get("_issues"), dict):
-        walk("", body["_issues"])
+        try:
+            walk("", body["_issues"])
+        except RecursionError:
+            return {"_error": f"HTTP {answer.status} with issues nested too deep to read"}
     elif isinstance(body, dict) and isinstance(body.get("_error"), dict):
         flat["_error"] = str(body["_error"].get("message", ""))
     return flat or {"_error": f"HTTP {answer.status}"}

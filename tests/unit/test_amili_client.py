@@ -331,3 +331,36 @@ async def test_an_answer_that_is_not_http_leaves_a_post_unknown_and_quotes_no_ke
         for link in links(error):
             assert DEMO_API_KEY not in f"{link} {link!r} {link.args!r}", type(link).__name__
         assert DEMO_API_KEY not in "".join(traceback.format_exception(error))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"_items": ["not an object"]},
+        {"_items": [None]},
+        {"_items": [], "_meta": "not an object"},
+        {"_items": "not a list"},
+        ["not an object"],
+    ],
+)
+async def test_a_look_up_answer_of_the_wrong_shape_is_unavailable(body: object) -> None:
+    async with client(scripted(lambda _: httpx.Response(200, json=body))) as amili:
+        with pytest.raises(AmiliUnavailable) as caught:
+            await amili.find_registration("674dbeb208847b9501cc9138", "INV-1")
+    assert not caught.value.outcome_unknown
+
+
+async def test_json_nested_past_what_python_reads_is_unreadable_not_a_crash() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    async with client(scripted(lambda _: httpx.Response(201, content=deep))) as amili:
+        with pytest.raises(AmiliUnavailable) as posted:
+            await amili.register(REQUEST)
+    assert posted.value.outcome_unknown  # 201: most likely stored; the look-up will tell
+    async with client(scripted(lambda _: httpx.Response(200, content=deep))) as amili:
+        with pytest.raises(AmiliUnavailable):
+            await amili.find_registration("674dbeb208847b9501cc9138", "INV-1")
+    nested_issues = b'{"_issues": ' + b'{"a": ' * 900 + b'"x"' + b"}" * 900 + b"}"
+    async with client(scripted(lambda _: httpx.Response(422, content=nested_issues))) as amili:
+        with pytest.raises(AmiliRejected) as rejected:
+            await amili.register(REQUEST)
+    assert list(rejected.value.issues) in (["_error"], ["a" + ".a" * 899])

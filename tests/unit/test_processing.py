@@ -18,9 +18,9 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
-from service.ledger.base import LedgerState
+from service.ledger.base import LedgerError, LedgerState
 from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
-from service.processing import InvoiceProcessor
+from service.processing import InvoiceProcessor, ProcessingObserver
 from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy, fingerprint
 from tests.fakes import (
     FakeAmili,
@@ -42,6 +42,14 @@ class Crash(Exception):
     """Stands for the process dying at that point."""
 
 
+class LedgerErrors(ProcessingObserver):
+    def __init__(self) -> None:
+        self.operations: list[str] = []
+
+    def ledger_error(self, operation: str) -> None:
+        self.operations.append(operation)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -61,6 +69,7 @@ class World:
         self.circuit = AmiliCircuit(failure_threshold=threshold, open_seconds=0, unauthorized_retry_seconds=0)
         self.owner = owner
         self.max_attempts = max_attempts
+        self.observed = LedgerErrors()
         self.processor = self.build(owner)
 
     def build(
@@ -88,6 +97,7 @@ class World:
             clock=self.clock,
             backoff=backoff,
             sleep=self.sleep,
+            observer=self.observed,
         )
 
     def data(self, index: int = -1) -> dict[str, Any]:
@@ -392,3 +402,21 @@ async def test_the_event_does_not_wait_for_its_result_to_be_marked_published(
     released.set()
     await world.processor.settle()
     assert slow.entries[(CREDITOR, "DEMO-1001")].result_published
+
+
+async def test_a_failed_mark_is_retried_and_counted(world: World, event: dict[str, Any]) -> None:
+    class FailsToMarkOnce(FakeLedger):
+        failed = False
+
+        async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
+            if not self.failed:
+                self.failed = True
+                raise LedgerError("database unavailable")
+            await super().mark_published(creditor=creditor, invoice_number=invoice_number, now=now)
+
+    world.ledger = FailsToMarkOnce()
+    world.processor = world.build("replica-a")
+    await world.processor.process(structured_record(event))
+    await world.processor.settle()
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].result_published
+    assert world.observed.operations == ["mark_published"]
