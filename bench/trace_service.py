@@ -2,9 +2,9 @@
 
 The service's code is unchanged: a few of its methods are wrapped at start-up, here, to add up how
 long each call takes as the event sees it (waiting included), plus how long each SQLite group
-commit (one transaction for the writes that waited for it) runs on the ledger's thread and how late
-the event loop wakes up from a 10 ms sleep (its lag). At exit the totals go to
-``$BENCH_TRACE_FILE`` as JSON: ``{step: [calls, seconds]}``.
+commit (one transaction for the writes that waited for it) runs on the ledger's thread, how late
+the event loop wakes up from a 10 ms sleep (its lag) and how long each garbage collection takes.
+At exit the totals go to ``$BENCH_TRACE_FILE`` as JSON: ``{step: [calls, seconds]}``.
 
     BENCH_TRACE_FILE=trace.json .venv/bin/python -m bench.trace_service   # env as for `service run`
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import gc
 import json
 import os
 import signal
@@ -80,7 +81,21 @@ async def _loop_lag() -> None:
         _add("event loop lag (beyond a 10 ms sleep)", max(0.0, time.perf_counter() - started - 0.01))
 
 
+_COLLECTION_STARTED = [0.0]
+
+
+def _time_collections(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _COLLECTION_STARTED[0] = time.perf_counter()
+    else:
+        _add(
+            f"garbage collection, generation {info['generation']}",
+            time.perf_counter() - _COLLECTION_STARTED[0],
+        )
+
+
 def instrument() -> None:
+    gc.callbacks.append(_time_collections)
     _timed_async(ConsumptionEngine, "_handle", "event in flight (engine, admitted → finished)")
     _timed_sync(InvoiceProcessor, "prepare", "decode + transform")
     _timed_async(InvoiceRegistration, "register", "registration protocol (ledger + Amili)")
