@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         default="PLAINTEXT"
     )
     kafka_linger_ms: int = Field(
-        default=5,
+        default=1,
         ge=0,
         description="How long the producer waits to put results finishing together in one request",
     )
