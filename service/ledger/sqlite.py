@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -126,8 +127,10 @@ class SqliteLedger:
         self._busy_timeout = busy_timeout
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # Writes waiting for a group commit; the ledger's thread takes them (under the lock).
         self._waiting: list[_Write] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._waiting_lock = threading.Lock()
+        self._commits: set[asyncio.Future[None]] = set()  # handed to the thread, not yet done
 
     def __repr__(self) -> str:
         return f"SqliteLedger({self._path!r})"
@@ -144,12 +147,15 @@ class SqliteLedger:
             raise
 
     async def close(self) -> None:
-        if self._committer is not None:  # writes already handed over are finished, not dropped
-            await asyncio.wait([self._committer])
+        while self._commits:  # writes already handed over are finished, not dropped
+            await asyncio.wait(set(self._commits))
         executor, conn = self._executor, self._conn
         if executor is None:
             return
         self._executor = self._conn = None
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, []
+        _fail(waiting, "sqlite: the ledger was closed before this write", None)
         try:
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(executor, conn.close)
@@ -358,41 +364,50 @@ class SqliteLedger:
         if self._conn is None:
             raise LedgerError("sqlite: the ledger is not open")
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._waiting.append((work, future))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_waiting(), name="ledger-sqlite-commit")
+        with self._waiting_lock:
+            self._waiting.append((work, future))
+        self._schedule_commit()
         # A cancelled caller does not stop its write: it is committed (or not) with its group.
         return await future  # type: ignore[return-value]
 
-    async def _commit_waiting(self) -> None:
+    def _schedule_commit(self) -> None:
+        """Keep a group commit queued on the ledger's thread behind the one running there.
+
+        The queued one takes, when it starts, every write that waits by then: the thread goes from
+        one commit to the next without a turn of the event loop in between, and each group's
+        writers are answered by the thread directly, not by a task of the loop.
+        """
+        if len(self._commits) >= 2 or self._executor is None or self._conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        commit = loop.run_in_executor(self._executor, self._commit_waiting, self._conn, loop)
+        self._commits.add(commit)
+        commit.add_done_callback(self._commit_done)
+
+    def _commit_done(self, commit: asyncio.Future[None]) -> None:
+        self._commits.discard(commit)
+        if not commit.cancelled() and commit.exception() is not None:  # not raised by a group's work
+            with self._waiting_lock:
+                waiting, self._waiting = self._waiting, []
+            _fail(waiting, f"sqlite: {commit.exception()!r}", commit.exception())
+            return
+        with self._waiting_lock:
+            left = bool(self._waiting)
+        if left:
+            self._schedule_commit()
+
+    def _commit_waiting(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """On the ledger's thread: commit the writes waiting now as one group, then answer them."""
+        with self._waiting_lock:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+        if not group:
+            return
         try:
-            while self._waiting:
-                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-                works = [work for work, _ in group]
-                try:
-                    outcomes = await self._run(functools.partial(self._group, works=works))
-                except BaseException as error:
-                    # Nothing of the group was committed: every write in it failed.
-                    message = str(error) if isinstance(error, LedgerError) else f"sqlite: {error!r}"
-                    _fail(group, message, error)
-                    if isinstance(error, asyncio.CancelledError):
-                        raise
-                    continue
-                for (_, future), outcome in zip(group, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, _Done):
-                        future.set_result(outcome.value)
-                    else:
-                        assert isinstance(outcome, _Failed)
-                        failure = outcome.error
-                        if isinstance(failure, sqlite3.Error):
-                            failure = LedgerError(f"sqlite: {failure}")
-                        future.set_exception(failure)
-        finally:
-            self._committer = None
-            waiting, self._waiting = self._waiting, []
-            _fail(waiting, "sqlite: the ledger was closed before this write", None)
+            outcomes: list[object] | None = self._group(conn, [work for work, _ in group])
+            failure: BaseException | None = None
+        except BaseException as error:  # nothing of the group was committed: every write failed
+            outcomes, failure = None, error
+        loop.call_soon_threadsafe(_answer, group, outcomes, failure)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -423,6 +438,25 @@ def _savepoint(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], ob
         return _Failed(error)
     conn.execute("RELEASE write")
     return _Done(value)
+
+
+def _answer(group: list[_Write], outcomes: list[object] | None, failure: BaseException | None) -> None:
+    """On the event loop: settle each write of a group with what became of it."""
+    if outcomes is None:
+        message = str(failure) if isinstance(failure, LedgerError) else f"sqlite: {failure!r}"
+        _fail(group, message, failure)
+        return
+    for (_, future), outcome in zip(group, outcomes, strict=True):
+        if future.done():  # its writer was cancelled; the write is committed all the same
+            continue
+        if isinstance(outcome, _Done):
+            future.set_result(outcome.value)
+        else:
+            assert isinstance(outcome, _Failed)
+            error = outcome.error
+            future.set_exception(
+                LedgerError(f"sqlite: {error}") if isinstance(error, sqlite3.Error) else error
+            )
 
 
 def _fail(writes: list[_Write], message: str, cause: BaseException | None) -> None:

@@ -495,6 +495,45 @@ async def test_a_cancelled_writer_still_has_its_write_committed(tmp_path: Any) -
         assert (await stored(ledger)).state is LedgerState.IN_FLIGHT
 
 
+async def test_reads_get_their_turn_while_writes_keep_coming(tmp_path: Any) -> None:
+    async with opened(_CountingSqliteLedger(tmp_path / "ledger.db")) as ledger:
+        stop = asyncio.Event()
+
+        async def keep_writing() -> list[Claim]:
+            writes: list[asyncio.Task[Claim]] = []
+            while not stop.is_set():
+                writes.append(asyncio.create_task(claim(ledger, number=f"INV-{len(writes)}")))
+                await asyncio.sleep(0)
+            return await asyncio.gather(*writes)
+
+        writer = asyncio.create_task(keep_writing())
+        await asyncio.sleep(0.05)  # group commits follow each other on the ledger's thread
+        await asyncio.wait_for(ledger.ping(), timeout=5)  # behind at most two of them
+        assert not writer.done()
+        stop.set()
+        claims = await writer
+        assert {c.status for c in claims} == {ClaimStatus.CLAIMED}
+        assert sum(ledger.groups) == len(claims)
+        assert len(ledger.groups) > 2
+
+
+async def test_closing_finishes_the_writes_handed_over_and_refuses_the_rest(tmp_path: Any) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    await ledger.open()
+    writes = [asyncio.create_task(claim(ledger, number=f"INV-{i}")) for i in range(300)]
+    await asyncio.sleep(0)
+    await ledger.close()
+    outcomes = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), timeout=5)
+    done = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Claim)]
+    refused = [outcome for outcome in outcomes if not isinstance(outcome, Claim)]
+    assert done  # at least what was handed over before the close
+    assert all(isinstance(error, LedgerError) for error in refused)
+    async with opened(SqliteLedger(path)) as reopened:
+        for i in done:  # each answered write is on disk
+            assert (await stored(reopened, f"INV-{i}")).state is LedgerState.IN_FLIGHT
+
+
 async def test_writes_after_close_fail_clearly(tmp_path: Any) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.db")
     await ledger.open()
