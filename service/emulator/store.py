@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from service.emulator.views import case_view, invoice_view
 
 log = logging.getLogger(__name__)
+
+View = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class DuplicateInvoiceNumber(Exception):
@@ -85,28 +88,23 @@ class RegistrationStore:
 
     def invoice(self, invoice_id: str) -> dict[str, Any] | None:
         registration_id = self._invoice_ids.get(invoice_id)
-        return None if registration_id is None else self._invoice_of(registration_id)
+        return None if registration_id is None else self._view(self._invoices, invoice_view, registration_id)
 
     def invoices(self) -> list[dict[str, Any]]:
-        return [self._invoice_of(registration_id) for registration_id in self._invoice_ids.values()]
+        return [self._view(self._invoices, invoice_view, id_) for id_ in self._invoice_ids.values()]
 
     def case(self, case_id: str) -> dict[str, Any] | None:
         registration_id = self._case_ids.get(case_id)
-        return None if registration_id is None else self._case_of(registration_id)
+        return None if registration_id is None else self._view(self._cases, case_view, registration_id)
 
     def cases(self) -> list[dict[str, Any]]:
-        return [self._case_of(registration_id) for registration_id in self._case_ids.values()]
+        return [self._view(self._cases, case_view, id_) for id_ in self._case_ids.values()]
 
-    def _invoice_of(self, registration_id: str) -> dict[str, Any]:
-        view = self._invoices.get(registration_id)
+    def _view(self, built: dict[str, dict[str, Any]], build: View, registration_id: str) -> dict[str, Any]:
+        """The view of a registration, built on first read and kept."""
+        view = built.get(registration_id)
         if view is None:
-            view = self._invoices[registration_id] = invoice_view(self._by_id[registration_id])
-        return view
-
-    def _case_of(self, registration_id: str) -> dict[str, Any]:
-        view = self._cases.get(registration_id)
-        if view is None:
-            view = self._cases[registration_id] = case_view(self._by_id[registration_id])
+            view = built[registration_id] = build(self._by_id[registration_id])
         return view
 
     def clear(self) -> None:

@@ -159,11 +159,17 @@ def _parse_rfc1123_text(value: str) -> datetime | None:
         return None
 
 
+def _normalised_rfc1123(value: object) -> str | None:
+    """The date ``value`` names, in Eve's format (weekday corrected); None when it is not one."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    return _normalised_rfc1123_text(value)
+
+
 @functools.lru_cache(maxsize=4096)
-def _normalised_date(value: str) -> str:
+def _normalised_rfc1123_text(value: str) -> str | None:
     moment = _parse_rfc1123_text(value)
-    assert moment is not None, "only a date that parses is normalised"
-    return format_rfc1123(moment)
+    return None if moment is None else format_rfc1123(moment)
 
 
 def is_object_id(value: object) -> bool:
@@ -323,8 +329,8 @@ def normalise_dates(document: Mapping[str, Any], schema: Mapping[str, Rule] = RE
 
 
 def _normalise(value: Any, rule: Rule) -> Any:
-    if rule.type == "datetime" and parse_rfc1123(value) is not None:
-        return _normalised_date(value)
+    if rule.type == "datetime" and (text := _normalised_rfc1123(value)) is not None:
+        return text
     if rule.type == "dict" and rule.schema is not None and isinstance(value, dict):
         return normalise_dates(value, rule.schema)
     if rule.type == "list" and rule.items is not None and isinstance(value, list):
