@@ -180,6 +180,7 @@ def build_registrar(
             backoff=backoff,
             max_attempts=settings.max_attempts,
             lease=timedelta(seconds=settings.claim_lease_seconds),
+            max_in_flight=settings.max_in_flight,
         ),
         observer=observer,
     )
@@ -209,7 +210,7 @@ def build_registrar(
         consumer=consumer,
         topic=settings.invoice_created_topic,
         processor=around_processor(processor) if around_processor else processor,
-        max_in_flight=settings.max_in_flight,
+        max_events=settings.max_events_held,
         accepting=lambda: circuit.accepting,
         drain_seconds=settings.shutdown_grace_seconds,
         backoff=backoff,

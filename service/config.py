@@ -76,7 +76,11 @@ class Settings(BaseSettings):
         default=SecretStr("sqlite:///registrar-ledger.db"),
         description="The ledger: sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host/db",
     )
-    max_in_flight: int = Field(default=128, ge=1, description="Events handled at once by one instance")
+    max_in_flight: int = Field(
+        default=128,
+        ge=1,
+        description="Registrations under way at once in one instance, each from its claim to Amili's answer",
+    )
     max_attempts: int = Field(
         default=10,
         ge=1,
@@ -118,6 +122,13 @@ class Settings(BaseSettings):
         default=15.0, ge=0, description="How long a stop waits for events in flight"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    @property
+    def max_events_held(self) -> int:
+        """Events one instance takes from Kafka and holds unfinished: as many again as
+        ``max_in_flight``, for those waiting for a place and those recording and publishing their
+        outcome, so that a place freed is taken at once."""
+        return 2 * self.max_in_flight
 
 
 class EmulatorSettings(BaseSettings):

@@ -7,6 +7,10 @@
    The same invoice number with a different fingerprint ends as a conflict, with nothing overwritten.
 4. The outcome is written to the ledger before its result is published.
 
+At most ``max_in_flight`` registrations are under way at once, each from its claim to Amili's
+answer: recording the outcome and publishing it happen outside that window, so an invoice does
+not hold a place towards Amili while it waits for the ledger's disk and the broker.
+
 Transient failures wait (capped backoff with jitter, ``Retry-After`` honoured) behind the circuit
 breaker, so an outage pauses work instead of failing it; an invoice that keeps failing while Amili
 is otherwise healthy gives up after ``max_attempts`` with a ``failed`` outcome.
@@ -15,10 +19,11 @@ is otherwise healthy gives up after ``max_attempts`` with a ``failed`` outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -64,6 +69,8 @@ class RegistrationPolicy:
     """Failed attempts while Amili is otherwise healthy before an invoice gives up."""
     lease: timedelta = timedelta(minutes=2)
     """How long a claim holds without renewal; a claim older than this is taken to be abandoned."""
+    max_in_flight: int = 128
+    """Registrations under way at once, each from its claim to Amili's answer (retries included)."""
 
 
 class RegistrationObserver:
@@ -74,6 +81,8 @@ class RegistrationObserver:
     def registration(self, outcome: str) -> None: ...
 
     def ledger_error(self, operation: str) -> None: ...
+
+    def registrations_in_flight(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,40 +122,60 @@ class InvoiceRegistration:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._observer = observer or RegistrationObserver()
+        self._slots = asyncio.Semaphore(self._policy.max_in_flight)
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A place in the window of registrations under way (waits for one to be free)."""
+        async with self._slots:
+            self._in_flight += 1
+            self._observer.registrations_in_flight(self._in_flight)
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
+                self._observer.registrations_in_flight(self._in_flight)
 
     async def register(self, request: InvoiceRegistrationRequest, *, event_id: str) -> Decision:
         creditor, number = request.creditor, request.invoice_number
         digest = fingerprint(request)
         waits = 0
         while True:
-            claim = await self._ledger_call(
-                "claim",
-                self._ledger.claim,
-                creditor=creditor,
-                invoice_number=number,
-                fingerprint=digest,
-                event_id=event_id,
-                owner=self._owner,
-                lease=self._policy.lease,
-            )
-            if claim.status is ClaimStatus.FINAL:
-                assert claim.entry.result is not None
-                return Decision(
-                    RegistrationResult.model_validate(claim.entry.result),
-                    attempts=0,
-                    already_published=claim.entry.result_published,
+            async with self._slot():
+                claim = await self._ledger_call(
+                    "claim",
+                    self._ledger.claim,
+                    creditor=creditor,
+                    invoice_number=number,
+                    fingerprint=digest,
+                    event_id=event_id,
+                    owner=self._owner,
+                    lease=self._policy.lease,
                 )
-            if claim.status is ClaimStatus.CONFLICT:
-                self._observer.registration(Outcome.CONFLICT.value)
-                return Decision(self._conflict(request, event_id), attempts=0, recorded=False)
+                if claim.status is ClaimStatus.FINAL:
+                    assert claim.entry.result is not None
+                    return Decision(
+                        RegistrationResult.model_validate(claim.entry.result),
+                        attempts=0,
+                        already_published=claim.entry.result_published,
+                    )
+                if claim.status is ClaimStatus.CONFLICT:
+                    self._observer.registration(Outcome.CONFLICT.value)
+                    return Decision(self._conflict(request, event_id), attempts=0, recorded=False)
+                if claim.status is not ClaimStatus.HELD:
+                    result, attempts, gave_up = await self._attempt(
+                        request, event_id, look_up_first=claim.status is ClaimStatus.RECLAIMED
+                    )
             if claim.status is ClaimStatus.HELD:
                 # Another instance is registering it right now; its result will follow.
                 waits += 1
                 await self._sleep(self._policy.backoff.delay(waits, self._rng))
                 continue
-            result, attempts, gave_up = await self._attempt(
-                request, event_id, look_up_first=claim.status is ClaimStatus.RECLAIMED
-            )
             if result is None:  # the claim was lost to another owner: claim again
                 continue
             await self._ledger_call(

@@ -3,8 +3,10 @@
 FastStream's subscribers process one event at a time per consumer (or one consumer per partition),
 and commit either too early or everything at once, so the engine is built on aiokafka directly:
 
-- Up to ``max_in_flight`` events are handled at once, across partitions and within one partition.
-  Events with the same ordering key (creditor + invoice number) run one after another, in order.
+- Up to ``max_events`` events are held at once, across partitions and within one partition (how
+  many of them may be registering with Amili at a time is the processor's own limit; the rest wait
+  for a place there or are finishing). Events with the same ordering key (creditor + invoice
+  number) run one after another, in order.
 - Per partition the committed offset is the lowest offset not yet finished: never past an
   unfinished event, whatever finishes first.
 - Backpressure: at the in-flight limit nothing more is taken; when the window stays full for
@@ -112,7 +114,7 @@ class ConsumptionEngine:
         consumer: Callable[[], AIOKafkaConsumer],
         topic: str,
         processor: Processor,
-        max_in_flight: int = 128,
+        max_events: int = 256,
         accepting: Callable[[], bool] = lambda: True,
         commit_interval_seconds: float = 1.0,
         drain_seconds: float = 15.0,
@@ -126,10 +128,10 @@ class ConsumptionEngine:
         self._consumer: AIOKafkaConsumer = None
         self._topic = topic
         self._processor = processor
-        self._max_in_flight = max_in_flight
+        self._max_events = max_events
         # Near the limit, slots are refilled a batch at a time: one fetch per freed slot would
         # cost a poll (and a pause and resume) per event.
-        self._refill_batch = max(1, min(16, max_in_flight // 8))
+        self._refill_batch = max(1, min(16, max_events // 8))
         self._accepting = accepting
         self._commit_interval = commit_interval_seconds
         self._drain_seconds = drain_seconds
@@ -199,7 +201,7 @@ class ConsumptionEngine:
                 await asyncio.sleep(1.0)
 
     async def _fetch_once(self) -> None:
-        room = self._max_in_flight - self._in_flight
+        room = self._max_events - self._in_flight
         accepting = self._accepting()
         if accepting and room >= self._refill_batch:
             await self._take(room)
@@ -338,7 +340,7 @@ class ConsumptionEngine:
         self._in_flight -= 1
         self._observer.in_flight(self._in_flight)
         self._alive()
-        if self._max_in_flight - self._in_flight >= self._refill_batch:
+        if self._max_events - self._in_flight >= self._refill_batch:
             self._slots_freed.set()
 
     # commits, rebalances, drains ------------------------------------------------------------------

@@ -46,7 +46,12 @@ class Metrics:
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.events_in_flight = Gauge(
-            "events_in_flight", "Events taken from Kafka and not yet finished",
+            "events_in_flight", "Events taken from Kafka and not yet finished (at most twice MAX_IN_FLIGHT)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.registrations_in_flight = Gauge(
+            "registrations_in_flight",
+            "Registrations under way, each from its claim to Amili's answer (at most MAX_IN_FLIGHT)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.circuit_state = Gauge(
@@ -94,6 +99,9 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver):
 
     def ledger_error(self, operation: str) -> None:
         self._m.ledger_errors.labels(operation).inc()
+
+    def registrations_in_flight(self, count: int) -> None:
+        self._m.registrations_in_flight.set(count)
 
     # processing
     def dead_letter(self, rule: str) -> None:

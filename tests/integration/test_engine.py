@@ -81,7 +81,7 @@ async def running_engine(
         consumer=consumer,
         topic=topic,
         processor=processor,
-        max_in_flight=int(settings.pop("max_in_flight", 128)),
+        max_events=int(settings.pop("max_events", 128)),
         **settings,  # type: ignore[arg-type]
     )
     await engine.start()
@@ -98,7 +98,7 @@ async def test_many_in_flight_with_per_invoice_order(kafka_bootstrap_servers: st
     records = [(f"inv-{i}".encode(), str(n).encode(), i % 3) for n in range(10) for i in range(40)]
     await produce(kafka_bootstrap_servers, topic, records)
     processor = StandInProcessor()
-    async with running_engine(kafka_bootstrap_servers, topic, group, processor, max_in_flight=64) as engine:
+    async with running_engine(kafka_bootstrap_servers, topic, group, processor, max_events=64) as engine:
         await wait_for(lambda: len(processor.done) == 400)
         await wait_for(lambda: engine.in_flight == 0)
     assert processor.most_running >= 8  # genuinely concurrent, more than the 3 partitions
@@ -133,7 +133,7 @@ async def test_backpressure_keeps_the_window_bounded(kafka_bootstrap_servers: st
         processor.block[(0, offset)] = release
         processor.block[(1, offset)] = release
     most_in_flight = 0
-    async with running_engine(kafka_bootstrap_servers, topic, group, processor, max_in_flight=16) as engine:
+    async with running_engine(kafka_bootstrap_servers, topic, group, processor, max_events=16) as engine:
         for _ in range(40):
             most_in_flight = max(most_in_flight, engine.in_flight)
             await asyncio.sleep(0.025)
@@ -173,9 +173,9 @@ async def test_a_rebalance_loses_nothing(kafka_bootstrap_servers: str, unique_na
     )
     # The first is slow (about 160 events/s) so that the second joins while most are still to do.
     first, second = StandInProcessor(max_delay=0.1), StandInProcessor(max_delay=0.01, seed=8)
-    async with running_engine(kafka_bootstrap_servers, topic, group, first, max_in_flight=8):
+    async with running_engine(kafka_bootstrap_servers, topic, group, first, max_events=8):
         await wait_for(lambda: len(first.done) >= 100)
-        async with running_engine(kafka_bootstrap_servers, topic, group, second, max_in_flight=32):
+        async with running_engine(kafka_bootstrap_servers, topic, group, second, max_events=32):
             await wait_for(lambda: len(first.done | second.done) == total, wait_seconds=60)
             await asyncio.sleep(0.5)
     assert second.done, "the second instance never received partitions"
@@ -194,7 +194,7 @@ async def test_a_window_full_for_long_pauses_fetching_and_resumes_after(
     gates = {(p, o): asyncio.Event() for p in range(2) for o in range(2)}
     processor.block.update(gates)  # the first two events of each partition hang
     async with running_engine(
-        kafka_bootstrap_servers, topic, group, processor, max_in_flight=4, pause_after_seconds=1.0
+        kafka_bootstrap_servers, topic, group, processor, max_events=4, pause_after_seconds=1.0
     ) as engine:
         consumer = engine._consumer
         await wait_for(lambda: processor.running == 4)

@@ -146,6 +146,7 @@ def test_dashboard_structure() -> None:
         "registrar_circuit_state",
         "registrar_amili_auth_ok",
         "registrar_events_in_flight",
+        "registrar_registrations_in_flight",
         "registrar_ledger_errors_total",
     ],
 )

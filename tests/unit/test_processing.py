@@ -19,9 +19,16 @@ from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
 from service.ledger.base import LedgerError, LedgerState
+from service.ops.metrics import Metrics, MetricsObserver
 from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from service.processing import InvoiceProcessor, ProcessingObserver
-from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy, fingerprint
+from service.registration import (
+    Backoff,
+    InvoiceRegistration,
+    RegistrationObserver,
+    RegistrationPolicy,
+    fingerprint,
+)
 from tests.fakes import (
     FakeAmili,
     FakeDeadLetters,
@@ -420,3 +427,124 @@ async def test_a_failed_mark_is_retried_and_counted(world: World, event: dict[st
     await world.processor.settle()
     assert world.ledger.entries[(CREDITOR, "DEMO-1001")].result_published
     assert world.observed.operations == ["mark_published"]
+
+
+def _registration(
+    world: World,
+    *,
+    max_in_flight: int,
+    amili: AmiliPort | None = None,
+    sleep: Sleep | None = None,
+    observer: RegistrationObserver | None = None,
+) -> InvoiceRegistration:
+    return InvoiceRegistration(
+        amili=amili or world.amili,
+        ledger=world.ledger,
+        circuit=world.circuit,
+        owner="replica-a",
+        clock=world.clock,
+        policy=RegistrationPolicy(max_in_flight=max_in_flight),
+        sleep=sleep or world.sleep,
+        rng=random.Random(1),
+        observer=observer,
+    )
+
+
+def _request(event: dict[str, Any], number: str) -> InvoiceRegistrationRequest:
+    data = copy.deepcopy(event["data"])
+    data["invoice_number"] = number
+    request = to_registration(Invoice.model_validate(data), TransformDefaults(ACCOUNT, CREDITOR))
+    assert isinstance(request, InvoiceRegistrationRequest)
+    return request
+
+
+class GatedAmili(FakeAmili):
+    """Holds every POST until ``gate`` opens, counting the calls under way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.under_way = 0
+        self.most_under_way = 0
+
+    async def register(self, request: InvoiceRegistrationRequest) -> Any:
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        try:
+            await self.gate.wait()
+            return await super().register(request)
+        finally:
+            self.under_way -= 1
+
+
+async def _settle_loop() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_at_most_max_in_flight_registrations_are_under_way(world: World, event: dict[str, Any]) -> None:
+    amili = GatedAmili()
+    metrics = Metrics()
+    registration = _registration(world, max_in_flight=2, amili=amili, observer=MetricsObserver(metrics))
+    requests = [_request(event, f"N-{i}") for i in range(5)]
+    tasks = [asyncio.create_task(registration.register(r, event_id=r.invoice_number)) for r in requests]
+    await _settle_loop()
+    assert amili.under_way == 2
+    assert registration.in_flight == 2
+    assert metrics.registry.get_sample_value("registrar_registrations_in_flight") == 2
+    assert len(world.ledger.entries) == 2  # the others wait for a place before claiming
+    amili.gate.set()
+    decisions = await asyncio.gather(*tasks)
+    assert [d.result.outcome for d in decisions] == ["registered"] * 5
+    assert amili.most_under_way == 2
+    assert registration.in_flight == 0
+    assert metrics.registry.get_sample_value("registrar_registrations_in_flight") == 0
+
+
+async def test_recording_an_outcome_does_not_hold_a_place(world: World, event: dict[str, Any]) -> None:
+    recorded = asyncio.Event()
+
+    class SlowToRecord(FakeLedger):
+        async def finish(self, **arguments: Any) -> Any:
+            await recorded.wait()
+            return await super().finish(**arguments)
+
+    world.ledger = SlowToRecord()
+    registration = _registration(world, max_in_flight=1)
+    first = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
+    second = asyncio.create_task(registration.register(_request(event, "N-2"), event_id="e-2"))
+    await _settle_loop()
+    assert world.amili.posts == 2  # the second went to Amili while the first's outcome waits for the disk
+    assert not first.done()
+    recorded.set()
+    assert (await first).result.outcome == (await second).result.outcome == "registered"
+    assert world.ledger.entries[(CREDITOR, "N-1")].state is LedgerState.REGISTERED
+
+
+async def test_waiting_for_another_replicas_claim_does_not_hold_a_place(
+    world: World, event: dict[str, Any]
+) -> None:
+    held = _request(event, "N-HELD")
+    await world.ledger.claim(
+        creditor=CREDITOR,
+        invoice_number="N-HELD",
+        fingerprint=fingerprint(held),
+        event_id="e",
+        owner="replica-b",
+        now=world.clock.now,
+        lease=timedelta(minutes=2),
+    )
+    lapse = asyncio.Event()
+
+    async def wait_for_lapse(seconds: float) -> None:
+        await lapse.wait()
+        world.clock.now += timedelta(minutes=3)
+
+    registration = _registration(world, max_in_flight=1, sleep=wait_for_lapse)
+    waiting = asyncio.create_task(registration.register(held, event_id="e-held"))
+    await _settle_loop()
+    other = await asyncio.wait_for(registration.register(_request(event, "N-2"), event_id="e-2"), 5)
+    assert other.result.outcome == "registered"
+    assert not waiting.done()
+    lapse.set()
+    assert (await waiting).result.outcome == "registered"
