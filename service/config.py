@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=128,
         ge=1,
-        description="Registrations under way at once in one instance, each from its claim to Amili's answer",
+        description="Invoices at Amili at once in one instance, each from its first call to its final answer",
     )
     max_attempts: int = Field(
         default=10,
@@ -126,8 +126,8 @@ class Settings(BaseSettings):
     @property
     def max_events_held(self) -> int:
         """Events one instance takes from Kafka and holds unfinished: as many again as
-        ``max_in_flight``, for those waiting for a place and those recording and publishing their
-        outcome, so that a place freed is taken at once."""
+        ``max_in_flight``, for those being claimed or waiting for a place and those recording and
+        publishing their outcome, so that a place freed is taken at once."""
         return 2 * self.max_in_flight
 
 

@@ -7,9 +7,10 @@
    The same invoice number with a different fingerprint ends as a conflict, with nothing overwritten.
 4. The outcome is written to the ledger before its result is published.
 
-At most ``max_in_flight`` registrations are under way at once, each from its claim to Amili's
-answer: recording the outcome and publishing it happen outside that window, so an invoice does
-not hold a place towards Amili while it waits for the ledger's disk and the broker.
+At most ``max_in_flight`` invoices are at Amili at once, each from its first call to Amili's final
+answer (retries included). The claim before and the recording of the outcome after happen outside
+that window, so an invoice never holds a place towards Amili while it waits for the ledger's disk;
+a claim that waited for a place longer than half its lease is renewed before the POST.
 
 Transient failures wait (capped backoff with jitter, ``Retry-After`` honoured) behind the circuit
 breaker, so an outage pauses work instead of failing it; an invoice that keeps failing while Amili
@@ -34,7 +35,7 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.field_paths import inbound_field_path
 from service.domain.outcomes import Outcome
 from service.events.contract import AmiliIds, Reason, RegistrationResult
-from service.ledger.base import ClaimStatus, Ledger, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerError, LedgerState
 from service.ports import AmiliDuplicate, AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class RegistrationPolicy:
     lease: timedelta = timedelta(minutes=2)
     """How long a claim holds without renewal; a claim older than this is taken to be abandoned."""
     max_in_flight: int = 128
-    """Registrations under way at once, each from its claim to Amili's answer (retries included)."""
+    """Invoices at Amili at once, each from its first call to Amili's final answer (retries included)."""
 
 
 class RegistrationObserver:
@@ -131,7 +132,7 @@ class InvoiceRegistration:
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
-        """A place in the window of registrations under way (waits for one to be free)."""
+        """A place in the window of invoices at Amili (waits for one to be free)."""
         async with self._slots:
             self._in_flight += 1
             self._observer.registrations_in_flight(self._in_flight)
@@ -146,36 +147,37 @@ class InvoiceRegistration:
         digest = fingerprint(request)
         waits = 0
         while True:
-            async with self._slot():
-                claim = await self._ledger_call(
-                    "claim",
-                    self._ledger.claim,
-                    creditor=creditor,
-                    invoice_number=number,
-                    fingerprint=digest,
-                    event_id=event_id,
-                    owner=self._owner,
-                    lease=self._policy.lease,
+            claim = await self._ledger_call(
+                "claim",
+                self._ledger.claim,
+                creditor=creditor,
+                invoice_number=number,
+                fingerprint=digest,
+                event_id=event_id,
+                owner=self._owner,
+                lease=self._policy.lease,
+            )
+            if claim.status is ClaimStatus.FINAL:
+                assert claim.entry.result is not None
+                return Decision(
+                    RegistrationResult.model_validate(claim.entry.result),
+                    attempts=0,
+                    already_published=claim.entry.result_published,
                 )
-                if claim.status is ClaimStatus.FINAL:
-                    assert claim.entry.result is not None
-                    return Decision(
-                        RegistrationResult.model_validate(claim.entry.result),
-                        attempts=0,
-                        already_published=claim.entry.result_published,
-                    )
-                if claim.status is ClaimStatus.CONFLICT:
-                    self._observer.registration(Outcome.CONFLICT.value)
-                    return Decision(self._conflict(request, event_id), attempts=0, recorded=False)
-                if claim.status is not ClaimStatus.HELD:
-                    result, attempts, gave_up = await self._attempt(
-                        request, event_id, look_up_first=claim.status is ClaimStatus.RECLAIMED
-                    )
+            if claim.status is ClaimStatus.CONFLICT:
+                self._observer.registration(Outcome.CONFLICT.value)
+                return Decision(self._conflict(request, event_id), attempts=0, recorded=False)
             if claim.status is ClaimStatus.HELD:
                 # Another instance is registering it right now; its result will follow.
                 waits += 1
                 await self._sleep(self._policy.backoff.delay(waits, self._rng))
                 continue
+            async with self._slot():
+                if self._aged(claim) and not await self._renew(request):
+                    continue  # it waited so long for a place that its claim lapsed: claim again
+                result, attempts, gave_up = await self._attempt(
+                    request, event_id, look_up_first=claim.status is ClaimStatus.RECLAIMED
+                )
             if result is None:  # the claim was lost to another owner: claim again
                 continue
             await self._ledger_call(
@@ -187,6 +189,12 @@ class InvoiceRegistration:
                 result=result.model_dump(mode="json"),
             )
             return Decision(result, attempts=attempts, gave_up=gave_up)
+
+    def _aged(self, claim: Claim) -> bool:
+        """Whether the claim waited for a place so long that it must be renewed before a POST
+        (half its lease: an Amili outage holds the window full)."""
+        claimed_at = claim.entry.claimed_at
+        return claimed_at is None or self._clock() - claimed_at >= self._policy.lease / 2
 
     async def _attempt(
         self, request: InvoiceRegistrationRequest, event_id: str, *, look_up_first: bool

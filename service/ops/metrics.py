@@ -51,7 +51,7 @@ class Metrics:
         )  # fmt: skip
         self.registrations_in_flight = Gauge(
             "registrations_in_flight",
-            "Registrations under way, each from its claim to Amili's answer (at most MAX_IN_FLIGHT)",
+            "Invoices at Amili, each from its first call to Amili's final answer (at most MAX_IN_FLIGHT)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.circuit_state = Gauge(

@@ -492,7 +492,7 @@ async def test_at_most_max_in_flight_registrations_are_under_way(world: World, e
     assert amili.under_way == 2
     assert registration.in_flight == 2
     assert metrics.registry.get_sample_value("registrar_registrations_in_flight") == 2
-    assert len(world.ledger.entries) == 2  # the others wait for a place before claiming
+    assert len(world.ledger.entries) == 5  # claimed, the others waiting for a place
     amili.gate.set()
     decisions = await asyncio.gather(*tasks)
     assert [d.result.outcome for d in decisions] == ["registered"] * 5
@@ -548,3 +548,52 @@ async def test_waiting_for_another_replicas_claim_does_not_hold_a_place(
     assert not waiting.done()
     lapse.set()
     assert (await waiting).result.outcome == "registered"
+
+
+async def test_a_claim_that_waited_long_for_a_place_is_renewed_before_the_post(
+    world: World, event: dict[str, Any]
+) -> None:
+    amili = GatedAmili()
+    registration = _registration(world, max_in_flight=1, amili=amili)
+    first = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
+    second = asyncio.create_task(registration.register(_request(event, "N-2"), event_id="e-2"))
+    await _settle_loop()
+    assert amili.under_way == 1
+    world.clock.now += timedelta(seconds=61)  # more than half the 2-minute lease
+    amili.gate.set()
+    await asyncio.gather(first, second)
+    assert world.ledger.entries[(CREDITOR, "N-1")].attempts == 1
+    assert world.ledger.entries[(CREDITOR, "N-2")].attempts == 2  # renewed before its POST
+    assert amili.posts == 2
+
+
+async def test_a_claim_lost_while_waiting_for_a_place_is_not_posted_blindly(
+    world: World, event: dict[str, Any]
+) -> None:
+    amili = GatedAmili()
+
+    async def advance(seconds: float) -> None:
+        world.clock.now += timedelta(seconds=seconds)
+
+    registration = _registration(world, max_in_flight=1, amili=amili, sleep=advance)
+    first = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
+    waiting = _request(event, "N-2")
+    second = asyncio.create_task(registration.register(waiting, event_id="e-2"))
+    await _settle_loop()
+    world.clock.now += timedelta(minutes=3)  # its claim lapsed, and another replica took it over
+    taken = await world.ledger.claim(
+        creditor=CREDITOR,
+        invoice_number="N-2",
+        fingerprint=fingerprint(waiting),
+        event_id="e-2",
+        owner="replica-b",
+        now=world.clock.now,
+        lease=timedelta(minutes=2),
+    )
+    assert taken.entry.claimed_by == "replica-b"
+    amili.gate.set()
+    decisions = await asyncio.gather(first, second)
+    assert [d.result.outcome for d in decisions] == ["registered", "registered"]
+    # It waited for replica-b's claim to lapse, then looked the invoice up before its POST.
+    assert amili.lookups == 1
+    assert amili.posts == 2
