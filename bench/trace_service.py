@@ -99,6 +99,7 @@ def instrument() -> None:
     _timed_async(ConsumptionEngine, "_handle", "event in flight (engine, admitted → finished)")
     _timed_sync(InvoiceProcessor, "prepare", "decode + transform")
     _timed_async(InvoiceRegistration, "register", "registration protocol (ledger + Amili)")
+    _timed_async(InvoiceRegistration, "_attempt", "at Amili (a place held: calls and retries)")
     _timed_async(AmiliClient, "register", "Amili POST")
     _timed_async(KafkaResultPublisher, "publish_result", "result publish (acks=all)")
     for method in ("claim", "finish", "mark_published"):

@@ -169,7 +169,7 @@ class FakeLedger:
 
     async def finish(
         self, *, creditor: str, invoice_number: str, state: LedgerState, result: dict[str, Any], now: datetime
-    ) -> LedgerEntry:
+    ) -> None:
         self._maybe_fail()
         entry = dataclasses.replace(
             self.entries[(creditor, invoice_number)],
@@ -180,7 +180,6 @@ class FakeLedger:
             updated_at=now,
         )
         self.entries[(creditor, invoice_number)] = entry
-        return entry
 
     async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
         self._maybe_fail()

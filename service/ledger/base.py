@@ -115,8 +115,9 @@ class Ledger(Protocol):
         state: LedgerState,
         result: dict[str, Any],
         now: datetime,
-    ) -> LedgerEntry:
-        """Record the final ``state`` and the result to publish (``result_published`` false)."""
+    ) -> None:
+        """Record the final ``state`` and the result to publish (``result_published`` false);
+        ``KeyError`` when there is no such record."""
 
     async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None: ...
 

@@ -241,15 +241,15 @@ class PostgresLedger:
         state: LedgerState,
         result: dict[str, Any],
         now: datetime,
-    ) -> LedgerEntry:
+    ) -> None:
         if not state.is_final:
             raise ValueError(f"finish needs a final state, got {state}")
         now = utc(now)
-        row = await self._guard(
+        status = await self._guard(
             "finish",
-            lambda: self._require().fetchrow(
+            lambda: self._require().execute(
                 "UPDATE ledger_entries SET state = $3, result = $4, result_published = false,"
-                f" claimed_by = NULL, updated_at = $5 WHERE {_KEY} RETURNING {_COLUMNS}",
+                f" claimed_by = NULL, updated_at = $5 WHERE {_KEY}",
                 creditor,
                 invoice_number,
                 state.value,
@@ -257,9 +257,8 @@ class PostgresLedger:
                 now,
             ),
         )
-        if row is None:
+        if status != "UPDATE 1":
             raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
-        return _entry(row)
 
     async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
         now = utc(now)

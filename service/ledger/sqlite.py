@@ -10,8 +10,9 @@ loop never waits on the disk and the connection is only ever used by the thread 
 - Group commit: the price of FULL is one fsync per commit, and with many invoices in flight one
   writer thread doing one fsync per write caps the service at a few hundred writes a second. So
   writes that arrive while a commit is under way wait for it, and then all go in the next
-  transaction together, each in a savepoint of its own (one write failing does not undo the
-  others). Every caller still returns only once its write is on disk.
+  transaction together, the writes of one kind (claims, outcomes, marks) in one statement; should
+  one write fail, the group runs again one write at a time, each in a savepoint of its own, so
+  that it does not undo the others. Every caller still returns only once its write is on disk.
 - ``BEGIN IMMEDIATE`` takes the write lock before reading, so a claim's read-decide-write cannot
   interleave with another connection's; ``busy_timeout`` makes a second writer wait for it.
 
@@ -90,7 +91,7 @@ class _Failed:
     error: BaseException
 
 
-_Write = tuple[Callable[[sqlite3.Connection], object], "asyncio.Future[object]"]
+_Waiting = tuple["_Write", "asyncio.Future[object]"]
 
 
 def _text(moment: datetime) -> str:
@@ -128,7 +129,7 @@ class SqliteLedger:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         # Writes waiting for a group commit; the ledger's thread takes them (under the lock).
-        self._waiting: list[_Write] = []
+        self._waiting: list[_Waiting] = []
         self._waiting_lock = threading.Lock()
         self._commits: set[asyncio.Future[None]] = set()  # handed to the thread, not yet done
 
@@ -176,40 +177,13 @@ class SqliteLedger:
         now: datetime,
         lease: timedelta,
     ) -> Claim:
-        now = utc(now)
-
-        def work(conn: sqlite3.Connection) -> Claim:
-            found = conn.execute(
-                f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY}", (creditor, invoice_number)
-            ).fetchone()
-            claim = decide_claim(
-                None if found is None else _entry(found),
-                creditor=creditor,
-                invoice_number=invoice_number,
-                fingerprint=fingerprint,
-                event_id=event_id,
-                owner=owner,
-                now=now,
-                lease=lease,
-            )
-            if claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED):
-                self._write(conn, claim.entry)
-            return claim
-
-        return await self._transaction(work)
+        write = _ClaimWrite(creditor, invoice_number, fingerprint, event_id, owner, utc(now), lease)
+        claim = await self._transaction(write)
+        assert isinstance(claim, Claim)
+        return claim
 
     async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
-        stamp = _text(utc(now))
-
-        def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE ledger_entries SET claimed_at = ?, attempts = attempts + 1, updated_at = ?"
-                f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
-                (stamp, stamp, creditor, invoice_number, owner),
-            )
-            return cursor.rowcount == 1
-
-        return await self._transaction(work)
+        return bool(await self._transaction(_RenewWrite(creditor, invoice_number, owner, _text(utc(now)))))
 
     async def finish(
         self,
@@ -219,35 +193,14 @@ class SqliteLedger:
         state: LedgerState,
         result: dict[str, Any],
         now: datetime,
-    ) -> LedgerEntry:
+    ) -> None:
         if not state.is_final:
             raise ValueError(f"finish needs a final state, got {state}")
-        stamp, document = _text(utc(now)), _json(result)
-
-        def work(conn: sqlite3.Connection) -> LedgerEntry:
-            row = conn.execute(
-                "UPDATE ledger_entries SET state = ?, result = ?, result_published = 0, claimed_by = NULL,"
-                f" updated_at = ? WHERE {_KEY} RETURNING {_COLUMNS}",
-                (state.value, document, stamp, creditor, invoice_number),
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
-            return _entry(row)
-
-        return await self._transaction(work)
+        document, stamp = _json(result), _text(utc(now))
+        await self._transaction(_FinishWrite(creditor, invoice_number, state.value, document, stamp))
 
     async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
-        stamp = _text(utc(now))
-
-        def work(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                f"UPDATE ledger_entries SET result_published = 1, updated_at = ? WHERE {_KEY}",
-                (stamp, creditor, invoice_number),
-            )
-            if cursor.rowcount != 1:
-                raise KeyError(f"no ledger record for {creditor}/{invoice_number}")
-
-        await self._transaction(work)
+        await self._transaction(_MarkWrite(creditor, invoice_number, _text(utc(now))))
 
     async def unpublished(self, *, limit: int = 100) -> list[LedgerEntry]:
         def work(conn: sqlite3.Connection) -> list[LedgerEntry]:
@@ -319,18 +272,6 @@ class SqliteLedger:
             )
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, entry: LedgerEntry) -> None:
-        conn.execute(
-            f"INSERT INTO ledger_entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (creditor, invoice_number) DO UPDATE SET fingerprint = excluded.fingerprint,"
-            " state = excluded.state, attempts = excluded.attempts, event_id = excluded.event_id,"
-            " claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at, result = excluded.result,"
-            " result_published = excluded.result_published, created_at = excluded.created_at,"
-            " updated_at = excluded.updated_at",
-            _values(entry),
-        )
-
-    @staticmethod
     def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -343,23 +284,24 @@ class SqliteLedger:
         return result
 
     @staticmethod
-    def _group(conn: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], object]]) -> list[object]:
+    def _group(conn: sqlite3.Connection, works: list[_Write]) -> list[object]:
         """Run ``works`` in one transaction: one commit (one fsync) for them all.
 
-        First all together; only if one of them fails is the transaction rolled back and the group
-        run again, each write in its own savepoint, so that a failing write undoes only itself. (A
-        savepoint for every write costs two statements more each, and on this thread every
-        statement waits for the GIL while the event loop is busy.) A write decides from what it
-        reads, so running it again after the roll-back is safe.
+        First all together, the writes of one kind in one statement (``_batched``); only if one of
+        them fails is the transaction rolled back and the group run again, each write alone in its
+        own savepoint, so that a failing write undoes only itself. On this thread every statement
+        waits for the GIL while the event loop is busy, so statements are what a group commit
+        saves on. A write decides from what it reads, so running it again after the roll-back is
+        safe.
         """
         try:
-            return SqliteLedger._in_transaction(conn, lambda conn: [_Done(work(conn)) for work in works])
+            return SqliteLedger._in_transaction(conn, lambda conn: _batched(conn, works))
         except Exception:
             return SqliteLedger._in_transaction(conn, lambda conn: [_savepoint(conn, work) for work in works])
 
     # -- on the event loop
 
-    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _transaction(self, work: _Write) -> object:
         """Write in the next group commit; return once it is on disk."""
         if self._conn is None:
             raise LedgerError("sqlite: the ledger is not open")
@@ -368,7 +310,7 @@ class SqliteLedger:
             self._waiting.append((work, future))
         self._schedule_commit()
         # A cancelled caller does not stop its write: it is committed (or not) with its group.
-        return await future  # type: ignore[return-value]
+        return await future
 
     def _schedule_commit(self) -> None:
         """Keep a group commit queued on the ledger's thread behind the one running there.
@@ -425,7 +367,7 @@ class SqliteLedger:
             raise LedgerError(f"sqlite: {error}") from error
 
 
-def _savepoint(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], object]) -> _Done | _Failed:
+def _savepoint(conn: sqlite3.Connection, work: _Write) -> _Done | _Failed:
     """Run ``work`` in a savepoint of the open transaction; if it fails, undo only its changes."""
     conn.execute("SAVEPOINT write")
     try:
@@ -440,7 +382,7 @@ def _savepoint(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], ob
     return _Done(value)
 
 
-def _answer(group: list[_Write], outcomes: list[object] | None, failure: BaseException | None) -> None:
+def _answer(group: list[_Waiting], outcomes: list[object] | None, failure: BaseException | None) -> None:
     """On the event loop: settle each write of a group with what became of it."""
     if outcomes is None:
         message = str(failure) if isinstance(failure, LedgerError) else f"sqlite: {failure!r}"
@@ -459,7 +401,7 @@ def _answer(group: list[_Write], outcomes: list[object] | None, failure: BaseExc
             )
 
 
-def _fail(writes: list[_Write], message: str, cause: BaseException | None) -> None:
+def _fail(writes: list[_Waiting], message: str, cause: BaseException | None) -> None:
     for _, future in writes:
         if not future.done():
             error = LedgerError(message)
@@ -482,3 +424,230 @@ def _values(entry: LedgerEntry) -> Sequence[object]:
         _text(entry.created_at),
         _text(entry.updated_at),
     )
+
+
+# -- the writes: each runs alone, or with the others of its kind in a group in one statement.
+# A batch passes its rows as one JSON parameter (``json_each``): one statement, whatever the size
+# of the group, and one statement text, which SQLite prepares once.
+
+
+class _Write:
+    """A write waiting for a group commit."""
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def __call__(self, conn: sqlite3.Connection) -> object:
+        """Run alone."""
+        raise NotImplementedError
+
+    @classmethod
+    def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:
+        """Run ``writes`` (all of this kind, each of another record) together."""
+        return [write(conn) for write in writes]
+
+
+def _batched(conn: sqlite3.Connection, writes: list[_Write]) -> list[object]:
+    """Run a group: the writes of each kind together, unless one record is written twice (then
+    each in turn, in order: a later write may depend on what an earlier one wrote)."""
+    if len(writes) == 1 or len({write.key for write in writes}) < len(writes):
+        return [_Done(write(conn)) for write in writes]
+    kinds: dict[type[_Write], list[int]] = {}
+    for index, write in enumerate(writes):
+        kinds.setdefault(type(write), []).append(index)
+    outcomes: list[object] = [None] * len(writes)
+    for kind, indices in kinds.items():
+        values = kind.run_batch(conn, [writes[index] for index in indices])
+        for index, value in zip(indices, values, strict=True):
+            outcomes[index] = _Done(value)
+    return outcomes
+
+
+def _rows(values: Sequence[Sequence[object]]) -> str:
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+
+
+def _columns(count: int) -> str:
+    return ", ".join(f"json_extract(value, '$[{index}]')" for index in range(count))
+
+
+_UPSERT = (
+    f"INSERT INTO ledger_entries ({_COLUMNS}) {{source}}"
+    " ON CONFLICT (creditor, invoice_number) DO UPDATE SET fingerprint = excluded.fingerprint,"
+    " state = excluded.state, attempts = excluded.attempts, event_id = excluded.event_id,"
+    " claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at, result = excluded.result,"
+    " result_published = excluded.result_published, created_at = excluded.created_at,"
+    " updated_at = excluded.updated_at"
+)
+_UPSERT_ONE = _UPSERT.format(source="VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# "WHERE true": without it SQLite would read ON CONFLICT as part of the SELECT's join.
+_UPSERT_MANY = _UPSERT.format(source=f"SELECT {_columns(12)} FROM json_each(?) WHERE true")
+_SELECT_MANY = (
+    f"SELECT {', '.join(f'e.{column.strip()}' for column in _COLUMNS.split(','))}"
+    " FROM json_each(?) AS k JOIN ledger_entries AS e"
+    " ON e.creditor = json_extract(k.value, '$[0]') AND e.invoice_number = json_extract(k.value, '$[1]')"
+)
+
+
+def _update_many(assignments: str, columns: Sequence[str]) -> str:
+    """An UPDATE of the records named by the JSON rows ``[creditor, invoice_number, *columns]``."""
+    source = ", ".join(
+        f"json_extract(value, '$[{index}]') AS {name}"
+        for index, name in enumerate(("creditor", "invoice_number", *columns))
+    )
+    return (
+        f"UPDATE ledger_entries SET {assignments} FROM (SELECT {source} FROM json_each(?)) AS v"
+        " WHERE ledger_entries.creditor = v.creditor AND ledger_entries.invoice_number = v.invoice_number"
+    )
+
+
+def _upsert(conn: sqlite3.Connection, entries: Sequence[LedgerEntry]) -> None:
+    if len(entries) == 1:
+        conn.execute(_UPSERT_ONE, _values(entries[0]))
+    elif entries:
+        conn.execute(_UPSERT_MANY, (_rows([_values(entry) for entry in entries]),))
+
+
+def _require_all(cursor: sqlite3.Cursor, writes: Sequence[_Write]) -> None:
+    if cursor.rowcount != len(writes):
+        # Which one is missing is for the write alone to say: the group runs again one by one.
+        raise KeyError(f"{len(writes) - cursor.rowcount} of {len(writes)} ledger records are missing")
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimWrite(_Write):
+    creditor: str
+    invoice_number: str
+    fingerprint: str
+    event_id: str
+    owner: str
+    now: datetime
+    lease: timedelta
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.creditor, self.invoice_number
+
+    def decide(self, found: LedgerEntry | None) -> Claim:
+        return decide_claim(
+            found,
+            creditor=self.creditor,
+            invoice_number=self.invoice_number,
+            fingerprint=self.fingerprint,
+            event_id=self.event_id,
+            owner=self.owner,
+            now=self.now,
+            lease=self.lease,
+        )
+
+    def __call__(self, conn: sqlite3.Connection) -> Claim:
+        found = conn.execute(
+            f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY}", (self.creditor, self.invoice_number)
+        ).fetchone()
+        claim = self.decide(None if found is None else _entry(found))
+        if claim.status in _WRITTEN:
+            _upsert(conn, [claim.entry])
+        return claim
+
+    @classmethod
+    def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:
+        claims = [write for write in writes if isinstance(write, _ClaimWrite)]
+        found = {
+            (row["creditor"], row["invoice_number"]): _entry(row)
+            for row in conn.execute(_SELECT_MANY, (_rows([claim.key for claim in claims]),))
+        }
+        decided = [claim.decide(found.get(claim.key)) for claim in claims]
+        _upsert(conn, [claim.entry for claim in decided if claim.status in _WRITTEN])
+        return list(decided)
+
+
+_WRITTEN = (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED)
+
+
+@dataclass(frozen=True, slots=True)
+class _RenewWrite(_Write):
+    creditor: str
+    invoice_number: str
+    owner: str
+    stamp: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.creditor, self.invoice_number
+
+    def __call__(self, conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
+            "UPDATE ledger_entries SET claimed_at = ?, attempts = attempts + 1, updated_at = ?"
+            f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
+            (self.stamp, self.stamp, self.creditor, self.invoice_number, self.owner),
+        )
+        return cursor.rowcount == 1
+
+
+_FINISH_ASSIGNMENTS = (
+    "state = {state}, result = {result}, result_published = 0, claimed_by = NULL, updated_at = {stamp}"
+)
+_FINISH_MANY = _update_many(
+    _FINISH_ASSIGNMENTS.format(state="v.state", result="v.result", stamp="v.stamp"),
+    ("state", "result", "stamp"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _FinishWrite(_Write):
+    creditor: str
+    invoice_number: str
+    state: str
+    document: str
+    stamp: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.creditor, self.invoice_number
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        cursor = conn.execute(
+            f"UPDATE ledger_entries SET {_FINISH_ASSIGNMENTS.format(state='?', result='?', stamp='?')}"
+            f" WHERE {_KEY}",
+            (self.state, self.document, self.stamp, self.creditor, self.invoice_number),
+        )
+        if cursor.rowcount != 1:
+            raise KeyError(f"no ledger record for {self.creditor}/{self.invoice_number}")
+
+    @classmethod
+    def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:
+        finishes = [write for write in writes if isinstance(write, _FinishWrite)]
+        rows = [(w.creditor, w.invoice_number, w.state, w.document, w.stamp) for w in finishes]
+        _require_all(conn.execute(_FINISH_MANY, (_rows(rows),)), finishes)
+        return [None] * len(finishes)
+
+
+_MARK_MANY = _update_many("result_published = 1, updated_at = v.stamp", ("stamp",))
+
+
+@dataclass(frozen=True, slots=True)
+class _MarkWrite(_Write):
+    creditor: str
+    invoice_number: str
+    stamp: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.creditor, self.invoice_number
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        cursor = conn.execute(
+            f"UPDATE ledger_entries SET result_published = 1, updated_at = ? WHERE {_KEY}",
+            (self.stamp, self.creditor, self.invoice_number),
+        )
+        if cursor.rowcount != 1:
+            raise KeyError(f"no ledger record for {self.creditor}/{self.invoice_number}")
+
+    @classmethod
+    def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:
+        marks = [write for write in writes if isinstance(write, _MarkWrite)]
+        _require_all(conn.execute(_MARK_MANY, (_rows([(*m.key, m.stamp) for m in marks]),)), marks)
+        return [None] * len(marks)

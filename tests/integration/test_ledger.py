@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import threading
 import traceback
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,9 +60,10 @@ async def finished(
     ledger: Ledger, state: LedgerState, *, number: str = NUMBER, now: datetime = T0
 ) -> LedgerEntry:
     await claim(ledger, number=number, now=now)
-    return await ledger.finish(
+    await ledger.finish(
         creditor=CREDITOR, invoice_number=number, state=state, result=RESULT, now=now + timedelta(seconds=1)
     )
+    return await stored(ledger, number)
 
 
 async def stored(ledger: Ledger, number: str = NUMBER) -> LedgerEntry:
@@ -263,10 +268,11 @@ async def test_finish_then_publish(ledger: Ledger) -> None:
     claimed = await claim(ledger)
     done_at = T0 + timedelta(seconds=3)
 
-    entry = await ledger.finish(
+    await ledger.finish(
         creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=done_at
     )
 
+    entry = await stored(ledger)
     assert entry == dataclasses.replace(
         claimed.entry,
         state=LedgerState.REGISTERED,
@@ -275,7 +281,6 @@ async def test_finish_then_publish(ledger: Ledger) -> None:
         claimed_by=None,
         updated_at=done_at,
     )
-    assert await stored(ledger) == entry
     assert await ledger.unpublished() == [entry]
 
     published_at = done_at + timedelta(seconds=1)
@@ -435,17 +440,38 @@ async def test_an_in_memory_sqlite_ledger_works() -> None:
 
 
 class _CountingSqliteLedger(SqliteLedger):
-    """Counts the transactions the group commit makes."""
+    """Counts the transactions the group commit makes; while ``gate`` is closed, a group waits for
+    it on the ledger's thread (so that the writes made meanwhile all go in the next group)."""
 
     groups: list[int]
 
     def __init__(self, path: Any) -> None:
         super().__init__(path)
         self.groups = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
 
     def _group(self, conn: Any, works: list[Any]) -> list[object]:  # type: ignore[override]
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait(timeout=10)
         self.groups.append(len(works))
         return SqliteLedger._group(conn, works)
+
+    @contextlib.asynccontextmanager
+    async def one_group(self) -> AsyncIterator[None]:
+        """The writes started inside go in one group commit (a write of ``INV-gate`` goes first)."""
+        self.gate.clear()
+        self.held.clear()
+        first = asyncio.create_task(claim(self, number="INV-gate", owner="gate"))
+        assert await asyncio.to_thread(self.held.wait, 10)  # its group waits on the ledger's thread
+        try:
+            yield
+            await asyncio.sleep(0.01)  # the writes started are handed over
+        finally:
+            self.gate.set()
+            await first
 
 
 async def test_concurrent_sqlite_writes_share_commits_and_are_each_durable(tmp_path: Any) -> None:
@@ -540,3 +566,116 @@ async def test_writes_after_close_fail_clearly(tmp_path: Any) -> None:
     await ledger.close()
     with pytest.raises(LedgerError, match="not open"):
         await claim(ledger)
+
+
+async def _records_of_every_kind(ledger: Ledger) -> None:
+    """Records in each state a write of a group can meet (the same on every ledger it is run on)."""
+    for number, state in (
+        ("INV-reg", LedgerState.REGISTERED),
+        ("INV-reg-pub", LedgerState.REGISTERED),
+        ("INV-rej", LedgerState.REJECTED),
+        ("INV-failed", LedgerState.FAILED),
+    ):
+        await finished(ledger, state, number=number)
+    await mark(ledger, "INV-reg-pub", T0 + timedelta(seconds=2))
+    await claim(ledger, number="INV-held", owner="replica-b")
+    await claim(ledger, number="INV-lapsed", owner="replica-b", now=T0 - timedelta(minutes=3))
+    for number in ("INV-own", "INV-renew", *(f"INV-fin-{i}" for i in range(3))):
+        await claim(ledger, number=number)
+    for i in range(3):
+        await finished(ledger, LedgerState.REGISTERED, number=f"INV-mark-{i}")
+
+
+async def mark(ledger: Ledger, number: str, now: datetime) -> None:
+    await ledger.mark_published(creditor=CREDITOR, invoice_number=number, now=now)
+
+
+async def finish(ledger: Ledger, number: str, now: datetime) -> None:
+    await ledger.finish(
+        creditor=CREDITOR, invoice_number=number, state=LedgerState.REGISTERED, result=RESULT, now=now
+    )
+
+
+Write = Callable[[Ledger], Coroutine[Any, Any, object]]
+
+
+def _writes_of_every_kind(*, missing: bool) -> list[Write]:
+    """Writes of each kind, each of another record."""
+    later = T0 + timedelta(minutes=1)
+    writes: list[Write] = [partial(claim, number=f"INV-new-{i}", now=later) for i in range(10)]
+    writes += [
+        partial(claim, number="INV-reg", now=later),  # final
+        partial(claim, number="INV-reg-pub", fingerprint="fp-2", now=later),  # conflict
+        partial(claim, number="INV-rej", fingerprint="fp-2", now=later),  # corrected
+        partial(claim, number="INV-failed", now=later),  # tried again
+        partial(claim, number="INV-held", now=later),  # another's live claim
+        partial(claim, number="INV-lapsed", now=later),  # another's lapsed claim
+        partial(claim, number="INV-own", now=later),  # its own
+        lambda ledger: ledger.renew(
+            creditor=CREDITOR, invoice_number="INV-renew", owner="replica-a", now=later
+        ),
+    ]
+    writes += [partial(finish, number=f"INV-fin-{i}", now=later) for i in range(3)]
+    writes += [partial(mark, number=f"INV-mark-{i}", now=later) for i in range(3)]
+    if missing:  # fails: the group runs again, one by one
+        writes.insert(5, partial(mark, number="INV-404", now=later))
+    return writes
+
+
+def _same(outcome: object) -> object:
+    return type(outcome) if isinstance(outcome, BaseException) else outcome
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["all-found", "one-missing"])
+async def test_writes_grouped_in_one_commit_do_what_they_do_one_by_one(tmp_path: Any, missing: bool) -> None:
+    """A group commit runs the writes of each kind in one statement: the outcomes and the records
+    it leaves are those of the same writes one after another."""
+    writes = _writes_of_every_kind(missing=missing)
+    async with (
+        opened(_CountingSqliteLedger(tmp_path / "grouped.db")) as grouped,
+        opened(SqliteLedger(tmp_path / "one-by-one.db")) as one_by_one,
+    ):
+        await _records_of_every_kind(grouped)
+        await _records_of_every_kind(one_by_one)
+        grouped.groups.clear()
+        async with grouped.one_group():
+            started = [asyncio.create_task(write(grouped)) for write in writes]
+        together = await asyncio.gather(*started, return_exceptions=True)
+        in_turn: list[object] = []
+        for write in writes:
+            try:
+                in_turn.append(await write(one_by_one))
+            except Exception as error:
+                in_turn.append(error)
+
+        assert grouped.groups == [1, len(writes)]
+        assert [_same(o) for o in together] == [_same(o) for o in in_turn]
+        assert [isinstance(o, KeyError) for o in together].count(True) == int(missing)
+        assert {o.status for o in together if isinstance(o, Claim)} == set(ClaimStatus)
+        assert await grouped.unpublished(limit=1000) == await one_by_one.unpublished(limit=1000)
+        numbers = [
+            f"INV-{kind}-{i}" for kind in ("new", "fin", "mark") for i in range(10 if kind == "new" else 3)
+        ]
+        numbers += ["INV-reg", "INV-reg-pub", "INV-rej", "INV-failed", "INV-held", "INV-lapsed", "INV-own"]
+        for number in [*numbers, "INV-renew", "INV-404"]:
+            assert await grouped.get(creditor=CREDITOR, invoice_number=number) == await one_by_one.get(
+                creditor=CREDITOR, invoice_number=number
+            ), number
+
+
+async def test_a_group_writing_one_record_twice_runs_its_writes_in_order(tmp_path: Any) -> None:
+    async with opened(_CountingSqliteLedger(tmp_path / "ledger.db")) as ledger:
+        for number in (NUMBER, "INV-2"):
+            await finished(ledger, LedgerState.REGISTERED, number=number)
+        ledger.groups.clear()
+        later = T0 + timedelta(seconds=5)
+        async with ledger.one_group():
+            # One by one, the record ends published; by kind (marks first), it would not.
+            started: list[asyncio.Task[None]] = [
+                asyncio.create_task(mark(ledger, "INV-2", later)),
+                asyncio.create_task(finish(ledger, NUMBER, later)),
+                asyncio.create_task(mark(ledger, NUMBER, later)),
+            ]
+        await asyncio.gather(*started)
+        assert ledger.groups == [1, 3]
+        assert (await stored(ledger)).result_published
