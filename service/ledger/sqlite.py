@@ -431,14 +431,16 @@ def _values(entry: LedgerEntry) -> Sequence[object]:
 # of the group, and one statement text, which SQLite prepares once.
 
 
+@dataclass(frozen=True, slots=True)
 class _Write:
-    """A write waiting for a group commit."""
+    """A write of one record, waiting for a group commit."""
 
-    __slots__ = ()
+    creditor: str
+    invoice_number: str
 
     @property
     def key(self) -> tuple[str, str]:
-        raise NotImplementedError
+        return self.creditor, self.invoice_number
 
     def __call__(self, conn: sqlite3.Connection) -> object:
         """Run alone."""
@@ -448,6 +450,10 @@ class _Write:
     def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:
         """Run ``writes`` (all of this kind, each of another record) together."""
         return [write(conn) for write in writes]
+
+    def require_one(self, cursor: sqlite3.Cursor) -> None:
+        if cursor.rowcount != 1:
+            raise KeyError(f"no ledger record for {self.creditor}/{self.invoice_number}")
 
 
 def _batched(conn: sqlite3.Connection, writes: list[_Write]) -> list[object]:
@@ -519,17 +525,11 @@ def _require_all(cursor: sqlite3.Cursor, writes: Sequence[_Write]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _ClaimWrite(_Write):
-    creditor: str
-    invoice_number: str
     fingerprint: str
     event_id: str
     owner: str
     now: datetime
     lease: timedelta
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.creditor, self.invoice_number
 
     def decide(self, found: LedgerEntry | None) -> Claim:
         return decide_claim(
@@ -569,14 +569,8 @@ _WRITTEN = (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED)
 
 @dataclass(frozen=True, slots=True)
 class _RenewWrite(_Write):
-    creditor: str
-    invoice_number: str
     owner: str
     stamp: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.creditor, self.invoice_number
 
     def __call__(self, conn: sqlite3.Connection) -> bool:
         cursor = conn.execute(
@@ -598,15 +592,9 @@ _FINISH_MANY = _update_many(
 
 @dataclass(frozen=True, slots=True)
 class _FinishWrite(_Write):
-    creditor: str
-    invoice_number: str
     state: str
     document: str
     stamp: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.creditor, self.invoice_number
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         cursor = conn.execute(
@@ -614,8 +602,7 @@ class _FinishWrite(_Write):
             f" WHERE {_KEY}",
             (self.state, self.document, self.stamp, self.creditor, self.invoice_number),
         )
-        if cursor.rowcount != 1:
-            raise KeyError(f"no ledger record for {self.creditor}/{self.invoice_number}")
+        self.require_one(cursor)
 
     @classmethod
     def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:
@@ -630,21 +617,14 @@ _MARK_MANY = _update_many("result_published = 1, updated_at = v.stamp", ("stamp"
 
 @dataclass(frozen=True, slots=True)
 class _MarkWrite(_Write):
-    creditor: str
-    invoice_number: str
     stamp: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.creditor, self.invoice_number
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         cursor = conn.execute(
             f"UPDATE ledger_entries SET result_published = 1, updated_at = ? WHERE {_KEY}",
             (self.stamp, self.creditor, self.invoice_number),
         )
-        if cursor.rowcount != 1:
-            raise KeyError(f"no ledger record for {self.creditor}/{self.invoice_number}")
+        self.require_one(cursor)
 
     @classmethod
     def run_batch(cls, conn: sqlite3.Connection, writes: Sequence[_Write]) -> list[object]:

@@ -240,18 +240,23 @@ async def test_a_claim_left_in_flight_by_a_crash_is_looked_up_before_any_post(
     assert world.amili.lookups == 1
 
 
-async def test_a_live_claim_of_another_replica_is_waited_for(world: World, event: dict[str, Any]) -> None:
-    request = to_registration(Invoice.model_validate(event["data"]), TransformDefaults(ACCOUNT, CREDITOR))
-    assert isinstance(request, InvoiceRegistrationRequest)
+async def claimed_by_replica_b(world: World, request: InvoiceRegistrationRequest) -> None:
+    """Another replica claims the invoice now (its lease: 2 minutes)."""
     await world.ledger.claim(
-        creditor=CREDITOR,
-        invoice_number="DEMO-1001",
+        creditor=request.creditor,
+        invoice_number=request.invoice_number,
         fingerprint=fingerprint(request),
         event_id="e",
         owner="replica-b",
         now=world.clock.now,
         lease=timedelta(minutes=2),
     )
+
+
+async def test_a_live_claim_of_another_replica_is_waited_for(world: World, event: dict[str, Any]) -> None:
+    request = to_registration(Invoice.model_validate(event["data"]), TransformDefaults(ACCOUNT, CREDITOR))
+    assert isinstance(request, InvoiceRegistrationRequest)
+    await claimed_by_replica_b(world, request)
 
     async def advance(seconds: float) -> None:
         world.sleep.waits.append(seconds)
@@ -525,15 +530,7 @@ async def test_waiting_for_another_replicas_claim_does_not_hold_a_place(
     world: World, event: dict[str, Any]
 ) -> None:
     held = _request(event, "N-HELD")
-    await world.ledger.claim(
-        creditor=CREDITOR,
-        invoice_number="N-HELD",
-        fingerprint=fingerprint(held),
-        event_id="e",
-        owner="replica-b",
-        now=world.clock.now,
-        lease=timedelta(minutes=2),
-    )
+    await claimed_by_replica_b(world, held)
     lapse = asyncio.Event()
 
     async def wait_for_lapse(seconds: float) -> None:
@@ -581,16 +578,8 @@ async def test_a_claim_lost_while_waiting_for_a_place_is_not_posted_blindly(
     second = asyncio.create_task(registration.register(waiting, event_id="e-2"))
     await _settle_loop()
     world.clock.now += timedelta(minutes=3)  # its claim lapsed, and another replica took it over
-    taken = await world.ledger.claim(
-        creditor=CREDITOR,
-        invoice_number="N-2",
-        fingerprint=fingerprint(waiting),
-        event_id="e-2",
-        owner="replica-b",
-        now=world.clock.now,
-        lease=timedelta(minutes=2),
-    )
-    assert taken.entry.claimed_by == "replica-b"
+    await claimed_by_replica_b(world, waiting)
+    assert world.ledger.entries[(CREDITOR, "N-2")].claimed_by == "replica-b"
     amili.gate.set()
     decisions = await asyncio.gather(first, second)
     assert [d.result.outcome for d in decisions] == ["registered", "registered"]
