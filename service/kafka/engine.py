@@ -9,7 +9,7 @@ and commit either too early or everything at once, so the engine is built on aio
   number) run one after another, in order.
 - Per partition the committed offset is the lowest offset not yet finished: never past an
   unfinished event, whatever finishes first.
-- Backpressure: at the in-flight limit nothing more is taken; when the window stays full for
+- Backpressure: at the limit of events held nothing more is taken; when the window stays full for
   ``pause_after_seconds``, or while ``accepting()`` says no (the circuit towards Amili is open), the
   assigned partitions are paused, so that nothing more is fetched either. Before that the consumer
   holds at most one fetched batch per partition (its fetch sizes bound it): pausing at every brief
