@@ -10,7 +10,9 @@
 At most ``max_in_flight`` invoices are at Amili at once, each from its first call to Amili's final
 answer (retries included). The claim before and the recording of the outcome after happen outside
 that window, so an invoice never holds a place towards Amili while it waits for the ledger's disk;
-a claim that waited for a place longer than half its lease is renewed before the POST.
+a claim that waited for a place longer than half its lease is renewed before the POST. An event
+abandoned (by a rebalance or a stop that ran out of time) gives back a fresh claim it never took to
+Amili, so that the next owner goes on at once instead of waiting for the lease.
 
 Transient failures wait (capped backoff with jitter, ``Retry-After`` honoured) behind the circuit
 breaker, so an outage pauses work instead of failing it; an invoice that keeps failing while Amili
@@ -84,6 +86,17 @@ class RegistrationObserver:
     def ledger_error(self, operation: str) -> None: ...
 
     def registrations_in_flight(self, count: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Posting:
+    """Whether a POST went out under the current claim (then the claim is never given back)."""
+
+    started: bool = False
+
+
+RELEASE_SECONDS = 5.0
+"""How long an abandoned event may take to give its claim back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +185,23 @@ class InvoiceRegistration:
                 waits += 1
                 await self._sleep(self._policy.backoff.delay(waits, self._rng))
                 continue
-            async with self._slot():
-                if self._aged(claim) and not await self._renew(request):
-                    continue  # it waited so long for a place that its claim lapsed: claim again
-                result, attempts, gave_up = await self._attempt(
-                    request, event_id, look_up_first=claim.status is ClaimStatus.RECLAIMED
-                )
+            posting = _Posting()
+            try:
+                async with self._slot():
+                    if self._aged(claim) and not await self._renew(request):
+                        continue  # it waited so long for a place that its claim lapsed: claim again
+                    result, attempts, gave_up = await self._attempt(
+                        request,
+                        event_id,
+                        look_up_first=claim.status is ClaimStatus.RECLAIMED,
+                        posting=posting,
+                    )
+            except asyncio.CancelledError:
+                # Abandoned (a rebalance or a stop ran out of time). A fresh claim that never went
+                # to Amili is given back, so that the next owner need not wait for its lease.
+                if claim.status is ClaimStatus.CLAIMED and not posting.started:
+                    await self._release(request)
+                raise
             if result is None:  # the claim was lost to another owner: claim again
                 continue
             await self._ledger_call(
@@ -196,8 +220,27 @@ class InvoiceRegistration:
         claimed_at = claim.entry.claimed_at
         return claimed_at is None or self._clock() - claimed_at >= self._policy.lease / 2
 
+    async def _release(self, request: InvoiceRegistrationRequest) -> None:
+        """Give the claim back: one try, bounded, since its event is being abandoned."""
+        try:
+            async with asyncio.timeout(RELEASE_SECONDS):
+                await self._ledger.release(
+                    creditor=request.creditor,
+                    invoice_number=request.invoice_number,
+                    owner=self._owner,
+                    now=self._clock(),
+                )
+        except (LedgerError, TimeoutError):
+            self._observer.ledger_error("release")
+            log.warning("an abandoned claim could not be given back; it lapses with its lease")
+
     async def _attempt(
-        self, request: InvoiceRegistrationRequest, event_id: str, *, look_up_first: bool
+        self,
+        request: InvoiceRegistrationRequest,
+        event_id: str,
+        *,
+        look_up_first: bool,
+        posting: _Posting,
     ) -> tuple[RegistrationResult | None, int, bool]:
         attempt = 0
         unhealthy_failures = 0
@@ -218,6 +261,7 @@ class InvoiceRegistration:
                         look_up_first = False
                     adopted = receipt is not None
                     if receipt is None:
+                        posting.started = True
                         receipt = await self._amili.register(request)
                 self._observer.registration("adopted" if adopted else Outcome.REGISTERED.value)
                 return self._registered(request, event_id, receipt), attempt, False

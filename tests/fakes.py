@@ -167,6 +167,16 @@ class FakeLedger:
         )
         return True
 
+    async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        self._maybe_fail()
+        entry = self.entries[(creditor, invoice_number)]
+        if entry.claimed_by != owner or entry.state is not LedgerState.IN_FLIGHT:
+            return False
+        self.entries[(creditor, invoice_number)] = dataclasses.replace(
+            entry, claimed_by=None, claimed_at=None, updated_at=now
+        )
+        return True
+
     async def finish(
         self, *, creditor: str, invoice_number: str, state: LedgerState, result: dict[str, Any], now: datetime
     ) -> None:

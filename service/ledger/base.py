@@ -107,6 +107,12 @@ class Ledger(Protocol):
         """Extend ``owner``'s claim (claimed_at = now, attempts + 1) before another attempt;
         False when ``owner`` no longer holds it."""
 
+    async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        """Give up ``owner``'s claim of an invoice it never POSTed (its event was abandoned): the
+        record stays in flight, claimed by no one, so the next claim takes it over at once (and,
+        as for any claim taken over, looks the invoice up first). False when ``owner`` does not
+        hold it."""
+
     async def finish(
         self,
         *,

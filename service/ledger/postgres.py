@@ -233,6 +233,21 @@ class PostgresLedger:
         )
         return status == "UPDATE 1"
 
+    async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        now = utc(now)
+        status = await self._guard(
+            "release",
+            lambda: self._require().execute(
+                "UPDATE ledger_entries SET claimed_by = NULL, claimed_at = NULL, updated_at = $3"
+                f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = $4",
+                creditor,
+                invoice_number,
+                now,
+                owner,
+            ),
+        )
+        return status == "UPDATE 1"
+
     async def finish(
         self,
         *,

@@ -185,6 +185,9 @@ class SqliteLedger:
     async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
         return bool(await self._transaction(_RenewWrite(creditor, invoice_number, owner, _text(utc(now)))))
 
+    async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        return bool(await self._transaction(_ReleaseWrite(creditor, invoice_number, owner, _text(utc(now)))))
+
     async def finish(
         self,
         *,
@@ -577,6 +580,20 @@ class _RenewWrite(_Write):
             "UPDATE ledger_entries SET claimed_at = ?, attempts = attempts + 1, updated_at = ?"
             f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
             (self.stamp, self.stamp, self.creditor, self.invoice_number, self.owner),
+        )
+        return cursor.rowcount == 1
+
+
+@dataclass(frozen=True, slots=True)
+class _ReleaseWrite(_Write):
+    owner: str
+    stamp: str
+
+    def __call__(self, conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
+            "UPDATE ledger_entries SET claimed_by = NULL, claimed_at = NULL, updated_at = ?"
+            f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
+            (self.stamp, self.creditor, self.invoice_number, self.owner),
         )
         return cursor.rowcount == 1
 

@@ -18,6 +18,7 @@ from service.bootstrap import build_registrar
 from service.circuit import CircuitState
 from service.devtools.produce import create_topics, produce
 from service.emulator.app import Emulator
+from service.ledger.factory import open_ledger
 from tests.integration.harness import (
     fresh_ledger_url,
     numbered,
@@ -88,6 +89,61 @@ async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
     assert registrations(amili) == {f"{sample_events[0]['data']['creditor']}/DEMO-1001": 1}
     assert [r["data"]["outcome"] for r in results] == ["registered"]
     assert results[0]["data"]["amili"]["_id"] == amili.store.all()[0]["_id"]
+
+
+async def test_a_stop_that_runs_out_of_time_gives_back_the_claims_that_never_went_to_amili(
+    kafka_bootstrap_servers: str,
+    emulator: Served,
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+    ledger_url: str,
+    tmp_path: Path,
+) -> None:
+    amili_url, amili = emulator
+    settings = settings_for(
+        kafka_bootstrap_servers,
+        amili_url,
+        unique_name,
+        ledger_url=ledger_url,
+        max_in_flight=2,  # two at Amili, two more held: claimed, waiting for a place
+        shutdown_grace_seconds=0.5,
+        amili_total_timeout_seconds=60,
+        amili_read_timeout_seconds=60,
+    )
+    # Amili stores each registration and never answers: the two POSTs hold both places.
+    await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
+    numbers = [f"GIVE-BACK-{i}" for i in range(4)]
+    events = [numbered(sample_events[0], number) for number in numbers]
+    await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
+    ledger = open_ledger(ledger_url)
+    service = service_process(settings, tmp_path / "service.log")
+    try:
+        await wait_for(lambda: sum(registrations(amili).values()) == 2, wait_seconds=60)
+        await ledger.open()  # the service made it by now
+
+        async def all_claimed() -> bool:
+            entries = [await ledger.get(creditor=creditor, invoice_number=n) for n in numbers]
+            return all(entry is not None for entry in entries)
+
+        creditor = sample_events[0]["data"]["creditor"]
+        await wait_for(all_claimed, wait_seconds=30)
+    finally:
+        service.send_signal(signal.SIGTERM)  # the grace of 0.5 s runs out: all four are abandoned
+        await asyncio.to_thread(service.wait, 30)
+    try:
+        posted = {doc["invoice_number"] for doc in amili.store.all()}
+        entries = {n: await ledger.get(creditor=creditor, invoice_number=n) for n in numbers}
+    finally:
+        await ledger.close()
+    assert len(posted) == 2
+    for number, entry in entries.items():
+        assert entry is not None
+        assert entry.state.value == "in_flight"
+        if number in posted:  # its POST reached Amili: the claim stays until its lease lapses
+            assert entry.claimed_by is not None
+        else:  # it never went to Amili: given back, the next owner takes it over at once
+            assert entry.claimed_by is None
+            assert entry.claimed_at is None
 
 
 async def test_duplicates_register_once_and_other_content_is_a_conflict(

@@ -254,6 +254,29 @@ async def test_renew_extends_only_the_holders_claim(ledger: Ledger) -> None:
     assert not await ledger.renew(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=later)
 
 
+async def test_a_released_claim_is_taken_over_at_once_and_only_its_owner_releases(ledger: Ledger) -> None:
+    await claim(ledger)
+    later = T0 + timedelta(seconds=5)
+    assert not await ledger.release(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-b", now=later)
+    assert (await claim(ledger, owner="replica-b", now=later)).status is ClaimStatus.HELD
+
+    assert await ledger.release(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=later)
+    released = await stored(ledger)
+    assert (released.state, released.claimed_by, released.claimed_at) == (LedgerState.IN_FLIGHT, None, None)
+    taken = await claim(ledger, owner="replica-b", now=later)
+    assert taken.status is ClaimStatus.RECLAIMED  # looked up at Amili first, like any claim taken over
+    assert taken.entry.claimed_by == "replica-b"
+
+    await ledger.finish(
+        creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=later
+    )
+    assert not await ledger.release(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-b", now=later)
+    assert (await stored(ledger)).state is LedgerState.REGISTERED
+    assert not await ledger.release(
+        creditor=CREDITOR, invoice_number="INV-absent", owner="replica-a", now=later
+    )
+
+
 async def test_renewal_keeps_a_claim_from_lapsing(ledger: Ledger) -> None:
     await claim(ledger)
     renewed_at = T0 + LEASE - timedelta(seconds=1)

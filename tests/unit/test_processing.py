@@ -18,7 +18,7 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
-from service.ledger.base import LedgerError, LedgerState
+from service.ledger.base import ClaimStatus, LedgerError, LedgerState
 from service.ops.metrics import Metrics, MetricsObserver
 from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from service.processing import InvoiceProcessor, ProcessingObserver
@@ -586,3 +586,32 @@ async def test_a_claim_lost_while_waiting_for_a_place_is_not_posted_blindly(
     # It waited for replica-b's claim to lapse, then looked the invoice up before its POST.
     assert amili.lookups == 1
     assert amili.posts == 2
+
+
+async def test_an_abandoned_claim_is_given_back_only_if_it_never_went_to_amili(
+    world: World, event: dict[str, Any]
+) -> None:
+    amili = GatedAmili()
+    registration = _registration(world, max_in_flight=1, amili=amili)
+    posting = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
+    waiting = asyncio.create_task(registration.register(_request(event, "N-2"), event_id="e-2"))
+    await _settle_loop()
+    assert amili.under_way == 1  # N-1 is at Amili; N-2 is claimed and waits for the place
+    for task in (waiting, posting):  # both abandoned, as a rebalance that ran out of time does
+        task.cancel()
+    await asyncio.gather(waiting, posting, return_exceptions=True)
+
+    async def claimed_by_b(number: str) -> ClaimStatus:
+        claim = await world.ledger.claim(
+            creditor=CREDITOR,
+            invoice_number=number,
+            fingerprint=world.ledger.entries[(CREDITOR, number)].fingerprint,
+            event_id="e",
+            owner="replica-b",
+            now=world.clock.now,
+            lease=timedelta(minutes=2),
+        )
+        return claim.status
+
+    assert await claimed_by_b("N-2") is ClaimStatus.RECLAIMED  # given back: taken over at once
+    assert await claimed_by_b("N-1") is ClaimStatus.HELD  # its POST may have reached Amili: kept
