@@ -158,23 +158,24 @@ class FakeLedger:
         return claim
 
     async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
-        self._maybe_fail()
-        entry = self.entries[(creditor, invoice_number)]
-        if entry.claimed_by != owner or entry.state is not LedgerState.IN_FLIGHT:
-            return False
-        self.entries[(creditor, invoice_number)] = dataclasses.replace(
-            entry, claimed_at=now, attempts=entry.attempts + 1, updated_at=now
+        return self._change_own_claim(
+            creditor, invoice_number, owner, claimed_at=now, updated_at=now, renewed=True
         )
-        return True
 
     async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        return self._change_own_claim(
+            creditor, invoice_number, owner, claimed_by=None, claimed_at=None, updated_at=now
+        )
+
+    def _change_own_claim(
+        self, creditor: str, invoice_number: str, owner: str, *, renewed: bool = False, **changes: Any
+    ) -> bool:
         self._maybe_fail()
         entry = self.entries[(creditor, invoice_number)]
         if entry.claimed_by != owner or entry.state is not LedgerState.IN_FLIGHT:
             return False
-        self.entries[(creditor, invoice_number)] = dataclasses.replace(
-            entry, claimed_by=None, claimed_at=None, updated_at=now
-        )
+        attempts = entry.attempts + 1 if renewed else entry.attempts
+        self.entries[(creditor, invoice_number)] = dataclasses.replace(entry, attempts=attempts, **changes)
         return True
 
     async def finish(

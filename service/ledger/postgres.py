@@ -219,26 +219,24 @@ class PostgresLedger:
         return await self._guard("claim", work)
 
     async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
-        now = utc(now)
-        status = await self._guard(
-            "renew",
-            lambda: self._require().execute(
-                "UPDATE ledger_entries SET claimed_at = $3, attempts = attempts + 1, updated_at = $3"
-                f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = $4",
-                creditor,
-                invoice_number,
-                now,
-                owner,
-            ),
+        return await self._change_own_claim(
+            "renew", "claimed_at = $3, attempts = attempts + 1", creditor, invoice_number, owner, now
         )
-        return status == "UPDATE 1"
 
     async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
+        return await self._change_own_claim(
+            "release", "claimed_by = NULL, claimed_at = NULL", creditor, invoice_number, owner, now
+        )
+
+    async def _change_own_claim(
+        self, operation: str, assignments: str, creditor: str, invoice_number: str, owner: str, now: datetime
+    ) -> bool:
+        """Apply ``assignments`` ($3 is ``now``) to the record if ``owner`` holds its claim."""
         now = utc(now)
         status = await self._guard(
-            "release",
+            operation,
             lambda: self._require().execute(
-                "UPDATE ledger_entries SET claimed_by = NULL, claimed_at = NULL, updated_at = $3"
+                f"UPDATE ledger_entries SET {assignments}, updated_at = $3"
                 f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = $4",
                 creditor,
                 invoice_number,

@@ -183,10 +183,12 @@ class SqliteLedger:
         return claim
 
     async def renew(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
-        return bool(await self._transaction(_RenewWrite(creditor, invoice_number, owner, _text(utc(now)))))
+        write = _OwnClaimWrite(creditor, invoice_number, owner, _text(utc(now)), _RENEW)
+        return bool(await self._transaction(write))
 
     async def release(self, *, creditor: str, invoice_number: str, owner: str, now: datetime) -> bool:
-        return bool(await self._transaction(_ReleaseWrite(creditor, invoice_number, owner, _text(utc(now)))))
+        write = _OwnClaimWrite(creditor, invoice_number, owner, _text(utc(now)), _RELEASE)
+        return bool(await self._transaction(write))
 
     async def finish(
         self,
@@ -571,31 +573,31 @@ _WRITTEN = (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED)
 
 
 @dataclass(frozen=True, slots=True)
-class _RenewWrite(_Write):
+class _OwnClaimWrite(_Write):
+    """Applies ``assignments`` (``:stamp`` is the time) if ``owner`` holds the record's claim;
+    answers whether it did."""
+
     owner: str
     stamp: str
+    assignments: str
 
     def __call__(self, conn: sqlite3.Connection) -> bool:
         cursor = conn.execute(
-            "UPDATE ledger_entries SET claimed_at = ?, attempts = attempts + 1, updated_at = ?"
-            f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
-            (self.stamp, self.stamp, self.creditor, self.invoice_number, self.owner),
+            f"UPDATE ledger_entries SET {self.assignments}, updated_at = :stamp"
+            " WHERE creditor = :creditor AND invoice_number = :number AND state = 'in_flight'"
+            " AND claimed_by = :owner",
+            {
+                "stamp": self.stamp,
+                "creditor": self.creditor,
+                "number": self.invoice_number,
+                "owner": self.owner,
+            },
         )
         return cursor.rowcount == 1
 
 
-@dataclass(frozen=True, slots=True)
-class _ReleaseWrite(_Write):
-    owner: str
-    stamp: str
-
-    def __call__(self, conn: sqlite3.Connection) -> bool:
-        cursor = conn.execute(
-            "UPDATE ledger_entries SET claimed_by = NULL, claimed_at = NULL, updated_at = ?"
-            f" WHERE {_KEY} AND state = 'in_flight' AND claimed_by = ?",
-            (self.stamp, self.creditor, self.invoice_number, self.owner),
-        )
-        return cursor.rowcount == 1
+_RENEW = "claimed_at = :stamp, attempts = attempts + 1"
+_RELEASE = "claimed_by = NULL, claimed_at = NULL"
 
 
 _FINISH_ASSIGNMENTS = (

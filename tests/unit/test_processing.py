@@ -7,6 +7,7 @@ import copy
 import json
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnav
 from service.processing import InvoiceProcessor, ProcessingObserver
 from service.registration import (
     Backoff,
+    Decision,
     InvoiceRegistration,
     RegistrationObserver,
     RegistrationPolicy,
@@ -547,59 +549,68 @@ async def test_waiting_for_another_replicas_claim_does_not_hold_a_place(
     assert (await waiting).result.outcome == "registered"
 
 
+@dataclass
+class OneAtAmiliOneWaiting:
+    """One place at Amili: N-1's POST holds it (until ``amili.gate`` opens), N-2 is claimed and
+    waits for it."""
+
+    amili: GatedAmili
+    at_amili: asyncio.Task[Decision]
+    waiting: asyncio.Task[Decision]
+    waiting_request: InvoiceRegistrationRequest
+
+
+async def one_at_amili_one_waiting(
+    world: World, event: dict[str, Any], sleep: Sleep | None = None
+) -> OneAtAmiliOneWaiting:
+    amili = GatedAmili()
+    registration = _registration(world, max_in_flight=1, amili=amili, sleep=sleep)
+    at_amili = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
+    waiting_request = _request(event, "N-2")
+    waiting = asyncio.create_task(registration.register(waiting_request, event_id="e-2"))
+    await _settle_loop()
+    assert amili.under_way == 1
+    assert (CREDITOR, "N-2") in world.ledger.entries
+    return OneAtAmiliOneWaiting(amili, at_amili, waiting, waiting_request)
+
+
 async def test_a_claim_that_waited_long_for_a_place_is_renewed_before_the_post(
     world: World, event: dict[str, Any]
 ) -> None:
-    amili = GatedAmili()
-    registration = _registration(world, max_in_flight=1, amili=amili)
-    first = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
-    second = asyncio.create_task(registration.register(_request(event, "N-2"), event_id="e-2"))
-    await _settle_loop()
-    assert amili.under_way == 1
+    places = await one_at_amili_one_waiting(world, event)
     world.clock.now += timedelta(seconds=61)  # more than half the 2-minute lease
-    amili.gate.set()
-    await asyncio.gather(first, second)
+    places.amili.gate.set()
+    await asyncio.gather(places.at_amili, places.waiting)
     assert world.ledger.entries[(CREDITOR, "N-1")].attempts == 1
     assert world.ledger.entries[(CREDITOR, "N-2")].attempts == 2  # renewed before its POST
-    assert amili.posts == 2
+    assert places.amili.posts == 2
 
 
 async def test_a_claim_lost_while_waiting_for_a_place_is_not_posted_blindly(
     world: World, event: dict[str, Any]
 ) -> None:
-    amili = GatedAmili()
-
     async def advance(seconds: float) -> None:
         world.clock.now += timedelta(seconds=seconds)
 
-    registration = _registration(world, max_in_flight=1, amili=amili, sleep=advance)
-    first = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
-    waiting = _request(event, "N-2")
-    second = asyncio.create_task(registration.register(waiting, event_id="e-2"))
-    await _settle_loop()
+    places = await one_at_amili_one_waiting(world, event, sleep=advance)
     world.clock.now += timedelta(minutes=3)  # its claim lapsed, and another replica took it over
-    await claimed_by_replica_b(world, waiting)
+    await claimed_by_replica_b(world, places.waiting_request)
     assert world.ledger.entries[(CREDITOR, "N-2")].claimed_by == "replica-b"
-    amili.gate.set()
-    decisions = await asyncio.gather(first, second)
+    places.amili.gate.set()
+    decisions = await asyncio.gather(places.at_amili, places.waiting)
     assert [d.result.outcome for d in decisions] == ["registered", "registered"]
     # It waited for replica-b's claim to lapse, then looked the invoice up before its POST.
-    assert amili.lookups == 1
-    assert amili.posts == 2
+    assert places.amili.lookups == 1
+    assert places.amili.posts == 2
 
 
 async def test_an_abandoned_claim_is_given_back_only_if_it_never_went_to_amili(
     world: World, event: dict[str, Any]
 ) -> None:
-    amili = GatedAmili()
-    registration = _registration(world, max_in_flight=1, amili=amili)
-    posting = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
-    waiting = asyncio.create_task(registration.register(_request(event, "N-2"), event_id="e-2"))
-    await _settle_loop()
-    assert amili.under_way == 1  # N-1 is at Amili; N-2 is claimed and waits for the place
-    for task in (waiting, posting):  # both abandoned, as a rebalance that ran out of time does
+    places = await one_at_amili_one_waiting(world, event)
+    for task in (places.waiting, places.at_amili):  # both abandoned, as by a drain out of time
         task.cancel()
-    await asyncio.gather(waiting, posting, return_exceptions=True)
+    await asyncio.gather(places.waiting, places.at_amili, return_exceptions=True)
 
     async def claimed_by_b(number: str) -> ClaimStatus:
         claim = await world.ledger.claim(
