@@ -572,20 +572,30 @@ class _ClaimWrite(_Write):
 _WRITTEN = (ClaimStatus.CLAIMED, ClaimStatus.RECLAIMED)
 
 
+def _own_claim_update(assignments: str) -> str:
+    """An UPDATE applying ``assignments`` (``:stamp`` is the time) if ``:owner`` holds the claim."""
+    return (
+        f"UPDATE ledger_entries SET {assignments}, updated_at = :stamp"
+        " WHERE creditor = :creditor AND invoice_number = :number AND state = 'in_flight'"
+        " AND claimed_by = :owner"
+    )
+
+
+_RENEW = _own_claim_update("claimed_at = :stamp, attempts = attempts + 1")
+_RELEASE = _own_claim_update("claimed_by = NULL, claimed_at = NULL")
+
+
 @dataclass(frozen=True, slots=True)
 class _OwnClaimWrite(_Write):
-    """Applies ``assignments`` (``:stamp`` is the time) if ``owner`` holds the record's claim;
-    answers whether it did."""
+    """Runs ``statement`` (``_RENEW`` or ``_RELEASE``); answers whether ``owner`` held the claim."""
 
     owner: str
     stamp: str
-    assignments: str
+    statement: str
 
     def __call__(self, conn: sqlite3.Connection) -> bool:
         cursor = conn.execute(
-            f"UPDATE ledger_entries SET {self.assignments}, updated_at = :stamp"
-            " WHERE creditor = :creditor AND invoice_number = :number AND state = 'in_flight'"
-            " AND claimed_by = :owner",
+            self.statement,
             {
                 "stamp": self.stamp,
                 "creditor": self.creditor,
@@ -596,12 +606,11 @@ class _OwnClaimWrite(_Write):
         return cursor.rowcount == 1
 
 
-_RENEW = "claimed_at = :stamp, attempts = attempts + 1"
-_RELEASE = "claimed_by = NULL, claimed_at = NULL"
-
-
 _FINISH_ASSIGNMENTS = (
     "state = {state}, result = {result}, result_published = 0, claimed_by = NULL, updated_at = {stamp}"
+)
+_FINISH_ONE = (
+    f"UPDATE ledger_entries SET {_FINISH_ASSIGNMENTS.format(state='?', result='?', stamp='?')} WHERE {_KEY}"
 )
 _FINISH_MANY = _update_many(
     _FINISH_ASSIGNMENTS.format(state="v.state", result="v.result", stamp="v.stamp"),
@@ -617,9 +626,7 @@ class _FinishWrite(_Write):
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         cursor = conn.execute(
-            f"UPDATE ledger_entries SET {_FINISH_ASSIGNMENTS.format(state='?', result='?', stamp='?')}"
-            f" WHERE {_KEY}",
-            (self.state, self.document, self.stamp, self.creditor, self.invoice_number),
+            _FINISH_ONE, (self.state, self.document, self.stamp, self.creditor, self.invoice_number)
         )
         self.require_one(cursor)
 

@@ -16,6 +16,7 @@ import pytest
 
 from service.bootstrap import build_registrar
 from service.circuit import CircuitState
+from service.config import Settings
 from service.devtools.produce import create_topics, produce
 from service.emulator.app import Emulator
 from service.ledger.factory import open_ledger
@@ -46,6 +47,18 @@ def registrations(amili: Emulator) -> Counter[str]:
     return Counter(f"{doc['creditor']}/{doc['invoice_number']}" for doc in amili.store.all())
 
 
+async def with_amili_hanging(
+    bootstrap: str, amili_url: str, suffix: str, *, ledger_url: str, **overrides: Any
+) -> Settings:
+    """Amili stores every registration and never answers; settings of a service that waits on its
+    POSTs (for a minute) meanwhile."""
+    await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
+    return settings_for(
+        bootstrap, amili_url, suffix, ledger_url=ledger_url,
+        amili_total_timeout_seconds=60, amili_read_timeout_seconds=60, **overrides,
+    )  # fmt: skip
+
+
 async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
     kafka_bootstrap_servers: str,
     emulator: Served,
@@ -55,18 +68,10 @@ async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
     tmp_path: Path,
 ) -> None:
     amili_url, amili = emulator
-    settings = settings_for(
-        kafka_bootstrap_servers,
-        amili_url,
-        unique_name,
-        ledger_url=ledger_url,
-        amili_total_timeout_seconds=60,
-        amili_read_timeout_seconds=60,
-        # A claim of a dead instance is taken over once its lease has run out.
-        claim_lease_seconds=3,
+    # A claim of a dead instance is taken over once its lease has run out.
+    settings = await with_amili_hanging(
+        kafka_bootstrap_servers, amili_url, unique_name, ledger_url=ledger_url, claim_lease_seconds=3
     )
-    # Amili stores the registration and never answers: the service waits on its POST.
-    await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
     await produce(
         kafka_bootstrap_servers, settings.invoice_created_topic, [sample_events[0]], show_progress=False
     )
@@ -100,21 +105,15 @@ async def test_a_stop_that_runs_out_of_time_gives_back_the_claims_that_never_wen
     tmp_path: Path,
 ) -> None:
     amili_url, amili = emulator
-    settings = settings_for(
-        kafka_bootstrap_servers,
-        amili_url,
-        unique_name,
-        ledger_url=ledger_url,
-        max_in_flight=2,  # two at Amili, two more held: claimed, waiting for a place
+    # The two POSTs hold both places at Amili; two more events are held, claimed, waiting for one.
+    settings = await with_amili_hanging(
+        kafka_bootstrap_servers, amili_url, unique_name, ledger_url=ledger_url, max_in_flight=2,
         shutdown_grace_seconds=0.5,
-        amili_total_timeout_seconds=60,
-        amili_read_timeout_seconds=60,
-    )
-    # Amili stores each registration and never answers: the two POSTs hold both places.
-    await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
+    )  # fmt: skip
     numbers = [f"GIVE-BACK-{i}" for i in range(4)]
     events = [numbered(sample_events[0], number) for number in numbers]
     await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
+    creditor = sample_events[0]["data"]["creditor"]
     ledger = open_ledger(ledger_url)
     service = service_process(settings, tmp_path / "service.log")
     try:
@@ -125,7 +124,6 @@ async def test_a_stop_that_runs_out_of_time_gives_back_the_claims_that_never_wen
             entries = [await ledger.get(creditor=creditor, invoice_number=n) for n in numbers]
             return all(entry is not None for entry in entries)
 
-        creditor = sample_events[0]["data"]["creditor"]
         await wait_for(all_claimed, wait_seconds=30)
     finally:
         service.send_signal(signal.SIGTERM)  # the grace of 0.5 s runs out: all four are abandoned

@@ -67,6 +67,9 @@ class Clock:
         return self.now
 
 
+BACKOFF = Backoff(initial_seconds=1, max_seconds=8)
+
+
 class World:
     def __init__(self, *, owner: str = "replica-a", max_attempts: int = 4, threshold: int = 50) -> None:
         self.amili = FakeAmili()
@@ -86,27 +89,41 @@ class World:
     ) -> InvoiceProcessor:
         """A processor over this world's fakes (``amili`` in place of its fake Amili, if given), its
         registration waiting with ``sleep`` (else the recording one)."""
-        backoff = Backoff(initial_seconds=1, max_seconds=8)
-        registration = InvoiceRegistration(
-            amili=amili or self.amili,
-            ledger=self.ledger,
-            circuit=self.circuit,
-            owner=owner,
-            clock=self.clock,
-            policy=RegistrationPolicy(backoff=backoff, max_attempts=self.max_attempts),
-            sleep=sleep or self.sleep,
-            rng=random.Random(1),
-        )
         return InvoiceProcessor(
-            registration=registration,
+            registration=self.registration(owner, sleep=sleep, amili=amili),
             ledger=self.ledger,
             results=self.results,
             dead_letters=self.dead_letters,
             defaults=TransformDefaults(account=ACCOUNT, creditor=CREDITOR),
             clock=self.clock,
-            backoff=backoff,
+            backoff=BACKOFF,
             sleep=self.sleep,
             observer=self.observed,
+        )
+
+    def registration(
+        self,
+        owner: str = "replica-a",
+        *,
+        sleep: Sleep | None = None,
+        amili: AmiliPort | None = None,
+        max_in_flight: int = 128,
+        observer: RegistrationObserver | None = None,
+    ) -> InvoiceRegistration:
+        """The registration protocol over this world's fakes (``amili`` in place of its fake Amili,
+        if given), waiting with ``sleep`` (else the recording one)."""
+        return InvoiceRegistration(
+            amili=amili or self.amili,
+            ledger=self.ledger,
+            circuit=self.circuit,
+            owner=owner,
+            clock=self.clock,
+            policy=RegistrationPolicy(
+                backoff=BACKOFF, max_attempts=self.max_attempts, max_in_flight=max_in_flight
+            ),
+            sleep=sleep or self.sleep,
+            rng=random.Random(1),
+            observer=observer,
         )
 
     def data(self, index: int = -1) -> dict[str, Any]:
@@ -256,9 +273,7 @@ async def claimed_by_replica_b(world: World, request: InvoiceRegistrationRequest
 
 
 async def test_a_live_claim_of_another_replica_is_waited_for(world: World, event: dict[str, Any]) -> None:
-    request = to_registration(Invoice.model_validate(event["data"]), TransformDefaults(ACCOUNT, CREDITOR))
-    assert isinstance(request, InvoiceRegistrationRequest)
-    await claimed_by_replica_b(world, request)
+    await claimed_by_replica_b(world, _request(event, "DEMO-1001"))
 
     async def advance(seconds: float) -> None:
         world.sleep.waits.append(seconds)
@@ -436,27 +451,6 @@ async def test_a_failed_mark_is_retried_and_counted(world: World, event: dict[st
     assert world.observed.operations == ["mark_published"]
 
 
-def _registration(
-    world: World,
-    *,
-    max_in_flight: int,
-    amili: AmiliPort | None = None,
-    sleep: Sleep | None = None,
-    observer: RegistrationObserver | None = None,
-) -> InvoiceRegistration:
-    return InvoiceRegistration(
-        amili=amili or world.amili,
-        ledger=world.ledger,
-        circuit=world.circuit,
-        owner="replica-a",
-        clock=world.clock,
-        policy=RegistrationPolicy(max_in_flight=max_in_flight),
-        sleep=sleep or world.sleep,
-        rng=random.Random(1),
-        observer=observer,
-    )
-
-
 def _request(event: dict[str, Any], number: str) -> InvoiceRegistrationRequest:
     data = copy.deepcopy(event["data"])
     data["invoice_number"] = number
@@ -492,7 +486,7 @@ async def _settle_loop() -> None:
 async def test_at_most_max_in_flight_registrations_are_under_way(world: World, event: dict[str, Any]) -> None:
     amili = GatedAmili()
     metrics = Metrics()
-    registration = _registration(world, max_in_flight=2, amili=amili, observer=MetricsObserver(metrics))
+    registration = world.registration(max_in_flight=2, amili=amili, observer=MetricsObserver(metrics))
     requests = [_request(event, f"N-{i}") for i in range(5)]
     tasks = [asyncio.create_task(registration.register(r, event_id=r.invoice_number)) for r in requests]
     await _settle_loop()
@@ -517,7 +511,7 @@ async def test_recording_an_outcome_does_not_hold_a_place(world: World, event: d
             return await super().finish(**arguments)
 
     world.ledger = SlowToRecord()
-    registration = _registration(world, max_in_flight=1)
+    registration = world.registration(max_in_flight=1)
     first = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
     second = asyncio.create_task(registration.register(_request(event, "N-2"), event_id="e-2"))
     await _settle_loop()
@@ -539,7 +533,7 @@ async def test_waiting_for_another_replicas_claim_does_not_hold_a_place(
         await lapse.wait()
         world.clock.now += timedelta(minutes=3)
 
-    registration = _registration(world, max_in_flight=1, sleep=wait_for_lapse)
+    registration = world.registration(max_in_flight=1, sleep=wait_for_lapse)
     waiting = asyncio.create_task(registration.register(held, event_id="e-held"))
     await _settle_loop()
     other = await asyncio.wait_for(registration.register(_request(event, "N-2"), event_id="e-2"), 5)
@@ -564,7 +558,7 @@ async def one_at_amili_one_waiting(
     world: World, event: dict[str, Any], sleep: Sleep | None = None
 ) -> OneAtAmiliOneWaiting:
     amili = GatedAmili()
-    registration = _registration(world, max_in_flight=1, amili=amili, sleep=sleep)
+    registration = world.registration(max_in_flight=1, amili=amili, sleep=sleep)
     at_amili = asyncio.create_task(registration.register(_request(event, "N-1"), event_id="e-1"))
     waiting_request = _request(event, "N-2")
     waiting = asyncio.create_task(registration.register(waiting_request, event_id="e-2"))
