@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -28,6 +28,7 @@ from service.circuit import AmiliCircuit, CircuitState
 from service.config import Settings
 from service.domain.transform import TransformDefaults
 from service.kafka.engine import ConsumptionEngine, Processor
+from service.kafka.link import BrokerLink
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
 from service.ledger.factory import open_ledger
 from service.ops.http import Check, HealthEndpoint, progress_check
@@ -63,7 +64,7 @@ def amili_credentials(settings: Settings) -> SecretStr | ApiCodeCredentials:
 
 
 def kafka_security(settings: Settings) -> tuple[BaseSecurity | None, dict[str, Any]]:
-    """The connection security for FastStream's broker (producer) and for aiokafka's consumer."""
+    """The connection security for FastStream's broker and for aiokafka's clients."""
     protocol = settings.kafka_security_protocol
     ssl_context = create_ssl_context() if protocol.endswith("SSL") else None
     consumer: dict[str, Any] = {"security_protocol": protocol, "ssl_context": ssl_context}
@@ -79,6 +80,35 @@ def kafka_security(settings: Settings) -> tuple[BaseSecurity | None, dict[str, A
     kind = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
     security = kind[settings.kafka_sasl_mechanism](username, password, ssl_context=ssl_context)
     return security, consumer
+
+
+def check_claim_lease(settings: Settings) -> None:
+    """A claim must outlast the longest attempt at Amili (a look-up, then a POST, each up to the
+    total timeout): otherwise another replica may take it over, look the invoice up while the
+    first POST is still being processed at Amili, find nothing and POST it a second time."""
+    longest_attempt = 2 * settings.amili_total_timeout_seconds
+    if settings.claim_lease_seconds <= longest_attempt:
+        raise ConfigurationError(
+            f"CLAIM_LEASE_SECONDS ({settings.claim_lease_seconds:g}) must be longer than one attempt "
+            f"at Amili can last: a look-up and a POST, twice AMILI_TOTAL_TIMEOUT_SECONDS "
+            f"({longest_attempt:g} s)"
+        )
+
+
+@dataclass(frozen=True)
+class ShutdownBudget:
+    """How a stop spends SHUTDOWN_GRACE_SECONDS: most of it waiting for events in flight, the rest
+    (5 s at most) committing, leaving the group and flushing the producer, which a broker that is
+    away would otherwise hold for its own timeouts."""
+
+    drain_seconds: float
+    close_seconds: float
+    flush_seconds: float
+
+    @classmethod
+    def of(cls, grace_seconds: float) -> ShutdownBudget:
+        closing = min(5.0, grace_seconds / 3)
+        return cls(grace_seconds - closing, closing * 2 / 3, closing / 3)
 
 
 def instance_id() -> str:
@@ -124,15 +154,15 @@ def build_registrar(
     """Wire the service. ``around_processor`` wraps what the engine feeds, as a middleware would
     (tests use it to stop the service at a chosen point)."""
     credentials = amili_credentials(settings)
+    check_claim_lease(settings)
     metrics = Metrics()
     observer = MetricsObserver(metrics)
     broker_security, consumer_security = kafka_security(settings)
+    # FastStream runs the application (life cycle, ASGI routes) and documents the topics in the
+    # AsyncAPI schema; results and dead letters go through the broker link, consumption through the
+    # engine.
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        # Results finishing together share a produce request (fewer round trips and syscalls).
-        linger_ms=settings.kafka_linger_ms,
         graceful_timeout=settings.shutdown_grace_seconds,
         client_id=APP_NAME,
         logger=logging.getLogger("service.kafka.faststream"),
@@ -181,14 +211,33 @@ def build_registrar(
             max_attempts=settings.max_attempts,
             lease=timedelta(seconds=settings.claim_lease_seconds),
             max_in_flight=settings.max_in_flight,
+            longest_attempt=timedelta(seconds=2 * settings.amili_total_timeout_seconds),
         ),
         observer=observer,
     )
+    link = BrokerLink(
+        partial(
+            AIOKafkaProducer,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            # Results finishing together share a produce request (fewer round trips and syscalls).
+            linger_ms=settings.kafka_linger_ms,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+            client_id=APP_NAME,
+            **consumer_security,
+        ),
+        topics=[settings.registration_result_topic, settings.dead_letter_topic],
+        send_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
+        probe_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
+        observer=observer,
+    )
+    metrics.kafka_sends_waiting.set_function(lambda: link.waiting)
     processor = InvoiceProcessor(
         registration=registration,
         ledger=ledger,
-        results=KafkaResultPublisher(broker, settings.registration_result_topic),
-        dead_letters=KafkaDeadLetterPublisher(broker, settings.dead_letter_topic),
+        results=KafkaResultPublisher(link, settings.registration_result_topic),
+        dead_letters=KafkaDeadLetterPublisher(link, settings.dead_letter_topic),
         defaults=TransformDefaults(
             account=settings.amili_default_account, creditor=settings.amili_default_creditor
         ),
@@ -204,20 +253,30 @@ def build_registrar(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.max_in_flight,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),
         **consumer_security,
     )
+    shutdown = ShutdownBudget.of(settings.shutdown_grace_seconds)
     engine = ConsumptionEngine(
         consumer=consumer,
         topic=settings.invoice_created_topic,
         processor=around_processor(processor) if around_processor else processor,
         max_events=settings.max_events_held,
-        accepting=lambda: circuit.accepting,
-        drain_seconds=settings.shutdown_grace_seconds,
+        # An Amili outage and a Kafka outage alike pause consumption until they are over.
+        accepting=lambda: circuit.accepting and link.up,
+        drain_seconds=shutdown.drain_seconds,
+        close_seconds=shutdown.close_seconds,
+        commit_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
         backoff=backoff,
         observer=observer,
+        broker=link,
     )
 
     async def kafka_connected() -> tuple[bool, str]:
+        if not link.up:
+            return False, f"broker unreachable for {link.down_seconds:.0f}s"
         return engine.connected, "consuming" if engine.connected else "not connected"
 
     async def ledger_reachable() -> tuple[bool, str]:
@@ -251,8 +310,13 @@ def build_registrar(
         ],
         logger=logging.getLogger("service.app"),
         on_startup=[ledger.open],
-        after_startup=[processor.publish_pending, engine.start, freeze_long_lived_objects],
+        after_startup=[link.start, processor.publish_pending, engine.start, freeze_long_lived_objects],
         on_shutdown=[engine.stop],
-        after_shutdown=[processor.settle, amili.aclose, ledger.close],
+        after_shutdown=[
+            processor.settle,
+            partial(link.stop, shutdown.flush_seconds),
+            amili.aclose,
+            ledger.close,
+        ],
     )
     return Registrar(app=app, broker=broker, amili=amili, circuit=circuit)

@@ -108,6 +108,17 @@ class Settings(BaseSettings):
         ge=0,
         description="How long the producer waits to put results finishing together in one request",
     )
+    kafka_request_timeout_ms: int = Field(
+        default=30_000,
+        ge=1_000,
+        description="How long one request to the broker (a send, a commit) may take; a send that "
+        "is not acknowledged by then is sent again once the broker answers",
+    )
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description="How long the group waits for a silent consumer before giving its partitions to another",
+    )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(default="PLAIN")
     kafka_sasl_username: str | None = Field(default=None)
     kafka_sasl_password: SecretStr | None = Field(default=None)

@@ -10,7 +10,7 @@
 At most ``max_in_flight`` invoices are at Amili at once, each from its first call to Amili's final
 answer (retries included). The claim before and the recording of the outcome after happen outside
 that window, so an invoice never holds a place towards Amili while it waits for the ledger's disk;
-a claim that waited for a place longer than half its lease is renewed before the POST. An event
+a claim with less of its lease left than an attempt can last is renewed before the POST. An event
 abandoned (by a rebalance or a stop that ran out of time) gives back a fresh claim it never took to
 Amili, so that the next owner goes on at once instead of waiting for the lease.
 
@@ -74,6 +74,10 @@ class RegistrationPolicy:
     """How long a claim holds without renewal; a claim older than this is taken to be abandoned."""
     max_in_flight: int = 128
     """Invoices at Amili at once, each from its first call to Amili's final answer (retries included)."""
+    longest_attempt: timedelta = timedelta(minutes=1)
+    """The longest one attempt at Amili can last (a look-up, then a POST). A claim is renewed before
+    an attempt unless at least this much of its lease is left, so that no POST can still be open at
+    Amili when the lease runs out and another instance looks the invoice up."""
 
 
 class RegistrationObserver:
@@ -215,10 +219,11 @@ class InvoiceRegistration:
             return Decision(result, attempts=attempts, gave_up=gave_up)
 
     def _aged(self, claim: Claim) -> bool:
-        """Whether the claim waited for a place so long that it must be renewed before a POST
-        (half its lease: an Amili outage holds the window full)."""
+        """Whether the claim waited for a place so long that it must be renewed before a POST (an
+        Amili outage holds the window full): less of its lease is left than an attempt can last."""
         claimed_at = claim.entry.claimed_at
-        return claimed_at is None or self._clock() - claimed_at >= self._policy.lease / 2
+        policy = self._policy
+        return claimed_at is None or self._clock() - claimed_at >= policy.lease - policy.longest_attempt
 
     async def _release(self, request: InvoiceRegistrationRequest) -> None:
         """Give the claim back: one try, bounded, since its event is being abandoned."""

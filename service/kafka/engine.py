@@ -16,7 +16,12 @@ and commit either too early or everything at once, so the engine is built on aio
   saturation would discard those batches and fetch them again.
 - Rebalance and shutdown: revoked partitions stop being fed, their events get ``drain_seconds``
   to finish, what is finished is committed, and the rest is abandoned uncommitted (the next owner
-  processes it again, which the ledger makes harmless).
+  processes it again, which the ledger makes harmless). A stop takes ``drain_seconds`` plus
+  ``close_seconds`` at most, whether the broker answers or not.
+- Failures: an event whose handling keeps failing (a fault of ours, never an outage: the processor
+  waits out Kafka, Amili and ledger outages itself) goes to dead letters after ``max_failures``
+  tries; if dead-lettering fails too, it is tried again with backoff, logged each time, and the
+  partition visibly stops at that offset rather than skip it. No task ends with an exception.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from service.events.record import InboundRecord
@@ -50,8 +61,29 @@ class Processor(Protocol):
     async def give_up(self, prepared: Prepared, error: BaseException) -> Handled: ...
 
 
+# A commit refused because the group moved on (a rebalance): not an outage of the broker.
+_GROUP_CHANGED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError)
+COMMIT_TIMEOUT_SECONDS = 10.0
+"""A commit that takes longer than this is abandoned (and tried again at the next interval)."""
+LOOP_ERROR_SUMMARY_SECONDS = 60.0
+
+
+class BrokerReports(Protocol):
+    """Where the engine reports how its commits went (the broker link), and learns whether the
+    broker is reachable: while it is not, no commit is tried (each would wait for its timeout)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    def committed(self) -> None: ...
+
+    def failed(self, operation: str, error: BaseException) -> None: ...
+
+
 class EngineObserver:
     """Hooks for metrics; the default does nothing."""
+
+    def dead_letter_failed(self) -> None: ...
 
     def in_flight(self, count: int) -> None: ...
 
@@ -90,6 +122,10 @@ class PartitionProgress:
         return len(self.pending)
 
 
+def _where(partition: TopicPartition, prepared: Prepared) -> dict[str, object]:
+    return {"topic": partition.topic, "partition": partition.partition, "offset": prepared.record.offset}
+
+
 def outcome_label(handled: Handled) -> str:
     """The outcome as logs and metrics name it: a dead letter has none of its own."""
     return handled.outcome.value if handled.outcome is not None else "dead_lettered"
@@ -122,6 +158,9 @@ class ConsumptionEngine:
         observer: EngineObserver | None = None,
         max_failures: int = 5,
         pause_after_seconds: float = 1.0,
+        close_seconds: float = 5.0,
+        commit_timeout_seconds: float = COMMIT_TIMEOUT_SECONDS,
+        broker: BrokerReports | None = None,
     ) -> None:
         # aiokafka clients must be made inside the running loop: the engine makes its own on start.
         self._make_consumer = consumer
@@ -139,6 +178,11 @@ class ConsumptionEngine:
         self._observer = observer or EngineObserver()
         self._max_failures = max_failures
         self._pause_after = pause_after_seconds
+        self._close_seconds = close_seconds
+        self._commit_timeout = commit_timeout_seconds
+        self._broker = broker
+        self._loop_errors = 0
+        self._loop_error_logged_at = 0.0
         self._full_since: float | None = None
         self._rng = random.Random()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
@@ -166,17 +210,26 @@ class ConsumptionEngine:
         self._loop_task = asyncio.create_task(self._run(), name="consumption-engine")
 
     async def stop(self) -> None:
-        """Stop fetching, give events in flight ``drain_seconds`` to finish, commit, leave."""
+        """Stop fetching, give events in flight ``drain_seconds`` to finish, commit, leave the
+        group: ``close_seconds`` more at most for the last two, answered or not (a broker that is
+        away would hold them for its timeouts, past any grace period)."""
         self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         self._revoking |= set(self._progress)
-        await self._drain(list(self._progress))
+        loop = asyncio.get_running_loop()
+        closed_by = loop.time() + self._drain_seconds + self._close_seconds
+        await self._drain(list(self._progress), commit_seconds=self._close_seconds / 2)
         self.connected = False
-        if self._consumer is not None:  # stopped before it ever started
-            await self._consumer.stop()
+        if self._consumer is None:  # stopped before it ever started
+            return
+        try:
+            async with asyncio.timeout(max(0.1, closed_by - loop.time())):
+                await self._consumer.stop()
+        except (KafkaError, OSError, TimeoutError) as error:
+            log.warning("the consumer did not leave its group cleanly", extra={"error": repr(error)})
 
     # the fetch loop -------------------------------------------------------------------------
 
@@ -185,19 +238,17 @@ class ConsumptionEngine:
         while not self._stopping:
             try:
                 await self._fetch_once()
-                if time.monotonic() >= next_commit:
+                if time.monotonic() >= next_commit and (self._broker is None or self._broker.up):
                     await self._commit(list(self._progress))
                     self._report_lag()
                     next_commit = time.monotonic() + self._commit_interval
+                self._loop_errors = 0
             except asyncio.CancelledError:
                 raise
-            except KafkaError as error:
-                # The client reconnects by itself; keep the loop alive and say so.
-                log.warning("kafka error in the consume loop", extra={"error": repr(error)})
-                await asyncio.sleep(1.0)
-            except Exception:
-                # Whatever it was, a dead loop would stop the service silently: log and go on.
-                log.exception("unexpected error in the consume loop")
+            except Exception as error:
+                # The client reconnects by itself, and a dead loop would stop the service silently:
+                # say so (the first time, then once a minute) and go on.
+                self._loop_error(error)
                 await asyncio.sleep(1.0)
 
     async def _fetch_once(self) -> None:
@@ -242,6 +293,18 @@ class ConsumptionEngine:
                 progress.take(raw.offset)
                 self._admit(partition, self._processor.prepare(to_inbound_record(raw)))
 
+    def _loop_error(self, error: Exception) -> None:
+        self._loop_errors += 1
+        now = time.monotonic()
+        if self._loop_errors > 1 and now - self._loop_error_logged_at < LOOP_ERROR_SUMMARY_SECONDS:
+            return
+        self._loop_error_logged_at = now
+        if isinstance(error, KafkaError):
+            extra = {"error": repr(error), "errors_in_a_row": self._loop_errors}
+            log.warning("kafka error in the consume loop", extra=extra)
+        else:
+            log.error("unexpected error in the consume loop", exc_info=error)
+
     def _full_for_long(self) -> bool:
         """Whether the window has been full for longer than ``pause_after_seconds`` (Amili slow,
         say): then the partitions are paused, so that nothing more is fetched."""
@@ -269,6 +332,11 @@ class ConsumptionEngine:
         started = time.monotonic()
         try:
             handled = await self._outcome(partition, prepared)
+        except Exception:
+            # Unreachable by design (_outcome ends every event); were it reached, the event stays
+            # unfinished: its partition's commits stop there, visibly, and it is redelivered.
+            log.exception("an event could not be ended", extra={"offset": prepared.record.offset})
+        else:
             seconds = time.monotonic() - started
             self._observer.handled(handled, seconds)
             if log.isEnabledFor(logging.INFO):
@@ -292,14 +360,24 @@ class ConsumptionEngine:
                 # failing goes to dead letters rather than stall its partition.
                 failures += 1
                 if failures >= self._max_failures:
-                    return await self._processor.give_up(prepared, error)
-                log.exception(
-                    "processing failed; retrying",
-                    extra={
-                        "topic": partition.topic,
-                        "partition": partition.partition,
-                        "offset": prepared.record.offset,
-                    },
+                    return await self._give_up(partition, prepared, error)
+                log.exception("processing failed; retrying", extra=_where(partition, prepared))
+                await asyncio.sleep(self._backoff.delay(failures, self._rng))
+
+    async def _give_up(self, partition: TopicPartition, prepared: Prepared, error: Exception) -> Handled:
+        """Dead-letter an event that keeps failing. Should that fail too (the broker refuses the
+        dead letter), it is tried again with backoff and said each time: the partition waits at
+        this offset, in the logs and in ``registrar_dead_letter_failures_total``, never skipping it."""
+        failures = 0
+        while True:
+            try:
+                return await self._processor.give_up(prepared, error)
+            except Exception as failure:
+                failures += 1
+                self._observer.dead_letter_failed()
+                log.error(
+                    "dead-lettering failed; retrying",
+                    extra={**_where(partition, prepared), "error": repr(failure), "failures": failures},
                 )
                 await asyncio.sleep(self._backoff.delay(failures, self._rng))
 
@@ -345,7 +423,9 @@ class ConsumptionEngine:
 
     # commits, rebalances, drains ------------------------------------------------------------------
 
-    async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
+    async def _commit(
+        self, partitions: Iterable[TopicPartition], *, timeout_seconds: float | None = None
+    ) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for partition in partitions:
             progress = self._progress.get(partition)
@@ -357,11 +437,22 @@ class ConsumptionEngine:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
-        except KafkaError as error:  # CommitFailedError among them
+            async with asyncio.timeout(timeout_seconds or self._commit_timeout):
+                await self._consumer.commit(offsets)
+        except _GROUP_CHANGED as error:
             # Not fatal: the events are processed again by whoever owns them next.
-            log.warning("commit failed", extra={"error": repr(error)})
+            log.warning("commit refused (the group is rebalancing)", extra={"error": repr(error)})
             return
+        except (KafkaError, OSError, TimeoutError) as error:
+            # The broker cannot be reached: an outage, which pauses consumption until it is back.
+            # Nothing is lost: the offsets are committed again at the next interval.
+            if self._broker is not None:
+                self._broker.failed("commit", error)
+            else:
+                log.warning("commit failed", extra={"error": repr(error)})
+            return
+        if self._broker is not None:
+            self._broker.committed()
         for partition, committed in offsets.items():
             if partition in self._progress:
                 self._progress[partition].committed = committed.offset
@@ -375,7 +466,7 @@ class ConsumptionEngine:
             if end is not None and progress.committed is not None:
                 self._observer.lag(partition.topic, partition.partition, max(0, end - progress.committed))
 
-    async def _drain(self, partitions: list[TopicPartition]) -> None:
+    async def _drain(self, partitions: list[TopicPartition], *, commit_seconds: float | None = None) -> None:
         tasks = {task for partition in partitions for task in self._tasks.get(partition, set())}
         if tasks:
             _, unfinished = await asyncio.wait(tasks, timeout=self._drain_seconds)
@@ -386,7 +477,7 @@ class ConsumptionEngine:
                 log.warning(
                     "abandoned unfinished events (they will be redelivered)", extra={"count": len(unfinished)}
                 )
-        await self._commit(partitions)
+        await self._commit(partitions, timeout_seconds=commit_seconds)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._revoking |= revoked

@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from aiokafka import AIOKafkaProducer
-from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE, CloudEvent
 from service.events.record import InboundRecord
+from service.kafka.link import BrokerLink
 
 
-class _RawProducerPublisher:
-    """Sends records to one topic through the broker's underlying aiokafka producer, returning
-    once the broker has them (acks=all). The FastStream publisher of the topic still documents it
-    in the AsyncAPI schema."""
+class _TopicPublisher:
+    """Sends records to one topic through the broker link, returning once the broker has them
+    (acks=all), however long it is away. The FastStream publisher of the topic documents it in the
+    AsyncAPI schema."""
 
-    def __init__(self, broker: KafkaBroker, topic: str) -> None:
-        self._broker = broker
+    def __init__(self, link: BrokerLink, topic: str) -> None:
+        self._link = link
         self._topic = topic
 
     async def _send(
         self, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
-        producer = underlying_producer(self._broker)
-        await producer.send_and_wait(self._topic, value=value, key=key, headers=headers)
+        await self._link.send(self._topic, value=value, key=key, headers=headers)
 
 
-class KafkaResultPublisher(_RawProducerPublisher):
+class KafkaResultPublisher(_TopicPublisher):
     """Publishes structured-mode CloudEvents.
 
     Not through FastStream's publish path: it (its middlewares, message and correlation ids, header
@@ -83,7 +81,7 @@ def dead_letter_headers(
     return [*record.headers, *((name, value.encode()) for name, value in ours.model_dump().items())]
 
 
-class KafkaDeadLetterPublisher(_RawProducerPublisher):
+class KafkaDeadLetterPublisher(_TopicPublisher):
     """Sends a record that cannot be processed to the dead-letter topic: key, value and headers
     byte for byte as they came, plus ``dlq.*`` headers.
 
@@ -93,11 +91,3 @@ class KafkaDeadLetterPublisher(_RawProducerPublisher):
     async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None:
         headers = dead_letter_headers(record, rule, reason, datetime.now(UTC))
         await self._send(key=record.key, value=record.value, headers=headers)
-
-
-def underlying_producer(broker: KafkaBroker) -> AIOKafkaProducer:
-    state: Any = getattr(broker.config.producer, "_producer", None)
-    producer = getattr(state, "producer", None)
-    if not isinstance(producer, AIOKafkaProducer):
-        raise RuntimeError("the Kafka broker is not connected (no producer)")
-    return producer

@@ -67,8 +67,28 @@ _UPDATE = (
 )
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-# What the driver raises when the database is unreachable, refuses us or fails a statement.
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# What the driver raises when the database is unreachable, refuses us, drops the connection or fails a
+# statement: all of it means "the ledger cannot be written now", to be retried, never an event's failure.
+# - PostgresError: the server's own words, including its goodbyes while it restarts (AdminShutdownError,
+#   CannotConnectNowError "the database system is starting up"/"shutting down") and a connection lost
+#   mid-query (ConnectionDoesNotExistError, a PostgresConnectionError);
+# - InterfaceError: the client's, e.g. "connection is closed", "pool is closing";
+# - InternalClientError, which is neither of those: a query that meets a connection whose server has just
+#   gone finds the protocol still waiting on the dead server's error ("cannot switch to state 12; another
+#   operation (2) is in progress", MagicStack/asyncpg#784, #1069). Its subclasses are transient too: a
+#   garbled or cut stream (ProtocolError), no host in the wanted role during a failover
+#   (TargetServerAttributeNotMatched), a schema change under a cached statement (OutdatedSchemaCacheError);
+# - OSError: the socket's (ConnectionRefusedError, ConnectionResetError, ssl.SSLError, DNS failures);
+# - TimeoutError: the connect and command timeouts.
+# Not Exception as a whole: a bug of ours must surface, not be retried forever as an outage. Nor EOFError
+# or asyncio.IncompleteReadError: asyncpg reads no streams, so they never come from the driver.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 def _entry(row: asyncpg.Record) -> LedgerEntry:

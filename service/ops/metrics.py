@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.circuit import AmiliCircuit
 from service.kafka.engine import EngineObserver, outcome_label
+from service.kafka.link import LinkObserver
 from service.processing import Handled, ProcessingObserver
 from service.registration import RegistrationObserver
 
@@ -81,10 +82,38 @@ class Metrics:
             "last_progress_timestamp_seconds", "Unix time the consume loop last finished an event or idled",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.kafka_broker_up = Gauge(
+            "kafka_broker_up",
+            "1 while the Kafka broker is reachable, 0 during an outage (consumption paused, sends waiting)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_last_produce = Gauge(
+            "kafka_last_produce_timestamp_seconds", "Unix time a record was last acknowledged by the broker",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_last_commit = Gauge(
+            "kafka_last_commit_timestamp_seconds", "Unix time offsets were last committed",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_errors = Counter(
+            "kafka_errors", "Failed broker operations (produce, commit, connect, probe)", ["operation"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_sends_waiting = Gauge(
+            "kafka_sends_waiting", "Results and dead letters waiting for the broker to come back",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.dead_letter_failures = Counter(
+            "dead_letter_failures", "Dead letters that could not be sent (tried again: the partition waits)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.auth_ok.set(1)
+        self.kafka_broker_up.set(1)
+        for operation in ("produce", "commit", "connect", "probe"):
+            self.kafka_errors.labels(operation)
 
 
-class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver):
+class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, LinkObserver):
     """Feeds the metrics from the hooks of the core and the engine."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -124,6 +153,22 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver):
 
     def progress(self) -> None:
         self._m.last_progress.set_to_current_time()
+
+    def dead_letter_failed(self) -> None:
+        self._m.dead_letter_failures.inc()
+
+    # the broker link
+    def broker_up(self, up: bool) -> None:
+        self._m.kafka_broker_up.set(1 if up else 0)
+
+    def produced(self) -> None:
+        self._m.kafka_last_produce.set_to_current_time()
+
+    def committed(self) -> None:
+        self._m.kafka_last_commit.set_to_current_time()
+
+    def kafka_error(self, operation: str) -> None:
+        self._m.kafka_errors.labels(operation).inc()
 
     # the Amili client and the circuit
     def amili_request(self, endpoint: str, status_class: str, seconds: float) -> None:

@@ -53,10 +53,8 @@ async def with_amili_hanging(
     """Amili stores every registration and never answers; settings of a service that waits on its
     POSTs (for a minute) meanwhile."""
     await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
-    return settings_for(
-        bootstrap, amili_url, suffix, ledger_url=ledger_url,
-        amili_total_timeout_seconds=60, amili_read_timeout_seconds=60, **overrides,
-    )  # fmt: skip
+    waiting = {"amili_total_timeout_seconds": 60, "amili_read_timeout_seconds": 60}
+    return settings_for(bootstrap, amili_url, suffix, ledger_url=ledger_url, **(waiting | overrides))
 
 
 async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
@@ -68,10 +66,12 @@ async def test_kill_9_after_amili_stored_it_then_restart_registers_once(
     tmp_path: Path,
 ) -> None:
     amili_url, amili = emulator
-    # A claim of a dead instance is taken over once its lease has run out.
+    # A claim of a dead instance is taken over once its lease has run out. The lease must outlast
+    # an attempt (a look-up and a POST): the first instance is killed long before its POST times out.
     settings = await with_amili_hanging(
-        kafka_bootstrap_servers, amili_url, unique_name, ledger_url=ledger_url, claim_lease_seconds=3
-    )
+        kafka_bootstrap_servers, amili_url, unique_name, ledger_url=ledger_url, claim_lease_seconds=3,
+        amili_total_timeout_seconds=1.4, amili_read_timeout_seconds=1.4,
+    )  # fmt: skip
     await produce(
         kafka_bootstrap_servers, settings.invoice_created_topic, [sample_events[0]], show_progress=False
     )
