@@ -437,7 +437,7 @@ class ConsumptionEngine:
         if not offsets:
             return
         try:
-            async with asyncio.timeout(timeout_seconds or self._commit_timeout):
+            async with asyncio.timeout(self._commit_timeout if timeout_seconds is None else timeout_seconds):
                 await self._consumer.commit(offsets)
         except _GROUP_CHANGED as error:
             # Not fatal: the events are processed again by whoever owns them next.

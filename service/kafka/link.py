@@ -134,12 +134,12 @@ class BrokerLink:
         self._stopped = True
         if self._probe_task is not None:
             self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe_task
         producer, self._producer = self._producer, None
         closing = set(self._closing)
         if producer is not None:
-            closing.add(asyncio.create_task(producer.stop()))
+            closing.add(asyncio.create_task(_close_quietly(producer)))
         if closing:
             _, unfinished = await asyncio.wait(closing, timeout=timeout_seconds)
             for task in unfinished:
@@ -228,7 +228,7 @@ class BrokerLink:
             attempt += 1
             try:
                 await self._connect()
-            except BROKER_ERRORS as error:
+            except Exception as error:  # whatever it is: a probe that ended would leave the link down
                 self._observer.kafka_error("probe")
                 if time.monotonic() >= next_summary:
                     next_summary = time.monotonic() + self._summary_seconds

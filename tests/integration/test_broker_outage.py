@@ -24,6 +24,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from service.config import Settings
 from service.devtools.produce import create_topics, produce
 from service.emulator.app import Emulator
 from service.localkafka import LocalKafka, default_version
@@ -123,6 +124,20 @@ async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
+def _settings(bootstrap: str, amili_url: str, suffix: str, tmp_path: Path, *, max_in_flight: int) -> Settings:
+    return settings_for(
+        bootstrap,
+        amili_url,
+        suffix,
+        **TIMEOUTS,
+        max_in_flight=max_in_flight,
+        shutdown_grace_seconds=GRACE_SECONDS,
+        amili_total_timeout_seconds=5.0,
+        claim_lease_seconds=20.0,
+        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
+    )
+
+
 async def test_a_broker_outage_pauses_the_service_and_loses_nothing(
     own_broker: LocalKafka,
     emulator: tuple[str, Emulator],
@@ -132,17 +147,7 @@ async def test_a_broker_outage_pauses_the_service_and_loses_nothing(
 ) -> None:
     amili_url, amili = emulator
     bootstrap = own_broker.bootstrap_servers
-    settings = settings_for(
-        bootstrap,
-        amili_url,
-        unique_name,
-        **TIMEOUTS,
-        max_in_flight=8,
-        shutdown_grace_seconds=GRACE_SECONDS,
-        amili_total_timeout_seconds=5.0,
-        claim_lease_seconds=20.0,
-        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
-    )
+    settings = _settings(bootstrap, amili_url, unique_name, tmp_path, max_in_flight=8)
     await create_topics(
         bootstrap,
         {
@@ -250,15 +255,7 @@ async def test_a_stop_while_the_broker_is_away_ends_within_the_grace_period(
 ) -> None:
     amili_url, amili = emulator
     bootstrap = own_broker.bootstrap_servers
-    settings = settings_for(
-        bootstrap,
-        amili_url,
-        unique_name,
-        **TIMEOUTS,
-        max_in_flight=4,
-        shutdown_grace_seconds=GRACE_SECONDS,
-        ledger_url=f"sqlite:///{tmp_path}/ledger.db",
-    )
+    settings = _settings(bootstrap, amili_url, unique_name, tmp_path, max_in_flight=4)
     await create_topics(bootstrap, {settings.invoice_created_topic: 1, settings.registration_result_topic: 1})
     await set_faults(amili_url, latency_ms=300)
     events = [numbered(sample_events[2], f"STOP-{n}") for n in range(40)]

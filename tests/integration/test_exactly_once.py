@@ -51,9 +51,9 @@ async def with_amili_hanging(
     bootstrap: str, amili_url: str, suffix: str, *, ledger_url: str, **overrides: Any
 ) -> Settings:
     """Amili stores every registration and never answers; settings of a service that waits on its
-    POSTs (for a minute) meanwhile."""
+    POSTs (55 s, within what the default lease allows) meanwhile."""
     await set_faults(amili_url, hang_rate=1.0, hang_mode="sleep", hang_seconds=600)
-    waiting = {"amili_total_timeout_seconds": 60, "amili_read_timeout_seconds": 60}
+    waiting = {"amili_total_timeout_seconds": 55, "amili_read_timeout_seconds": 55}
     return settings_for(bootstrap, amili_url, suffix, ledger_url=ledger_url, **(waiting | overrides))
 
 

@@ -81,7 +81,7 @@ def dashboard_expressions() -> list[str]:
 def test_promtool_check_rules(promtool: str) -> None:
     result = run([promtool, "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_test_rules(promtool: str) -> None:
@@ -98,6 +98,8 @@ def test_alerts_are_documented() -> None:
         "AmiliRegistrarCircuitOpen",
         "AmiliRegistrarAuthenticationFailing",
         "AmiliRegistrarDeadLetters",
+        "AmiliRegistrarKafkaUnreachable",
+        "AmiliRegistrarDeadLetteringFailing",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
@@ -148,6 +150,12 @@ def test_dashboard_structure() -> None:
         "registrar_events_in_flight",
         "registrar_registrations_in_flight",
         "registrar_ledger_errors_total",
+        "registrar_kafka_broker_up",
+        "registrar_kafka_sends_waiting",
+        "registrar_kafka_errors_total",
+        "registrar_kafka_last_commit_timestamp_seconds",
+        "registrar_kafka_last_produce_timestamp_seconds",
+        "registrar_dead_letter_failures_total",
     ],
 )
 def test_dashboard_has_a_panel_for(metric: str) -> None:
