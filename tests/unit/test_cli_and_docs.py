@@ -40,6 +40,29 @@ def test_run_without_an_api_key_says_which_variable(
     assert "AMILI_API_KEY is not set" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("lease", "refused"), [("5", True), ("90", True), ("91", False)])
+def test_a_lease_shorter_than_an_attempt_at_amili_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lease: str, refused: bool
+) -> None:
+    """A look-up and a POST may each take AMILI_TOTAL_TIMEOUT_SECONDS (45): a lease of 90 s or less
+    could lapse while a POST is still open at Amili."""
+    from service.bootstrap import ConfigurationError, build_registrar
+    from service.config import Settings
+
+    monkeypatch.setenv("AMILI_API_KEY", "k")
+    monkeypatch.setenv("CLAIM_LEASE_SECONDS", lease)
+    if not refused:
+        build_registrar(Settings())  # builds (connects to nothing until started)
+        return
+    with pytest.raises(ConfigurationError):
+        build_registrar(Settings())
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"amili-registrar: CLAIM_LEASE_SECONDS ({lease}) must be longer"), err
+    assert "AMILI_TOTAL_TIMEOUT_SECONDS" in err
+
+
 def test_the_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.M))
