@@ -129,6 +129,13 @@ def _chaos(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout,
         rate=args.rate,
         workdir=args.workdir,
+        replicas=args.replicas,
+        kills=not args.no_kills,
+        broker_outage=args.broker_outage,
+        outage_after=args.outage_after,
+        outage_signal=args.outage_signal,
+        conflict_share=args.conflicts,
+        amili_faults=not args.no_amili_faults,
     )
     try:
         return asyncio.run(run_chaos(options))
@@ -195,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send N invoices (5% re-sent, 1% poison) to a local broker while the service is "
         "SIGKILLed and restarted at random and the Amili emulator injects 5% 5xx, 2% store-then-timeout "
         "and 1% 429; then check one registration and one result per invoice and a dead letter per "
-        "poison event. Exits 1 if a check fails.",
+        "poison event. Optionally several replicas in one group, and a broker outage mid-run (the "
+        "service's log lines and CPU meanwhile are checked). Exits 1 if a check fails.",
     )
     chaos.add_argument("--invoices", type=int, default=2000, help="invoices to send (default 2000)")
     chaos.add_argument(
@@ -223,6 +231,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--rate", type=float, default=250.0, help="events sent per second (0: at once)")
     chaos.add_argument("--workdir", type=Path, help="where logs, ledger and Amili's store go (default: new)")
+    chaos.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="service instances in one consumer group, each with its own log (default 1; more need "
+        "--ledger postgres)",
+    )
+    chaos.add_argument(
+        "--no-kills", action="store_true", help="never SIGKILL the service (a replica that exits is counted)"
+    )
+    chaos.add_argument(
+        "--broker-outage",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop the run's own broker mid-run for this long, then start it again on the same port "
+        "and data (default 0: none)",
+    )
+    chaos.add_argument(
+        "--outage-after",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when the outage starts, counted from the first result or dead letter (default 10)",
+    )
+    chaos.add_argument(
+        "--outage-signal",
+        choices=["term", "kill"],
+        default="term",
+        help="how the broker is stopped: SIGTERM (controlled shutdown) or SIGKILL (default term)",
+    )
+    chaos.add_argument(
+        "--conflicts",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of invoices re-sent under their number with other content: a conflict result (default 0)",
+    )
+    chaos.add_argument(
+        "--no-amili-faults",
+        action="store_true",
+        help="no 5xx, hangs or 429 at the emulator (its latency stays)",
+    )
     chaos.set_defaults(handler=_chaos)
     return parser
 

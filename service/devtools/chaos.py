@@ -12,8 +12,21 @@ failed.
 
 Each life of the service lasts a random time (``kill_every_min``..``kill_every_max`` s) counted
 from its first sign of work (a result or a dead letter), so that every life does some: a
-SIGKILLed consumer stays in its group until its session times out (10 s), and the next one is only
-given partitions then.
+SIGKILLed consumer stays in its group until its session times out (6 s as tuned here, 10 s by
+default), and the next one is only given partitions then.
+
+Several replicas (``replicas``) run in one consumer group, each with its own HTTP port and log file
+(one replica needs no more than SQLite; several need the PostgreSQL ledger). A kill then takes one
+replica at random. Without kills (``kills=False``) a replica that exits is counted and started
+again, as an orchestrator would.
+
+A broker outage (``broker_outage`` s) stops the run's own broker ``outage_after`` s after the first
+result or dead letter, with SIGTERM (a controlled shutdown) or SIGKILL, while events are in flight
+and results pending, and starts it again on the same port and data dir after that long; the
+service is never restarted for it. The run's producer pauses meanwhile (and carries on at its
+rate), and its topic reader reconnects. Besides the usual checks, the report then tells how many
+log lines each replica wrote from the stop until 30 s after the broker was back, how much CPU each
+used while the broker was away, and how long every result took to come in after it was back.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import asyncio
 import contextlib
 import copy
 import json
+import logging
+import math
 import os
 import random
 import re
@@ -30,10 +45,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,14 +68,15 @@ from service.domain.outcomes import Rejection
 from service.domain.transform import TransformDefaults, to_registration
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from service.events.contract import INVOICE_CREATED_TYPE
-from service.localkafka import LocalKafka, default_version, free_port, project_root
+from service.localkafka import LocalKafka, LocalKafkaError, default_version, free_port, project_root
 
 Headers = list[tuple[str, bytes]]
-Kind = Literal["invoice", "duplicate", "poison"]
+Kind = Literal["invoice", "duplicate", "conflict", "poison"]
 
 SOURCE = "urn:amili-registrar:chaos"
 REGISTERED = "registered"
 REJECTED = "rejected"
+CONFLICT = "conflict"
 
 # What the emulator injects: 5% 5xx (half of them after the registration was stored), 2% stored and
 # never answered in time (HANG_SECONDS beyond the service's total timeout), 1% 429.
@@ -89,11 +106,33 @@ SERVICE_TUNING: dict[str, str] = {
     "CIRCUIT_OPEN_SECONDS": "1",
     "LOG_LEVEL": "WARNING",
     "HTTP_HOST": "127.0.0.1",
+    # Short Kafka client timeouts, so that a broker outage of 20 s or more outlasts every one of them
+    # (request, delivery, session): the outage is then more than a hiccup the clients ride out.
+    "KAFKA_REQUEST_TIMEOUT_MS": "5000",
+    "KAFKA_SESSION_TIMEOUT_MS": "6000",
+}
+# Amili's latency during a broker-outage run: slow enough that events are in flight when it stops.
+OUTAGE_LATENCY: dict[str, str] = {
+    "AMILI_EMULATOR_LATENCY_MEDIAN_MS": "50",
+    "AMILI_EMULATOR_LATENCY_P99_MS": "200",
 }
 POISON_KINDS = ("json", "empty", "content_type", "cloudevents", "type", "data_schema")
+# Dead-letter rules that are not about the event itself: a valid invoice dead-lettered.
+NON_POISON_RULES = frozenset({"gave_up", "processing_error"})
 STALL_SECONDS = 90.0  # a life that shows no work for this long is reported, then killed anyway
 SETTLE_SECONDS = 60.0  # after the last result: how long the service may take to commit everything
+TIMED_OUT_SETTLE_SECONDS = 10.0  # the same when the run timed out: a look at the lag, no more
 PROCESS_START_SECONDS = 30.0
+# The broker outage: what is measured and the bounds the report holds it to.
+LOG_WINDOW_AFTER_BACK = 30.0  # log lines are counted from the stop until this long after it is back
+LOG_LINES_PER_MINUTE = 200  # per replica and minute of outage
+IDLE_CPU_CORES = 0.10  # per replica, while the broker is away
+CPU_SAMPLE_SECONDS = 0.5
+BROKER_STOP_SECONDS = 60.0  # SIGTERM: how long the controlled shutdown may take before SIGKILL
+BROKER_START_SECONDS = 120.0
+PORT_BUSY_RETRY_SECONDS = 30.0  # a restart finding its port held retries this long
+MARKER = "----- chaos:"  # lines the run writes into the service logs (not counted as the service's)
+MAX_REPLICAS = 16
 
 
 class ChaosError(Exception):
@@ -117,6 +156,13 @@ class ChaosOptions:
     partitions: int = 3
     max_in_flight: int = 64
     workdir: Path | None = None
+    replicas: int = 1
+    kills: bool = True
+    broker_outage: float = 0.0  # seconds the broker stays down; 0: no outage
+    outage_after: float = 10.0  # seconds after the first result or dead letter
+    outage_signal: Literal["term", "kill"] = "term"
+    conflict_share: float = 0.0  # events re-using an invoice number with other content
+    amili_faults: bool = True  # 5xx, hangs and 429 at the emulator (its latency stays)
 
 
 # --------------------------------------------------------------------------- the events
@@ -139,10 +185,22 @@ class Plan:
     rejectable: frozenset[str]  # refused by the business rules: a rejected result, no registration
     duplicates_same_id: int
     duplicates_new_id: int
+    conflicted: frozenset[str] = frozenset()  # registrable invoices re-sent with other content
 
     @property
     def invoices(self) -> frozenset[str]:
         return self.registrable | self.rejectable
+
+    @property
+    def conflicts(self) -> int:
+        return sum(1 for event in self.events if event.kind == "conflict")
+
+    def expected_outcomes(self, key: str) -> set[str]:
+        """The outcomes the results of an invoice must show: registered (and conflict, for the
+        re-send with other content), or rejected by the business rules."""
+        if key in self.registrable:
+            return {REGISTERED, CONFLICT} if key in self.conflicted else {REGISTERED}
+        return {REJECTED}
 
     @property
     def poison(self) -> int:
@@ -186,24 +244,44 @@ def plan_events(
     duplicate_share: float = 0.05,
     poison_share: float = 0.01,
     binary_share: float = 0.2,
+    conflict_share: float = 0.0,
 ) -> Plan:
     """``invoices`` invoice-created events with unique invoice numbers, plus re-sends of earlier
-    events (half byte for byte, half under a new event id) and poison events, in a seeded order."""
+    events (half byte for byte, half under a new event id), poison events and conflicts (an earlier
+    registrable invoice's number with other content: a ``conflict`` result, never a registration),
+    in a seeded order."""
     rng = random.Random(seed)
     duplicates = round(invoices * duplicate_share)
     poison = round(invoices * poison_share)
-    total = invoices + duplicates + poison
-    extra_slots = rng.sample(range(1, total), duplicates + poison) if invoices else []
+    conflicts = round(invoices * conflict_share)
+    total = invoices + duplicates + poison + conflicts
+    extra_slots = rng.sample(range(1, total), duplicates + poison + conflicts) if invoices else []
     duplicate_slots = set(extra_slots[:duplicates])
-    poison_slots = set(extra_slots[duplicates:])
+    poison_slots = set(extra_slots[duplicates : duplicates + poison])
+    conflict_slots = set(extra_slots[duplicates + poison :])
 
     events: list[OutboundEvent] = []
     sent: list[tuple[dict[str, Any], OutboundEvent]] = []
     registrable: set[str] = set()
     rejectable: set[str] = set()
+    conflicted: set[str] = set()
     same_id = new_id = poisoned = 0
     for slot in range(total):
-        if slot in duplicate_slots:
+        candidates: list[tuple[dict[str, Any], OutboundEvent]] = []
+        if slot in conflict_slots:
+            candidates = [
+                (envelope, event)
+                for envelope, event in sent
+                if event.invoice in registrable and event.invoice not in conflicted
+            ]
+        if candidates:
+            envelope, original = rng.choice(candidates)
+            events.append(
+                _invoice_event(_other_content(envelope, rng), "conflict", binary=rng.random() < binary_share)
+            )
+            assert original.invoice is not None
+            conflicted.add(original.invoice)
+        elif slot in duplicate_slots or slot in conflict_slots:  # no invoice to conflict with yet: a re-send
             envelope, original = rng.choice(sent)
             if (same_id + new_id) % 2 == 0:
                 events.append(
@@ -229,7 +307,15 @@ def plan_events(
             (registrable if template.registrable else rejectable).add(event.invoice)
             sent.append((envelope, event))
             events.append(event)
-    return Plan(events, frozenset(registrable), frozenset(rejectable), same_id, new_id)
+    return Plan(events, frozenset(registrable), frozenset(rejectable), same_id, new_id, frozenset(conflicted))
+
+
+def _other_content(envelope: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A new event for the same invoice number with other, still valid, content."""
+    data = copy.deepcopy(envelope["data"])
+    first_line = data["lines"][0]
+    first_line["description"] = f"{first_line.get('description', 'line')} (amended)"
+    return {**envelope, "id": _event_id(rng), "time": _now(), "data": data}
 
 
 def _event_id(rng: random.Random) -> str:
@@ -303,6 +389,7 @@ class Observed:
     result_records: int = 0
     dead_letter_sources: Counter[tuple[int, int]] = field(default_factory=Counter)  # (partition, offset)
     dead_letter_rules: Counter[str] = field(default_factory=Counter)
+    source_rules: dict[tuple[int, int], set[str]] = field(default_factory=dict)  # source → its rules
     dead_letter_records: int = 0
     activity: int = 0  # records seen on either topic
 
@@ -321,27 +408,56 @@ class Observed:
         self.dead_letter_records += 1
         self.activity += 1
         found = {name: value.decode("utf-8", "replace") for name, value in headers if name.startswith("dlq.")}
-        self.dead_letter_rules[found.get("dlq.rule", "?")] += 1
+        rule = found.get("dlq.rule", "?")
+        self.dead_letter_rules[rule] += 1
+        source = (-1, self.dead_letter_records)
         if found.get("dlq.topic") == inbound_topic:
-            self.dead_letter_sources[(int(found["dlq.partition"]), int(found["dlq.offset"]))] += 1
-        else:
-            self.dead_letter_sources[(-1, self.dead_letter_records)] += 1
+            with contextlib.suppress(KeyError, ValueError):
+                source = (int(found["dlq.partition"]), int(found["dlq.offset"]))
+        self.dead_letter_sources[source] += 1
+        self.source_rules.setdefault(source, set()).add(rule)
+
+    def outcomes(self, key: str) -> set[str]:
+        return {outcome for outcome, _ in self.results.get(key, [])}
+
+
+async def close_quietly(closing: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """Run ``closing`` (a Kafka client's stop) for up to ``seconds``, whatever it raises: aiokafka's
+    consumer, stopped while a fetch waits out its backoff (the broker is away), re-raises that
+    fetch's CancelledError, which must not pass for a cancellation of the caller."""
+    task = asyncio.ensure_future(closing)
+    await asyncio.wait({task}, timeout=seconds)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: not reported as never retrieved
 
 
 class TopicWatcher:
-    """Reads the result and dead-letter topics from the start, for the whole run."""
+    """Reads the result and dead-letter topics from the start, for the whole run.
 
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
+    It assigns the partitions itself and keeps the next offset of each, so that it can drop its
+    consumer and make a new one where the old one stopped: after an error, and when the run asks
+    (the broker is back from an outage)."""
+
+    RETRY_SECONDS = 1.0
+    CLOSE_SECONDS = 10.0
+
+    def __init__(self, bootstrap: str, topics: Topics, partitions: dict[str, int]) -> None:
         self.observed = Observed()
+        self.errors = 0
+        self.reconnects = 0
+        self._bootstrap = bootstrap
         self._topics = topics
-        self._consumer = AIOKafkaConsumer(
-            topics.results,
-            topics.dead_letters,
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
+        self._partitions = [
+            TopicPartition(topic, number)
+            for topic in (topics.results, topics.dead_letters)
+            for number in range(partitions[topic])
+        ]
+        self._next: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reconnect = False
         self._task: asyncio.Task[None] | None = None
         self._batch = asyncio.Event()
 
@@ -352,36 +468,75 @@ class TopicWatcher:
             await asyncio.wait_for(self._batch.wait(), wait_seconds)
 
     async def start(self) -> None:
-        await self._consumer.start()
+        await self._connect()
         self._task = asyncio.create_task(self._run(), name="chaos-topic-watcher")
+
+    def reconnect(self) -> None:
+        """Read on with a new consumer (from where the old one stopped)."""
+        self._reconnect = True
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._consumer.stop()
+        await self._disconnect()
+
+    async def _connect(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        consumer.assign(self._partitions)
+        for partition in self._partitions:
+            if partition in self._next:
+                consumer.seek(partition, self._next[partition])
+            else:
+                await consumer.seek_to_beginning(partition)
+
+    async def _disconnect(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await close_quietly(consumer.stop(), self.CLOSE_SECONDS)
 
     async def _run(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
+        while True:  # until stopped (cancelled) at the end of the run
+            try:
+                if self._reconnect or self._consumer is None:
+                    self._reconnect = False
+                    await self._disconnect()
+                    self.reconnects += 1
+                    await self._connect()
+                assert self._consumer is not None
+                batches = await self._consumer.getmany(timeout_ms=200)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker is away, or the consumer broke: a new one, a little later
+                self.errors += 1
+                await self._disconnect()
+                await asyncio.sleep(self.RETRY_SECONDS)
+                continue
             for partition, records in batches.items():
                 for record in records:
                     if partition.topic == self._topics.results:
                         self.observed.add_result(record.value)
                     else:
                         self.observed.add_dead_letter(record.headers, self._topics.inbound)
+                    self._next[partition] = record.offset + 1
             if batches:
                 self._batch.set()
 
-    async def caught_up(self, ends: dict[Any, int]) -> bool:
+    def caught_up(self, ends: dict[Any, int]) -> bool:
         """Whether everything up to ``ends`` (partition → end offset) has been read."""
-        for partition, end in ends.items():
-            if partition.topic in (self._topics.results, self._topics.dead_letters):
-                with contextlib.suppress(Exception):
-                    if await self._consumer.position(partition) < end:
-                        return False
-        return True
+        return all(
+            self._next.get(partition, 0) >= end
+            for partition, end in ends.items()
+            if partition.topic in (self._topics.results, self._topics.dead_letters)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +596,97 @@ def _end(process: subprocess.Popen[bytes] | None, *, grace: float = 10.0) -> Non
         process.wait(timeout=10)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """The CPU a process used so far (utime + stime, in clock ticks), from ``/proc/PID/stat``;
+    None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": state is field 3 of stat(5)
+    try:
+        return int(fields[11]) + int(fields[12])  # utime is field 14, stime field 15
+    except (IndexError, ValueError):
+        return None
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def lines_since(path: Path, offset: int) -> int:
+    """Lines written to ``path`` after byte ``offset``, without the run's own markers."""
+    count = 0
+    with contextlib.suppress(OSError), path.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            if not line.startswith(MARKER.encode()):
+                count += 1
+    return count
+
+
+@dataclass
+class Replica:
+    """One instance of the service; all of them consume in the run's consumer group."""
+
+    index: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0  # time.monotonic() of its current life
+    lives: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"r{self.index}"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class CpuSampler:
+    """The CPU each replica uses over a window, sampled from ``/proc``: a replica started again
+    within the window counts its new process from its start."""
+
+    def __init__(self, replicas: Sequence[Replica]) -> None:
+        self._replicas = replicas
+        self._spans: dict[tuple[str, int], list[int]] = {}  # (replica, pid) → [first, last] ticks
+        self._started = False
+
+    def sample(self) -> None:
+        for replica in self._replicas:
+            if replica.process is None:
+                continue
+            ticks = cpu_ticks(replica.process.pid)
+            if ticks is None:
+                continue
+            span = self._spans.setdefault(
+                (replica.name, replica.process.pid), [ticks if not self._started else 0, ticks]
+            )
+            span[1] = ticks
+        self._started = True
+
+    async def run(self) -> None:
+        while True:  # until cancelled at the end of the window
+            await asyncio.sleep(CPU_SAMPLE_SECONDS)
+            self.sample()
+
+    def cores(self, seconds: float) -> dict[str, float]:
+        """Cores used per replica over a window of ``seconds``."""
+        self.sample()
+        if seconds <= 0:
+            return {}
+        ticks = dict.fromkeys((replica.name for replica in self._replicas), 0)
+        for (name, _), (first, last) in self._spans.items():
+            ticks[name] += max(0, last - first)
+        return {name: used / CLOCK_TICKS / seconds for name, used in ticks.items()}
+
+
 @contextlib.asynccontextmanager
 async def _postgres_ledger(admin_dsn: str | None, console: Console) -> AsyncIterator[str]:
     """A LEDGER_URL of a fresh PostgreSQL database, dropped afterwards. Without ``admin_dsn`` a local
@@ -493,6 +739,34 @@ async def _postgres_ledger(admin_dsn: str | None, console: Console) -> AsyncIter
 
 
 @dataclass
+class OutageStats:
+    """What happened around the broker outage; times are seconds into the run."""
+
+    signal: str
+    planned_seconds: float
+    started_at: float | None = None  # when the signal was sent
+    not_started: str = ""  # why it never started
+    events_sent: int = 0  # when it started
+    pending_invoices: int = 0  # invoices sent without a result when it started
+    stop_seconds: float = 0.0  # from the signal until the broker process was gone
+    away_seconds: float = 0.0  # from then until it was started again (the CPU window)
+    restart_seconds: float = 0.0  # from then until its port accepted connections
+    back_at: float | None = None
+    first_result_after_back: float | None = None  # seconds from back to the next result
+    port_busy_retries: int = 0
+    log_lines: dict[str, int] = field(default_factory=dict)  # per replica, from the signal to back + 30 s
+    log_window_seconds: float = 0.0
+    log_window_complete: bool = False
+    cpu_cores: dict[str, float] = field(default_factory=dict)  # per replica, while the broker was away
+
+    @property
+    def down_seconds(self) -> float | None:
+        if self.started_at is None or self.back_at is None:
+            return None
+        return self.back_at - self.started_at
+
+
+@dataclass
 class RunStats:
     lives: int = 0
     unexpected_exits: int = 0
@@ -505,10 +779,18 @@ class RunStats:
     total_seconds: float = 0.0
     unconsumed: int | None = None
     life_seconds: list[float] = field(default_factory=list)  # of each life ended by a kill
+    replicas: int = 1
+    kills_enabled: bool = True
+    outage: OutageStats | None = None
 
     @property
     def kills(self) -> int:
         return len(self.life_seconds)
+
+    @property
+    def restarts(self) -> int:
+        """Replicas started again, after a kill or an exit of their own."""
+        return max(0, self.lives - self.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,21 +808,39 @@ class ChaosRun:
         self.console = console
         self.tag = f"{options.seed}-{uuid.uuid4().hex[:6]}"
         self.topics = Topics.for_run(self.tag)
-        self.stats = RunStats()
+        self.stats = RunStats(replicas=options.replicas, kills_enabled=options.kills)
+        if options.broker_outage > 0:
+            self.stats.outage = OutageStats(
+                signal="SIGTERM" if options.outage_signal == "term" else "SIGKILL",
+                planned_seconds=options.broker_outage,
+            )
         self.kill_rng = random.Random(options.seed + 1)
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix=f"amili-chaos-{self.tag}-"))
         self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.store_path = self.workdir / "amili-registrations.jsonl"
-        self.service_log = self.workdir / "service.log"
         self.emulator_log = self.workdir / "emulator.log"
-        self.service: subprocess.Popen[bytes] | None = None
+        self.client_log = self.workdir / "chaos-kafka-clients.log"
+        single = options.replicas == 1
+        self.replicas = [
+            Replica(index, self.workdir / ("service.log" if single else f"service-{index}.log"))
+            for index in range(1, options.replicas + 1)
+        ]
         self.emulator: subprocess.Popen[bytes] | None = None
         self.emulator_url = ""
         self.poison_sources: dict[tuple[int, int], str] = {}
+        self.kafka: LocalKafka | None = None
+        self.watcher: TopicWatcher | None = None
         self._t0 = time.monotonic()
         self._all_in = asyncio.Event()
         self._producing_done = False
+        # The broker outage: the producer sends only while the broker is up, and never while it is
+        # being stopped; after it is back it sends through a new producer.
+        self._broker_up = asyncio.Event()
+        self._broker_up.set()
+        self._broker_generation = 0
+        self._kafka_lock = asyncio.Lock()
+        self._broker_thread_lock = threading.Lock()  # one start or stop of the broker at a time
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -551,18 +851,25 @@ class ChaosRun:
     # set-up ---------------------------------------------------------------------------------
 
     def _partitions(self) -> dict[str, int]:
-        """The run's topics and their numbers of partitions."""
+        """The run's topics and their numbers of partitions (at least one per replica)."""
+        partitions = max(self.options.partitions, self.options.replicas)
         return {
-            self.topics.inbound: self.options.partitions,
-            self.topics.results: self.options.partitions,
+            self.topics.inbound: partitions,
+            self.topics.results: partitions,
             self.topics.dead_letters: 1,
         }
 
     async def _start_emulator(self) -> None:
         port = free_port()
+        faults = (
+            EMULATOR_FAULTS
+            if self.options.amili_faults
+            else {name: value for name, value in EMULATOR_FAULTS.items() if "_LATENCY_" in name}
+        )
         env = {
             **clean_environment(),
-            **EMULATOR_FAULTS,
+            **faults,
+            **(OUTAGE_LATENCY if self.options.broker_outage > 0 else {}),
             "AMILI_EMULATOR_HOST": "127.0.0.1",
             "AMILI_EMULATOR_PORT": str(port),
             "AMILI_EMULATOR_API_KEYS": DEMO_API_KEY,
@@ -598,40 +905,122 @@ class ChaosRun:
             "MAX_IN_FLIGHT": str(self.options.max_in_flight),
         }
 
-    def _start_service(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _start_replica(self, replica: Replica, env: dict[str, str]) -> None:
         self.stats.lives += 1
-        with self.service_log.open("a", encoding="utf-8") as log:
-            log.write(f"----- chaos: life {self.stats.lives} starts at {self.elapsed():.1f}s\n")
-        self.service = _spawn(["run"], {**env, "HTTP_PORT": str(free_port())}, self.service_log)
-        return self.service
+        replica.lives += 1
+        with replica.log.open("a", encoding="utf-8") as log:
+            log.write(
+                f"{MARKER} life {replica.lives} of replica {replica.name} starts at {self.elapsed():.1f}s\n"
+            )
+        replica.process = _spawn(["run"], {**env, "HTTP_PORT": str(free_port())}, replica.log)
+        replica.started = time.monotonic()
+
+    def _revive(self, env: dict[str, str]) -> None:
+        """Start again every replica that exited by itself (each one counted), as an orchestrator
+        would."""
+        for replica in self.replicas:
+            process = replica.process
+            if process is not None and process.poll() is not None:
+                self.stats.unexpected_exits += 1
+                self.say(
+                    f"[red]replica {replica.name} exited by itself (status {process.returncode}) after "
+                    f"{time.monotonic() - replica.started:.1f}s; starting it again[/]"
+                )
+                self._start_replica(replica, env)
+
+    def _all_running(self) -> bool:
+        return all(replica.running() for replica in self.replicas)
+
+    async def _stop_replicas(self, grace: float) -> None:
+        await asyncio.gather(
+            *(asyncio.to_thread(_end, replica.process, grace=grace) for replica in self.replicas)
+        )
+
+    async def _broker_call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A blocking start or stop of the broker, in a thread, one at a time (the final stop waits
+        for a start in progress instead of racing it)."""
+
+        def locked() -> Any:
+            with self._broker_thread_lock:
+                return call(*args, **kwargs)
+
+        return await asyncio.to_thread(locked)
+
+    @contextlib.contextmanager
+    def _client_logs(self) -> Iterator[None]:
+        """The run's own Kafka clients log to a file, not the terminal (a broker outage makes them
+        loud)."""
+        logger = logging.getLogger("aiokafka")
+        handler = logging.FileHandler(self.client_log, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        saved = (logger.level, logger.propagate)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
 
     # the phases -------------------------------------------------------------------------------
 
+    async def _take_broker(self) -> float:
+        """Wait until the broker is up and hold the Kafka lock (the caller releases it); returns how
+        long it waited for the broker."""
+        waited = 0.0
+        for _ in range(10_000):  # each round waits for the broker; it comes back within minutes
+            if not self._broker_up.is_set():
+                began = time.monotonic()
+                await self._broker_up.wait()
+                waited += time.monotonic() - began
+            await self._kafka_lock.acquire()
+            if self._broker_up.is_set():
+                return waited
+            self._kafka_lock.release()  # it went away while this waited for the lock
+        raise ChaosError("the broker never came back for the producer")
+
     async def _produce(self, bootstrap: str, plan: Plan) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
+        producer: AIOKafkaProducer | None = None
+        generation = -1
         try:
             started = time.monotonic()
+            paused = 0.0
             chunk = max(1, round(self.options.rate / 10)) if self.options.rate > 0 else 500
             for index in range(0, len(plan.events), chunk):
                 batch = plan.events[index : index + chunk]
-                futures = [
-                    await producer.send(self.topics.inbound, value=e.value, key=e.key, headers=e.headers)
-                    for e in batch
-                ]
-                for event, future in zip(batch, futures, strict=True):
-                    metadata = await future
-                    if event.kind == "poison":
-                        self.poison_sources[(metadata.partition, metadata.offset)] = event.rule or "?"
+                paused += await self._take_broker()
+                try:
+                    if producer is None or generation != self._broker_generation:
+                        if producer is not None:  # its broker went away: a new producer
+                            await close_quietly(producer.stop(), 10.0)
+                        producer = AIOKafkaProducer(
+                            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+                        )
+                        generation = self._broker_generation
+                        await producer.start()
+                    futures = [
+                        await producer.send(self.topics.inbound, value=e.value, key=e.key, headers=e.headers)
+                        for e in batch
+                    ]
+                    for event, future in zip(batch, futures, strict=True):
+                        metadata = await future
+                        if event.kind == "poison":
+                            self.poison_sources[(metadata.partition, metadata.offset)] = event.rule or "?"
+                finally:
+                    self._kafka_lock.release()
                 self.stats.events_sent += len(batch)
                 self.stats.invoices_sent += sum(1 for event in batch if event.kind == "invoice")
-                if self.options.rate > 0:
-                    ahead = started + self.stats.events_sent / self.options.rate - time.monotonic()
+                if self.options.rate > 0:  # the rate holds; the time the broker was away is not made up
+                    ahead = started + paused + self.stats.events_sent / self.options.rate - time.monotonic()
                     if ahead > 0:
                         await asyncio.sleep(ahead)
             self.stats.produced_seconds = time.monotonic() - started
         finally:
-            await producer.stop()
+            if producer is not None:
+                await close_quietly(producer.stop(), 10.0)
         self.say(f"sent {self.stats.events_sent} events in {self.stats.produced_seconds:.1f}s")
         self._producing_done = True
 
@@ -639,6 +1028,7 @@ class ChaosRun:
         return (
             self._producing_done
             and all(key in observed.results for key in plan.invoices)
+            and all(CONFLICT in observed.outcomes(key) for key in plan.conflicted)
             and set(self.poison_sources) <= set(observed.dead_letter_sources)
         )
 
@@ -647,6 +1037,7 @@ class ChaosRun:
             await watcher.next_batch(0.2)
         self.stats.all_in_seconds = self.elapsed()
         self._all_in.set()
+        self.say("every invoice has its result")
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True if everything came in meanwhile."""
@@ -654,41 +1045,59 @@ class ChaosRun:
             await asyncio.wait_for(self._all_in.wait(), timeout=max(0.0, seconds))
         return self._all_in.is_set()
 
+    async def _supervise(self, env: dict[str, str], observed: Observed, deadline: float) -> None:
+        """Run the replicas until every result is in (or the time is up): with kills, killing one at
+        random moments; without, only starting again those that exit by themselves."""
+        for replica in self.replicas:
+            self._start_replica(replica, env)
+        if self.options.kills:
+            await self._kill_loop(env, observed, deadline)
+            return
+        while time.monotonic() < deadline:
+            if await self._wait(min(0.2, deadline - time.monotonic())):
+                return
+            self._revive(env)
+
     async def _kill_loop(self, env: dict[str, str], observed: Observed, deadline: float) -> None:
         options = self.options
         while not self._all_in.is_set() and time.monotonic() < deadline:
-            service = self.service
-            if service is None or service.poll() is not None:
-                service = self._start_service(env)
+            self._revive(env)
             born, activity = time.monotonic(), observed.activity
-            # Wait for this life's first sign of work.
-            while observed.activity == activity and service.poll() is None:
+            # Wait for this round's first sign of work.
+            while observed.activity == activity and self._all_running():
                 if await self._wait(0.1) or time.monotonic() >= deadline:
                     return
                 if time.monotonic() - born > STALL_SECONDS:
                     self.stats.stalls += 1
-                    self.say(f"[yellow]life {self.stats.lives} showed no work for {STALL_SECONDS:.0f}s[/]")
+                    self.say(f"[yellow]the service showed no work for {STALL_SECONDS:.0f}s[/]")
                     break
-            if service.poll() is None:
+            if self._all_running():
                 life = self.kill_rng.uniform(options.kill_every_min, options.kill_every_max)
                 if await self._wait(min(life, deadline - time.monotonic())):
                     return
-            if service.poll() is not None:
-                self.stats.unexpected_exits += 1
-                self.say(f"[red]the service exited by itself (status {service.returncode})[/]")
-                continue
+            if not self._all_running():
+                continue  # one exited by itself: counted and started again above
             if time.monotonic() >= deadline:
                 return
-            os.kill(service.pid, signal.SIGKILL)
-            await asyncio.to_thread(service.wait)
-            self.stats.life_seconds.append(time.monotonic() - born)
+            victim = (
+                self.replicas[self.kill_rng.randrange(len(self.replicas))]
+                if len(self.replicas) > 1
+                else self.replicas[0]
+            )
+            process = victim.process
+            assert process is not None
+            os.kill(process.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+            self.stats.life_seconds.append(time.monotonic() - victim.started)
+            who = f"replica {victim.name}, " if len(self.replicas) > 1 else ""
             self.say(
-                f"kill #{self.stats.kills} (pid {service.pid}) after {time.monotonic() - born:.1f}s; "
+                f"kill #{self.stats.kills} ({who}pid {process.pid}) after "
+                f"{time.monotonic() - victim.started:.1f}s; "
                 f"invoices with a result {len(observed.results)}, "
                 f"dead letters {len(observed.dead_letter_sources)}"
             )
             await self._switch_hang_mode()
-            self._start_service(env)
+            self._start_replica(victim, env)
 
     async def _switch_hang_mode(self) -> None:
         """Alternate the emulator's hangs between "no answer in time" and "connection dropped"."""
@@ -696,6 +1105,125 @@ class ChaosRun:
         with contextlib.suppress(httpx.HTTPError):
             async with httpx.AsyncClient(base_url=self.emulator_url, timeout=5.0) as http:
                 await http.patch("/_admin/faults", json={"hang_mode": mode})
+
+    # the broker outage ------------------------------------------------------------------------
+
+    async def _outage(self, kafka: LocalKafka, plan: Plan, observed: Observed, deadline: float) -> None:
+        """Stop the broker ``outage_after`` s after the first result or dead letter, keep it down
+        ``broker_outage`` s, start it again on the same port and data; measure the service's log
+        lines and CPU meanwhile."""
+        options = self.options
+        stats = self.stats.outage
+        assert stats is not None
+        while observed.activity == 0:  # bounded by the deadline
+            if self._all_in.is_set() or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.1)
+        if await self._wait(min(options.outage_after, deadline - time.monotonic())):
+            return
+        if time.monotonic() >= deadline:
+            return
+        sig = signal.SIGTERM if options.outage_signal == "term" else signal.SIGKILL
+        self._broker_up.clear()
+        async with self._kafka_lock:  # the producer is between two sends
+            stats.started_at = self.elapsed()
+            stats.events_sent = self.stats.events_sent
+            sent = {
+                event.invoice for event in plan.events[: self.stats.events_sent] if event.kind == "invoice"
+            }
+            stats.pending_invoices = sum(1 for key in sent if key not in observed.results)
+            marks = {replica.name: file_size(replica.log) for replica in self.replicas}
+            self.say(
+                f"[yellow]broker outage: {sig.name} to the broker with {stats.pending_invoices} invoices "
+                f"waiting for their result ({stats.events_sent} events sent); back in "
+                f"{options.broker_outage:g}s[/]"
+            )
+            signalled = time.monotonic()
+            await self._broker_call(kafka.stop, BROKER_STOP_SECONDS, sig=sig)
+            gone = time.monotonic()
+        stats.stop_seconds = gone - signalled
+        sampler = CpuSampler(self.replicas)
+        sampler.sample()
+        sampling = asyncio.create_task(sampler.run(), name="chaos-cpu-sampler")
+        try:
+            await asyncio.sleep(max(0.0, signalled + options.broker_outage - time.monotonic()))
+        finally:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+        restarting = time.monotonic()
+        stats.away_seconds = restarting - gone
+        stats.cpu_cores = sampler.cores(stats.away_seconds)
+        try:
+            self.say(
+                f"broker process gone after {stats.stop_seconds:.1f}s; starting it again on port {kafka.port}"
+            )
+            await self._restart_broker(kafka)
+            back = time.monotonic()
+            stats.restart_seconds = back - restarting
+            stats.back_at = self.elapsed()
+            self._broker_generation += 1
+            self._broker_up.set()
+            if self.watcher is not None:
+                self.watcher.reconnect()
+            self.say(
+                f"broker back after {back - signalled:.1f}s (started in {stats.restart_seconds:.1f}s); "
+                f"invoices with a result {len(observed.results)}; counting log lines "
+                f"{LOG_WINDOW_AFTER_BACK:.0f}s more"
+            )
+            results = observed.result_records
+            for _ in range(round(LOG_WINDOW_AFTER_BACK / 0.1)):
+                if stats.first_result_after_back is None and observed.result_records > results:
+                    stats.first_result_after_back = time.monotonic() - back
+                await asyncio.sleep(max(0.0, min(0.1, back + LOG_WINDOW_AFTER_BACK - time.monotonic())))
+            stats.log_window_complete = True
+        finally:
+            stats.log_window_seconds = time.monotonic() - signalled
+            stats.log_lines = {
+                replica.name: lines_since(replica.log, marks[replica.name]) for replica in self.replicas
+            }
+
+    async def _restart_broker(self, kafka: LocalKafka) -> None:
+        stats = self.stats.outage
+        assert stats is not None
+        began = time.monotonic()
+        for _ in range(round(PORT_BUSY_RETRY_SECONDS) + 1):
+            try:
+                await self._broker_call(kafka.start, BROKER_START_SECONDS)
+                return
+            except LocalKafkaError as error:
+                if "already in use" not in str(error) or time.monotonic() - began > PORT_BUSY_RETRY_SECONDS:
+                    raise ChaosError(f"the broker did not start again: {error}") from error
+                stats.port_busy_retries += 1
+                if stats.port_busy_retries == 1:
+                    self.say(f"[yellow]{error}; trying again for up to {PORT_BUSY_RETRY_SECONDS:.0f}s[/]")
+                await asyncio.sleep(1.0)
+        raise ChaosError(
+            f"the broker did not start again: its port stayed in use {PORT_BUSY_RETRY_SECONDS:.0f}s"
+        )
+
+    def _outage_under_way(self, outage: asyncio.Task[None] | None) -> bool:
+        started = self.stats.outage is not None and self.stats.outage.started_at is not None
+        return outage is not None and not outage.done() and started
+
+    async def _finish_outage(self, outage: asyncio.Task[None] | None) -> None:
+        """After the supervision: let the outage finish (the broker must be back for the checks),
+        or call it off if it never began."""
+        stats = self.stats.outage
+        if outage is None or stats is None:
+            return
+        if not outage.done() and stats.started_at is None:
+            outage.cancel()
+            await asyncio.gather(outage, return_exceptions=True)
+        if stats.started_at is None:
+            stats.not_started = (
+                "every result was in before it (lower --outage-after, or send longer: --rate)"
+                if self._all_in.is_set()
+                else "the run timed out before it"
+            )
+            return
+        await outage  # bounded: the broker's stop and start time out, then the 30 s of log counting
+
+    # the end ------------------------------------------------------------------------------------
 
     async def _unconsumed(self, bootstrap: str, ends: dict[Any, int]) -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -723,35 +1251,71 @@ class ChaosRun:
         finally:
             await consumer.stop()
 
+    async def _lag(self, bootstrap: str) -> tuple[dict[Any, int], int | None]:
+        """End offsets of the run's topics and the events left unconsumed (None if the broker did
+        not answer within 30 s)."""
+        try:
+            ends = await asyncio.wait_for(self._end_offsets(bootstrap), 30.0)
+            return ends, await asyncio.wait_for(self._unconsumed(bootstrap, ends), 30.0)
+        except Exception as error:  # reported as "?" in the table
+            self.say(f"[yellow]could not read the lag: {error.__class__.__name__}: {error}[/]")
+            return {}, None
+
     async def _settle(self, bootstrap: str, env: dict[str, str], watcher: TopicWatcher) -> None:
-        """Let the last life finish: everything consumed and committed, then a clean stop."""
+        """Let the last lives finish: everything consumed and committed, then a clean stop."""
         started = time.monotonic()
-        if self.service is None or self.service.poll() is not None:
-            self._start_service(env)
-        deadline = started + SETTLE_SECONDS
+        self._revive(env)
+        deadline = started + (SETTLE_SECONDS if self._all_in.is_set() else TIMED_OUT_SETTLE_SECONDS)
         while True:
-            ends = await self._end_offsets(bootstrap)
-            self.stats.unconsumed = await self._unconsumed(bootstrap, ends)
+            _, self.stats.unconsumed = await self._lag(bootstrap)
             if self.stats.unconsumed == 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        await asyncio.to_thread(_end, self.service, grace=15.0)
-        ends = await self._end_offsets(bootstrap)
+        await self._stop_replicas(grace=15.0)
+        ends, _ = await self._lag(bootstrap)
         for _ in range(100):  # 20 s at most
-            if await watcher.caught_up(ends):
+            if watcher.caught_up(ends):
                 break
             await asyncio.sleep(0.2)
-        self.stats.unconsumed = await self._unconsumed(bootstrap, ends)
+        _, self.stats.unconsumed = await self._lag(bootstrap)
         self.stats.settle_seconds = time.monotonic() - started
+
+    async def _until_supervised(
+        self, supervising: asyncio.Task[None], *others: asyncio.Task[None] | None
+    ) -> None:
+        """Wait for the supervision to end; a failure of another task (sending, the outage) ends the
+        run at once."""
+        waiting: set[asyncio.Task[None]] = {supervising, *(task for task in others if task is not None)}
+        while not supervising.done():
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    await task  # sending failed, or the broker did not come back: the run is void
+        await supervising
+
+    def _banner(self) -> str:
+        options = self.options
+        kills = (
+            f"kills every {options.kill_every_min:g}-{options.kill_every_max:g}s of work"
+            if options.kills
+            else "no kills"
+        )
+        outage = (
+            f", broker outage of {options.broker_outage:g}s ({options.outage_signal.upper()}) "
+            f"{options.outage_after:g}s after the first result"
+            if options.broker_outage > 0
+            else ""
+        )
+        replicas = f"{options.replicas} replicas" if options.replicas > 1 else "1 replica"
+        return (
+            f"[bold]Chaos run[/] {self.tag}: {options.invoices} invoices, seed {options.seed}, {replicas}, "
+            f"{kills}{outage}, ledger {options.ledger}; files in {self.workdir}"
+        )
 
     async def run(self) -> int:
         options = self.options
         console = self.console
-        console.print(
-            f"[bold]Chaos run[/] {self.tag}: {options.invoices} invoices, seed {options.seed}, "
-            f"kills every {options.kill_every_min:g}-{options.kill_every_max:g}s of work, "
-            f"ledger {options.ledger}; files in {self.workdir}"
-        )
+        console.print(self._banner())
         plan = plan_events(
             options.invoices,
             seed=options.seed,
@@ -760,68 +1324,99 @@ class ChaosRun:
             duplicate_share=options.duplicate_share,
             poison_share=options.poison_share,
             binary_share=options.binary_share,
+            conflict_share=options.conflict_share,
         )
         kafka: LocalKafka | None = None
-        watcher: TopicWatcher | None = None
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                bootstrap = options.kafka_bootstrap
-                if not bootstrap:
-                    kafka = LocalKafka(name=f"chaos-{os.getpid()}", version=default_version(), port=0)
-                    console.print(f"Starting Apache Kafka {kafka.version} (first run downloads its jars)…")
-                    bootstrap = await asyncio.to_thread(kafka.start, 120.0)
-                if options.ledger == "postgres":
-                    ledger_url = await stack.enter_async_context(
-                        _postgres_ledger(options.postgres_dsn, console)
+            with self._client_logs():
+                async with contextlib.AsyncExitStack() as stack:
+                    bootstrap = options.kafka_bootstrap
+                    if not bootstrap:
+                        kafka = LocalKafka(name=f"chaos-{os.getpid()}", version=default_version(), port=0)
+                        self.kafka = kafka
+                        console.print(
+                            f"Starting Apache Kafka {kafka.version} (first run downloads its jars)…"
+                        )
+                        bootstrap = str(await self._broker_call(kafka.start, BROKER_START_SECONDS))
+                    if options.ledger == "postgres":
+                        ledger_url = await stack.enter_async_context(
+                            _postgres_ledger(options.postgres_dsn, console)
+                        )
+                    else:
+                        ledger_url = f"sqlite:///{self.workdir / 'ledger.db'}"
+                    await create_topics(bootstrap, self._partitions())
+                    await self._start_emulator()
+                    console.print(f"Kafka at {bootstrap}, Amili emulator at {self.emulator_url}")
+                    self.watcher = watcher = TopicWatcher(bootstrap, self.topics, self._partitions())
+                    await watcher.start()
+                    env = self._service_env(bootstrap, ledger_url)
+                    self._t0 = time.monotonic()
+                    deadline = self._t0 + options.timeout_seconds
+                    completion = asyncio.create_task(self._watch_completion(plan, watcher))
+                    producing = asyncio.create_task(self._produce(bootstrap, plan))
+                    supervising = asyncio.create_task(self._supervise(env, watcher.observed, deadline))
+                    outage = (
+                        asyncio.create_task(self._outage(kafka, plan, watcher.observed, deadline))
+                        if kafka is not None and options.broker_outage > 0
+                        else None
                     )
-                else:
-                    ledger_url = f"sqlite:///{self.workdir / 'ledger.db'}"
-                await create_topics(bootstrap, self._partitions())
-                await self._start_emulator()
-                console.print(f"Kafka at {bootstrap}, Amili emulator at {self.emulator_url}")
-                watcher = TopicWatcher(bootstrap, self.topics)
-                await watcher.start()
-                env = self._service_env(bootstrap, ledger_url)
-                self._t0 = time.monotonic()
-                deadline = self._t0 + options.timeout_seconds
-                completion = asyncio.create_task(self._watch_completion(plan, watcher))
-                producing = asyncio.create_task(self._produce(bootstrap, plan))
-                killing = asyncio.create_task(self._kill_loop(env, watcher.observed, deadline))
-                tasks = (completion, producing, killing)
-                try:
-                    await asyncio.wait({producing, killing}, return_when=asyncio.FIRST_EXCEPTION)
-                    if producing.done() and producing.exception() is not None:
-                        await producing  # sending failed: the run is void
-                    await killing
-                    if not self._all_in.is_set():
-                        self.say("[red]timed out before every invoice had its result[/]")
-                    await producing
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                self.say(
-                    "every invoice has its result; no more kills, letting the service finish"
-                    if self._all_in.is_set()
-                    else "stopping"
-                )
-                await self._settle(bootstrap, env, watcher)
-                self.stats.total_seconds = self.elapsed()
-                registrations = await self._amili_registrations()
-                answers = emulator_answers(self.emulator_log)
-                checks = evaluate(
-                    plan, watcher.observed, registrations, self.poison_sources, self.stats, answers
-                )
-                self._report(plan, checks, watcher.observed, answers)
-                return 0 if all(check.passed is not False for check in checks) else 1
+                    tasks = [
+                        task for task in (completion, producing, supervising, outage) if task is not None
+                    ]
+                    try:
+                        await self._until_supervised(supervising, producing, outage)
+                        if not self._all_in.is_set():
+                            self.say("[red]timed out before every invoice had its result[/]")
+                            if self._outage_under_way(outage):
+                                self.say(
+                                    "waiting for the broker outage to end (back + 30 s) before the checks"
+                                )
+                        await self._finish_outage(outage)
+                        if not producing.done():  # timed out while sending: the rest is never sent
+                            producing.cancel()
+                            self.say(f"[red]stopped sending after {self.stats.events_sent} events[/]")
+                        elif producing.exception() is not None:
+                            await producing
+                    finally:
+                        for task in tasks:
+                            task.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                    self.say(
+                        "no more kills; letting the service finish" if self._all_in.is_set() else "stopping"
+                    )
+                    await self._settle(bootstrap, env, watcher)
+                    self.stats.total_seconds = self.elapsed()
+                    registrations = await self._amili_registrations()
+                    answers = emulator_answers(self.emulator_log)
+                    checks = evaluate(
+                        plan, watcher.observed, registrations, self.poison_sources, self.stats, answers
+                    )
+                    self._report(plan, checks, watcher.observed, answers)
+                    return 0 if all(check.passed is not False for check in checks) else 1
         finally:
-            if watcher is not None:
-                await watcher.stop()
-            await asyncio.to_thread(_end, self.service)
-            await asyncio.to_thread(_end, self.emulator)
-            if kafka is not None:
-                await asyncio.to_thread(kafka.stop)
-                shutil.rmtree(kafka.run_dir, ignore_errors=True)  # its data: this run's topics only
+            await self.clean_up()
+
+    async def clean_up(self) -> None:
+        """Stop everything the run started: the topic reader, the replicas, the emulator and the
+        broker (its data dir removed). Each step runs whatever the others raise; calling it again
+        finishes what an interrupted call left."""
+        steps: list[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = [
+            ("topic reader", lambda: self.watcher.stop() if self.watcher else asyncio.sleep(0)),
+            ("service", lambda: self._stop_replicas(grace=10.0)),
+            ("emulator", lambda: asyncio.to_thread(_end, self.emulator)),
+            ("broker", self._remove_broker),
+        ]
+        for name, step in steps:
+            try:
+                await step()
+            except Exception as error:  # the next step runs all the same
+                self.console.print(f"[yellow]stopping the {name} failed: {error!r}[/]", highlight=False)
+
+    async def _remove_broker(self) -> None:
+        kafka = self.kafka
+        if kafka is not None:
+            await self._broker_call(kafka.stop)
+            shutil.rmtree(kafka.run_dir, ignore_errors=True)  # its data: this run's topics only
 
     async def _amili_registrations(self) -> AmiliRecords:
         async with httpx.AsyncClient(base_url=self.emulator_url, timeout=30.0) as http:
@@ -862,10 +1457,44 @@ class ChaosRun:
             f"unexpected exits {stats.unexpected_exits}, stalls {stats.stalls}; {rate}",
             highlight=False,
         )
+        if len(self.replicas) > 1:
+            self.console.print(
+                "replicas: "
+                + ", ".join(
+                    f"{replica.name} {replica.lives} {'life' if replica.lives == 1 else 'lives'} "
+                    f"{lines_since(replica.log, 0)} log lines"
+                    for replica in self.replicas
+                ),
+                highlight=False,
+            )
+        outage = stats.outage
+        if outage is not None and outage.started_at is not None:
+            back = (
+                f"back at {outage.back_at:.1f}s after {outage.down_seconds:.1f}s down (stopped in "
+                f"{outage.stop_seconds:.1f}s, away {outage.away_seconds:.1f}s, started in "
+                f"{outage.restart_seconds:.1f}s"
+                + (
+                    f", {outage.port_busy_retries} retries for a busy port"
+                    if outage.port_busy_retries
+                    else ""
+                )
+                + ")"
+                if outage.back_at is not None and outage.down_seconds is not None
+                else "never back"
+            )
+            watcher = self.watcher
+            self.console.print(
+                f"broker outage: {outage.signal} at {outage.started_at:.1f}s with "
+                f"{outage.pending_invoices} invoices waiting for a result ({outage.events_sent} events "
+                f"sent); {back}; the run's topic reader reconnected "
+                f"{max(0, watcher.reconnects) if watcher else 0} times",
+                highlight=False,
+            )
         self.console.print(
             f"events: {len(plan.invoices)} invoices ({len(plan.registrable)} registrable, "
             f"{len(plan.rejectable)} refused by the business rules), {plan.duplicates_same_id} re-sent "
-            f"under the same id, {plan.duplicates_new_id} under a new id, {plan.poison} poison "
+            f"under the same id, {plan.duplicates_new_id} under a new id, {plan.conflicts} with other "
+            f"content (conflicts), {plan.poison} poison "
             f"({', '.join(f'{k} {v}' for k, v in sorted(Counter(self.poison_sources.values()).items()))})",
             highlight=False,
         )
@@ -877,7 +1506,8 @@ class ChaosRun:
         if answers:
             summary = ", ".join(f"{name} {count}" for name, count in sorted(answers.items()))
             self.console.print(f"Amili answers (emulator log): {summary}", highlight=False)
-        self.console.print(f"logs: {self.service_log}, {self.emulator_log}", highlight=False)
+        logs = ", ".join(str(replica.log) for replica in self.replicas)
+        self.console.print(f"logs: {logs}, {self.emulator_log}", highlight=False)
 
 
 _ACCESS_LINE = re.compile(r'"(GET|POST) (/invoice--registrations)\S* HTTP/[0-9.]+" (\d{3})')
@@ -951,11 +1581,9 @@ def evaluate(
     without = plan.invoices - set(observed.results)
     add("invoices without a result", 0, len(without), not without, _sample(without))
     wrong = {
-        key: sorted({outcome for outcome, _ in observed.results.get(key, [])})
+        key: sorted(observed.outcomes(key))
         for key in plan.invoices
-        if key in observed.results
-        and {outcome for outcome, _ in observed.results[key]}
-        != {REGISTERED if key in plan.registrable else REJECTED}
+        if key in observed.results and observed.outcomes(key) != plan.expected_outcomes(key)
     }
     strays = set(observed.results) - plan.invoices
     add(
@@ -996,6 +1624,19 @@ def evaluate(
         f"{_sample(sources - poisoned)} (rules: {dict(observed.dead_letter_rules)})",
     )
     add("dead-letter records (re-deliveries included)", "-", observed.dead_letter_records, None)
+    # A dead letter of a valid invoice: given up or failed processing, not anything wrong with the event.
+    valid = {
+        source: rules
+        for source, rules in observed.source_rules.items()
+        if rules & NON_POISON_RULES or source not in poisoned
+    }
+    add(
+        "dead letters for valid invoices",
+        0,
+        len(valid),
+        not valid,
+        _sample(f"{source}: {'/'.join(sorted(rules))}" for source, rules in valid.items()),
+    )
     add(
         "events left unconsumed at the end",
         0,
@@ -1003,11 +1644,107 @@ def evaluate(
         stats.unconsumed == 0,
     )
     add("service exits not caused by a kill", 0, stats.unexpected_exits, stats.unexpected_exits == 0)
+    replicas = f" ({stats.replicas} replicas)" if stats.replicas > 1 else ""
+    if stats.kills_enabled:
+        add(
+            f"service restarts{replicas}",
+            f"{stats.kills} (one per kill)",
+            stats.restarts,
+            stats.restarts == stats.kills,
+        )
+    else:
+        add(f"service restarts{replicas}", 0, stats.restarts, stats.restarts == 0)
     # The emulator, like Amili, refuses a second registration of an invoice number (422, "not
     # unique"); the service adopts the first. Each such answer is a duplicate the service attempted.
     add("POSTs Amili refused as not unique", "-", (answers or {}).get("POST 422", 0), None)
-    add("SIGKILLs", ">= 1", stats.kills, None)
+    add("SIGKILLs", ">= 1" if stats.kills_enabled else "0 (--no-kills)", stats.kills, None)
+    if stats.outage is not None:
+        checks.extend(outage_checks(stats.outage, stats.all_in_seconds))
     return checks
+
+
+def outage_checks(outage: OutageStats, all_in_seconds: float | None) -> list[Check]:
+    """The broker outage: did it hit mid-run, and how did the service behave while it lasted."""
+    name = "invoices waiting for a result when the broker stopped"
+    if outage.started_at is None:
+        return [Check(name, "> 0", f"never started: {outage.not_started}", False)]
+    checks = [Check(name, "> 0", str(outage.pending_invoices), outage.pending_invoices > 0)]
+    down = outage.down_seconds
+    checks.append(
+        Check(
+            f"broker down ({outage.signal}, then started again)",
+            f"{outage.planned_seconds:g}s + start",
+            "never back" if down is None else f"{down:.1f}s",
+            False if down is None else None,
+        )
+    )
+
+    def per_replica(values: dict[str, float], form: str) -> str:
+        return ", ".join(f"{name} {form.format(value)}" for name, value in sorted(values.items()))
+
+    minutes = (down if down is not None else outage.log_window_seconds) / 60
+    bound = math.ceil(LOG_LINES_PER_MINUTE * minutes)
+    worst_lines = max(outage.log_lines.values(), default=0)
+    cut = "" if outage.log_window_complete else ", window cut short"
+    checks.append(
+        Check(
+            "log lines of the service during the outage",
+            f"<= {bound}/replica ({LOG_LINES_PER_MINUTE}/min down)",
+            f"max {worst_lines} ({per_replica(dict(outage.log_lines), '{:.0f}')}) in "
+            f"{outage.log_window_seconds:.0f}s{cut}",
+            worst_lines <= bound,
+        )
+    )
+    if outage.cpu_cores:
+        worst_cpu = max(outage.cpu_cores.values())
+        checks.append(
+            Check(
+                "CPU of the service while the broker was away",
+                f"<= {IDLE_CPU_CORES:.2f} core/replica",
+                f"max {worst_cpu:.3f} ({per_replica(outage.cpu_cores, '{:.3f}')}) "
+                f"over {outage.away_seconds:.0f}s",
+                worst_cpu <= IDLE_CPU_CORES,
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "CPU of the service while the broker was away",
+                f"<= {IDLE_CPU_CORES:.2f} core/replica",
+                f"not measured: away {outage.away_seconds:.1f}s",
+                None,
+            )
+        )
+    if outage.back_at is None:
+        recovered = "-"
+    elif all_in_seconds is None:
+        recovered = "never (timed out)"
+    else:
+        recovered = f"{max(0.0, all_in_seconds - outage.back_at):.1f}s"
+    if outage.first_result_after_back is not None:
+        recovered += f" (first result {outage.first_result_after_back:.1f}s)"
+    checks.append(Check("time from broker back to every result in", "-", recovered, None))
+    return checks
+
+
+def check_options(options: ChaosOptions) -> None:
+    """The combinations a run cannot honour, refused with a one-line :class:`ChaosError`."""
+    if not 1 <= options.replicas <= MAX_REPLICAS:
+        raise ChaosError(f"--replicas must be between 1 and {MAX_REPLICAS}")
+    if options.replicas > 1 and options.ledger != "postgres":
+        raise ChaosError(
+            f"--replicas {options.replicas} needs --ledger postgres: the SQLite ledger is one file "
+            "for a single instance"
+        )
+    if options.broker_outage < 0 or options.outage_after < 0:
+        raise ChaosError("--broker-outage and --outage-after cannot be negative")
+    if options.broker_outage > 0 and options.kafka_bootstrap:
+        raise ChaosError(
+            "--broker-outage stops and restarts the run's own broker: drop --kafka-bootstrap and "
+            "unset KAFKA_BOOTSTRAP_SERVERS"
+        )
+    if not 0 <= options.conflict_share <= 0.5:
+        raise ChaosError("--conflicts must be a share between 0 and 0.5")
 
 
 async def run_chaos(options: ChaosOptions, console: Console | None = None) -> int:
@@ -1018,14 +1755,22 @@ async def run_chaos(options: ChaosOptions, console: Console | None = None) -> in
         raise ChaosError("--invoices must be at least 1")
     if not 0 < options.kill_every_min <= options.kill_every_max:
         raise ChaosError("need 0 < --kill-every-min <= --kill-every-max")
+    check_options(options)
     loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    chaos = ChaosRun(options, console)
+    # The run is a task of its own, which SIGTERM and Ctrl-C cancel; what it started is stopped
+    # from here too, by a task that was not cancelled (so no await of the clean-up is cut short).
+    work = asyncio.create_task(chaos.run(), name="chaos-run")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, work.cancel)
     try:
-        return await ChaosRun(options, console).run()
+        return await work
     except asyncio.CancelledError:
         console.print("[red]chaos run interrupted[/]")
         return 130
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        try:
+            await chaos.clean_up()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

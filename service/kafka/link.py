@@ -156,6 +156,8 @@ class BrokerLink:
         """Send one record and return once the broker has it (acks=all), however long that takes;
         raises ``RecordRefused`` only for a record the broker will never take."""
         while True:
+            if self._stopped:
+                raise RuntimeError("the broker link is stopped")
             producer = self._producer
             if producer is None or not self._up.is_set():
                 self._waiting += 1

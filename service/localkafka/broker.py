@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -148,8 +149,68 @@ def free_ports(count: int) -> list[int]:
         return ports
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_RANGE = (32768, 60999)  # Linux's default
+LOWEST_CHOSEN_PORT = 10000
+_PORT_ATTEMPTS = 200
+
+
+def ephemeral_port_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's range of ephemeral (automatically assigned source) ports, from ``path``; Linux's
+    default 32768-60999 when it cannot be read."""
+    try:
+        low, high = (int(part) for part in path.read_text().split()[:2])
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_RANGE
+    if not 0 < low <= high <= 65535:
+        return DEFAULT_EPHEMERAL_RANGE
+    return low, high
+
+
+def stable_free_ports(
+    count: int, *, ephemeral: tuple[int, int] | None = None, rng: random.Random | None = None
+) -> list[int]:
+    """``count`` distinct free loopback ports outside the kernel's ephemeral range: random ones in
+    ``[10000, low - 1]`` (else above ``high``), each checked free by binding it.
+
+    Why not let the kernel pick (port 0)? Its picks come from the ephemeral range, the very range it
+    takes client source ports from. A client reconnecting in a hot loop to a stopped broker whose port
+    lies in that range can be handed that very port as its own source port and connect to itself
+    (TCP simultaneous open); the connection then holds the port and the broker cannot bind it when
+    it starts again. A port outside the range is never handed out as a source port.
+    """
+    low, high = ephemeral if ephemeral is not None else ephemeral_port_range()
+    spans = [(LOWEST_CHOSEN_PORT, low - 1), (max(high + 1, LOWEST_CHOSEN_PORT), 65535)]
+    candidates = [span for span in spans if span[0] <= span[1]]
+    if not candidates:
+        raise LocalKafkaError(f"no port outside the ephemeral range {low}-{high} to choose from")
+    first, last = candidates[0]
+    draw = rng or random.SystemRandom()
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(_PORT_ATTEMPTS):
+            if len(ports) == count:
+                break
+            port = draw.randint(first, last)
+            if port in ports:
+                continue
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM binds it
+            try:
+                sock.bind((HOST, port))  # held until all are chosen: no port is picked twice
+            except OSError:
+                continue
+            ports.append(port)
+        if len(ports) < count:
+            raise LocalKafkaError(f"found no {count} free ports in {first}-{last} on {HOST}")
+        return ports
+
+
 def _port_is_free(port: int) -> bool:
+    """Whether the broker could bind ``port``: like the JVM, with SO_REUSEADDR, so that connections
+    of a stopped broker lingering in TIME_WAIT do not hold its port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -410,8 +471,13 @@ def _pid_alive(pid: int) -> bool:
 class LocalKafka:
     """One named local broker. Its files live in ``<cache_dir>/run/<name>/``.
 
-    ``port``/``controller_port`` 0 pick free loopback ports at :meth:`start`; the chosen ones are
-    stored back on the object and in the state file.
+    ``port``/``controller_port`` 0 pick free loopback ports outside the kernel's ephemeral range at
+    :meth:`start` (see :func:`stable_free_ports`); the chosen ones are stored back on the object and
+    in the state file.
+
+    :meth:`start` formats a fresh data dir unless ``keep_data`` is set and one exists. The same object
+    started again after :meth:`stop` is a restart: the same ports and the same data (its topics,
+    records and committed offsets), whatever ``keep_data`` says.
     """
 
     version: str = field(default_factory=default_version)
@@ -423,6 +489,7 @@ class LocalKafka:
     jvm_opts: Sequence[str] = DEFAULT_JVM_OPTS
     extra_properties: Mapping[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _cluster_id: str | None = field(default=None, init=False, repr=False)  # of the data it started on
 
     def __post_init__(self) -> None:
         self.version = _check_version(self.version)
@@ -527,7 +594,9 @@ class LocalKafka:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cluster_id = self._prepare_storage(java, libs)
 
-        proc = self._spawn(java, libs)
+        restart = self._cluster_id == cluster_id
+        self._cluster_id = cluster_id
+        proc = self._spawn(java, libs, append_log=restart)
         self.pid_file.write_text(f"{proc.pid}\n")
         self.state_file.write_text(
             json.dumps(
@@ -556,7 +625,7 @@ class LocalKafka:
                 raise LocalKafkaError(f"port {port} on {HOST} is already in use")
         if len(set(wanted)) != len(wanted):
             raise LocalKafkaError("port and controller_port must differ")
-        fresh = iter(p for p in free_ports(3) if p not in wanted)
+        fresh = iter(p for p in stable_free_ports(3) if p not in wanted)
         if not self.port:
             self.port = next(fresh)
         if not self.controller_port:
@@ -566,12 +635,15 @@ class LocalKafka:
         return f"{libs}{os.sep}*"
 
     def _prepare_storage(self, java: str, libs: Path) -> str:
-        """Write the config files and format the storage dir; returns the cluster id."""
+        """Write the config files and format the storage dir unless its data is kept (``keep_data``,
+        or a restart of this object on the data it formatted); returns the cluster id."""
         existing = self.data_dir / "meta.properties"
         cluster_id: str | None = None
-        if self.keep_data and existing.is_file():
+        if (self.keep_data or self._cluster_id is not None) and existing.is_file():
             match = re.search(r"^cluster\.id=(\S+)", existing.read_text(), re.MULTILINE)
             cluster_id = match.group(1) if match else None
+            if not self.keep_data and cluster_id != self._cluster_id:
+                cluster_id = None  # another broker's data: not ours to keep
         if cluster_id is None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -621,7 +693,7 @@ class LocalKafka:
             raise LocalKafkaError(f"formatting the broker storage failed: {detail}")
         return cluster_id
 
-    def _spawn(self, java: str, libs: Path) -> subprocess.Popen[bytes]:
+    def _spawn(self, java: str, libs: Path, *, append_log: bool = False) -> subprocess.Popen[bytes]:
         log_name, _ = render_log_config(self.version)
         command = [
             java,
@@ -633,7 +705,7 @@ class LocalKafka:
             "kafka.Kafka",
             str(self.properties_file),
         ]
-        with self.log_file.open("wb") as log:
+        with self.log_file.open("ab" if append_log else "wb") as log:
             try:
                 proc = subprocess.Popen(
                     command,
@@ -669,15 +741,16 @@ class LocalKafka:
                 )
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the broker: SIGTERM, wait up to ``timeout`` s, then SIGKILL, always by the pid
-        from this broker's pid file. Idempotent; True if a running broker was stopped."""
+    def stop(self, timeout: float = 30.0, *, sig: signal.Signals = signal.SIGTERM) -> bool:
+        """Stop the broker: ``sig`` (SIGTERM: a controlled shutdown), wait up to ``timeout`` s, then
+        SIGKILL, always by the pid from this broker's pid file. Idempotent; True if a running broker
+        was stopped. Its ports and data stay with the object: :meth:`start` restarts it."""
         pid = self._read_pid()
         stopped = False
         if pid is not None and self._is_our_broker(pid):
             stopped = True
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
             if not self._wait_exit(pid, timeout):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

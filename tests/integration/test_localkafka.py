@@ -1,5 +1,6 @@
 """The session's Kafka broker really stores and serves records (aiokafka admin, producer, consumer),
-and a jar broker's life cycle: start, status, a second start, stop, a broker that cannot start."""
+and a jar broker's life cycle: start, status, a second start, stop, a restart on the same port and
+data, a broker that cannot start."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from service.localkafka import (
     default_version,
     free_port,
 )
+from service.localkafka.broker import ephemeral_port_range
 
 pytestmark = pytest.mark.kafka
 
@@ -119,3 +121,46 @@ def test_jar_broker_that_cannot_bind_reports_one_line() -> None:
     assert message.startswith("broker exited during start-up")
     assert broker.status() is None
     broker.stop()
+
+
+async def _produce_one(bootstrap: str, topic: str) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic, b"kept across a restart", key=b"k")
+    finally:
+        await producer.stop()
+    return int(sent.offset)
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[bytes | None]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=30_000, max_records=10)
+        return [record.value for records in batches.values() for record in records]
+    finally:
+        await consumer.stop()
+
+
+@jar_broker
+def test_jar_broker_restarts_on_its_port_with_its_data() -> None:
+    broker = LocalKafka(name="pytest-restart")
+    broker.stop()
+    try:
+        bootstrap = broker.start(timeout=120)
+        ports = (broker.port, broker.controller_port)
+        low, high = ephemeral_port_range()
+        assert all(port < low or port > high for port in ports)
+        assert asyncio.run(_produce_one(bootstrap, "restart")) == 0
+
+        assert broker.stop() is True  # SIGTERM: a controlled shutdown
+        assert not broker.is_running()
+        assert broker.start(timeout=120) == bootstrap
+        assert (broker.port, broker.controller_port) == ports
+        assert asyncio.run(_read_all(bootstrap, "restart")) == [b"kept across a restart"]
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.run_dir, ignore_errors=True)

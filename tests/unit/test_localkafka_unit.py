@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ from service.localkafka import (
     render_log_config,
     render_server_properties,
 )
+from service.localkafka.broker import ephemeral_port_range, stable_free_ports
 from service.localkafka.pom import render_pom
 
 
@@ -260,3 +262,70 @@ def test_cache_dir_is_local_kafka_home_or_project_dot_kafka(
     monkeypatch.setenv("LOCAL_KAFKA_HOME", str(tmp_path / "k"))
     assert default_cache_dir() == tmp_path / "k"
     assert LocalKafka(version="3.9.2").run_dir == tmp_path / "k" / "run" / "default"
+
+
+def test_ephemeral_range_is_read_from_proc_else_linux_default(tmp_path: Path) -> None:
+    proc_file = tmp_path / "ip_local_port_range"
+    proc_file.write_text("40000\t50000\n")
+    assert ephemeral_port_range(proc_file) == (40000, 50000)
+    assert ephemeral_port_range(tmp_path / "missing") == (32768, 60999)
+    proc_file.write_text("garbage\n")
+    assert ephemeral_port_range(proc_file) == (32768, 60999)
+
+
+def test_chosen_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    low, _ = ephemeral_port_range()
+    for seed in range(20):
+        ports = stable_free_ports(3, rng=random.Random(seed))
+        assert len(set(ports)) == 3
+        for port in ports:
+            assert 10000 <= port < low
+            with socket.socket() as sock:  # really free: it can be bound
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+
+
+class _Draws(random.Random):
+    """A random source whose ``randint`` returns the given values in turn."""
+
+    def __init__(self, values: list[int]) -> None:
+        super().__init__(0)
+        self._values = iter(values)
+
+    def randint(self, a: int, b: int) -> int:
+        value = next(self._values)
+        assert a <= value <= b
+        return value
+
+
+def test_chosen_ports_skip_taken_and_repeated_ones_and_leave_the_range_when_it_starts_low() -> None:
+    taken_port, first, second = stable_free_ports(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", taken_port))
+        taken.listen()
+        draws = _Draws([taken_port, first, first, second])
+        assert stable_free_ports(2, ephemeral=(60000, 60999), rng=draws) == [first, second]
+    above = stable_free_ports(2, ephemeral=(1024, 60999), rng=random.Random(1))
+    assert all(60999 < p <= 65535 for p in above)
+    with pytest.raises(LocalKafkaError, match="no port outside the ephemeral range"):
+        stable_free_ports(1, ephemeral=(1024, 65535))
+
+
+def test_a_broker_picks_its_ports_outside_the_ephemeral_range_and_keeps_them_on_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    _cached_jars(cache)
+    bin_dir = tmp_path / "bin"
+    _fake_tool(bin_dir, "java", FAKE_JAVA)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    kafka = LocalKafka(version=DEFAULT_KAFKA_VERSION, cache_dir=cache, name="ports")
+    with pytest.raises(LocalKafkaError):
+        kafka.start(timeout=20)
+    low, high = ephemeral_port_range()
+    ports = (kafka.port, kafka.controller_port)
+    assert all(p < low or p > high for p in ports)
+    assert ports[0] != ports[1]
+    with pytest.raises(LocalKafkaError):
+        kafka.start(timeout=20)  # the same object again: the same ports
+    assert (kafka.port, kafka.controller_port) == ports
