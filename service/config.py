@@ -109,10 +109,10 @@ class Settings(BaseSettings):
         description="How long the producer waits to put results finishing together in one request",
     )
     kafka_request_timeout_ms: int = Field(
-        default=30_000,
+        default=10_000,
         ge=1_000,
         description="How long one request to the broker (a send, a commit) may take; a send that "
-        "is not acknowledged by then is sent again once the broker answers",
+        "is not acknowledged by then marks the broker unreachable and is sent again once it answers",
     )
     kafka_session_timeout_ms: int = Field(
         default=10_000,

@@ -20,6 +20,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from service.kafka import link as link_module
 from service.kafka.link import BrokerLink, LinkObserver, RecordRefused
 from service.registration import Backoff
 
@@ -63,6 +64,10 @@ class FakeCluster:
 class FakeClient:
     def __init__(self, broker: FakeBroker) -> None:
         self.cluster = FakeCluster(broker)
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 class FakeProducer:
@@ -426,6 +431,23 @@ async def test_stop_returns_within_its_timeout_while_the_broker_is_away(
     assert closing == []
     if waiting is not None:
         await cancelled(waiting)
+
+
+async def test_a_discarded_producer_that_will_not_stop_has_its_client_closed(
+    broker: FakeBroker, make_link: MakeLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka's producer retries what it holds, refreshing metadata without pause, for as long as
+    the broker is away: closing its client is what ends that."""
+    monkeypatch.setattr(link_module, "DISCARD_FLUSH_SECONDS", 0.05)
+    link = await make_link(send_timeout_seconds=0.05)
+    broker.reachable, broker.stop_hangs, broker.unreachable_send = False, True, "hang"
+    waiting = send(link, b"v")
+    await eventually(lambda: broker.producers[0].stop_calls == 1, "the producer is discarded")
+    await eventually(lambda: broker.producers[0].client.closed, "its client is closed")
+    broker.reachable, broker.stop_hangs = True, False
+    await asyncio.wait_for(waiting, 2)
+    assert [number for number, _, _ in broker.received] == [len(broker.producers) - 1]
+    await link.stop()
 
 
 async def test_an_outage_logs_one_line_going_down_a_summary_now_and_then_and_one_coming_back(
