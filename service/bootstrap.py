@@ -29,6 +29,7 @@ from service.config import Settings
 from service.domain.transform import TransformDefaults
 from service.kafka.engine import ConsumptionEngine, Processor
 from service.kafka.link import BrokerLink
+from service.kafka.pacing import paced_consumer, paced_producer
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
 from service.ledger.factory import open_ledger
 from service.ops.http import Check, HealthEndpoint, progress_check
@@ -216,16 +217,18 @@ def build_registrar(
         observer=observer,
     )
     link = BrokerLink(
-        partial(
-            AIOKafkaProducer,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            # Results finishing together share a produce request (fewer round trips and syscalls).
-            linger_ms=settings.kafka_linger_ms,
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-            client_id=APP_NAME,
-            **consumer_security,
+        paced_producer(
+            partial(
+                AIOKafkaProducer,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                # Results finishing together share a produce request (fewer round trips and syscalls).
+                linger_ms=settings.kafka_linger_ms,
+                request_timeout_ms=settings.kafka_request_timeout_ms,
+                client_id=APP_NAME,
+                **consumer_security,
+            )
         ),
         topics=[settings.registration_result_topic, settings.dead_letter_topic],
         send_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
@@ -245,18 +248,20 @@ def build_registrar(
         backoff=backoff,
         observer=observer,
     )
-    consumer = partial(
-        AIOKafkaConsumer,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.consumer_group_id,
-        client_id=APP_NAME,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=settings.max_in_flight,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),
-        **consumer_security,
+    consumer = paced_consumer(
+        partial(
+            AIOKafkaConsumer,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group_id,
+            client_id=APP_NAME,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.max_in_flight,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),
+            **consumer_security,
+        )
     )
     shutdown = ShutdownBudget.of(settings.shutdown_grace_seconds)
     engine = ConsumptionEngine(
