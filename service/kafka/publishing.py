@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -9,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE, CloudEvent
 from service.events.record import InboundRecord
-from service.kafka.link import BrokerLink
+from service.kafka.link import BrokerLink, RecordRefused
+
+log = logging.getLogger(__name__)
 
 
 class _TopicPublisher:
@@ -81,13 +85,76 @@ def dead_letter_headers(
     return [*record.headers, *((name, value.encode()) for name, value in ours.model_dump().items())]
 
 
+TRUNCATED_VALUE_BYTES = 64 * 1024
+"""How much of a value a dead letter keeps when the whole record is too large to be written."""
+TRUNCATED_HEADERS_BYTES = 16 * 1024
+"""The record's own headers are kept in a truncated dead letter only up to this size in all."""
+
+
+class DeadLetterTruncation(BaseModel):
+    """The headers a dead letter carries, after the ``dlq.*`` ones, when the record was too large
+    to be written whole (the broker or the producer refused it): what is missing, and how to find
+    and check the original in its source topic."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    truncated: str = Field(
+        alias="dlq.truncated", description="value: the value holds only its first bytes; the original follows"
+    )
+    original_size: str = Field(
+        alias="dlq.original_size", pattern=r"^[0-9]+$", description="The original value's size in bytes"
+    )
+    value_sha256: str = Field(
+        alias="dlq.value_sha256", pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the original value"
+    )
+    headers_dropped: str = Field(
+        alias="dlq.headers_dropped",
+        pattern=r"^[0-9]+$",
+        description="How many of the record's own headers were left out (too large together)",
+    )
+
+
+def truncated_dead_letter(
+    record: InboundRecord, headers: list[tuple[str, bytes]]
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value and headers of a dead letter that fits: the value's first bytes, the record's own
+    headers if they are small, the ``dlq.*`` headers, and what was left out (``DeadLetterTruncation``)."""
+    value = record.value or b""
+    own = list(record.headers)
+    ours = headers[len(own) :]
+    keep_own = sum(len(name) + len(content) for name, content in own) <= TRUNCATED_HEADERS_BYTES
+    truncation = DeadLetterTruncation(
+        truncated="value",
+        original_size=str(len(value)),
+        value_sha256=hashlib.sha256(value).hexdigest(),
+        headers_dropped="0" if keep_own else str(len(own)),
+    )
+    kept = [*(own if keep_own else []), *ours]
+    kept += [(name, text.encode()) for name, text in truncation.model_dump().items()]
+    return value[:TRUNCATED_VALUE_BYTES], kept
+
+
 class KafkaDeadLetterPublisher(_TopicPublisher):
     """Sends a record that cannot be processed to the dead-letter topic: key, value and headers
     byte for byte as they came, plus ``dlq.*`` headers.
+
+    A record too large to be written whole (with our headers it can exceed what the producer or the
+    broker takes) is written truncated rather than left to stall its partition: see
+    ``truncated_dead_letter``; the original stays in its source topic at ``dlq.partition`` and
+    ``dlq.offset`` for as long as that topic keeps it.
 
     Not through FastStream's publisher: it takes headers as text and adds a content-type of its own.
     """
 
     async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None:
         headers = dead_letter_headers(record, rule, reason, datetime.now(UTC))
-        await self._send(key=record.key, value=record.value, headers=headers)
+        try:
+            await self._send(key=record.key, value=record.value, headers=headers)
+        except RecordRefused:
+            value, kept = truncated_dead_letter(record, headers)
+            log.warning(
+                "dead letter too large: written truncated",
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                       "original_size": len(record.value or b"")},
+            )  # fmt: skip
+            await self._send(key=record.key, value=value, headers=kept)
