@@ -91,6 +91,8 @@ class EngineObserver:
 
     def lag(self, topic: str, partition: int, lag: int) -> None: ...
 
+    def oldest_unfinished(self, topic: str, partition: int, seconds: float) -> None: ...
+
     def progress(self) -> None: ...
 
 
@@ -99,18 +101,26 @@ class PartitionProgress:
     """Offsets taken from one partition, in order, and which of them are finished."""
 
     pending: deque[int] = field(default_factory=deque)
+    taken_at: deque[float] = field(default_factory=deque)
+    """When each pending offset was taken (monotonic), in the same order."""
     finished: set[int] = field(default_factory=set)
     next_offset: int | None = None
     committed: int | None = None
 
-    def take(self, offset: int) -> None:
+    def take(self, offset: int, now: float = 0.0) -> None:
         self.pending.append(offset)
+        self.taken_at.append(now)
         self.next_offset = offset + 1
 
     def finish(self, offset: int) -> None:
         self.finished.add(offset)
         while self.pending and self.pending[0] in self.finished:
             self.finished.discard(self.pending.popleft())
+            self.taken_at.popleft()
+
+    def oldest_unfinished_seconds(self, now: float) -> float:
+        """How long the event the commits wait for has been under way (0: none is)."""
+        return now - self.taken_at[0] if self.taken_at else 0.0
 
     @property
     def committable(self) -> int | None:
@@ -289,8 +299,9 @@ class ConsumptionEngine:
             if partition not in assignment:  # revoked while the fetch was under way: not ours
                 continue
             progress = self._progress.setdefault(partition, PartitionProgress())
+            now = time.monotonic()
             for raw in records:
-                progress.take(raw.offset)
+                progress.take(raw.offset, now)
                 self._admit(partition, self._processor.prepare(to_inbound_record(raw)))
 
     def _loop_error(self, error: Exception) -> None:
@@ -459,9 +470,13 @@ class ConsumptionEngine:
 
     def _report_lag(self) -> None:
         assignment = self._consumer.assignment()
+        now = time.monotonic()
         for partition, progress in self._progress.items():
             if partition not in assignment:
                 continue
+            # A partition whose commits wait behind one event shows here, whatever holds it.
+            seconds = progress.oldest_unfinished_seconds(now)
+            self._observer.oldest_unfinished(partition.topic, partition.partition, seconds)
             end = self._consumer.highwater(partition)
             if end is not None and progress.committed is not None:
                 self._observer.lag(partition.topic, partition.partition, max(0, end - progress.committed))

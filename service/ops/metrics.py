@@ -75,6 +75,11 @@ class Metrics:
             "consumer_lag", "End offset minus committed offset", ["topic", "partition"],
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.oldest_unfinished = Gauge(
+            "oldest_unfinished_event_seconds",
+            "Per partition, how long the event its commits wait for has been under way (0: none)",
+            ["topic", "partition"], namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.ledger_errors = Counter(
             "ledger_errors", "Failed ledger operations", ["operation"], namespace=NAMESPACE, registry=r
         )
@@ -150,6 +155,9 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
 
     def lag(self, topic: str, partition: int, lag: int) -> None:
         self._m.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def oldest_unfinished(self, topic: str, partition: int, seconds: float) -> None:
+        self._m.oldest_unfinished.labels(topic, str(partition)).set(round(seconds, 3))
 
     def progress(self) -> None:
         self._m.last_progress.set_to_current_time()

@@ -81,7 +81,7 @@ def dashboard_expressions() -> list[str]:
 def test_promtool_check_rules(promtool: str) -> None:
     result = run([promtool, "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_promtool_test_rules(promtool: str) -> None:
@@ -100,6 +100,7 @@ def test_alerts_are_documented() -> None:
         "AmiliRegistrarDeadLetters",
         "AmiliRegistrarKafkaUnreachable",
         "AmiliRegistrarDeadLetteringFailing",
+        "AmiliRegistrarPartitionStuck",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
@@ -156,6 +157,7 @@ def test_dashboard_structure() -> None:
         "registrar_kafka_last_commit_timestamp_seconds",
         "registrar_kafka_last_produce_timestamp_seconds",
         "registrar_dead_letter_failures_total",
+        "registrar_oldest_unfinished_event_seconds",
     ],
 )
 def test_dashboard_has_a_panel_for(metric: str) -> None:

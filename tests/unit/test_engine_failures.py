@@ -68,12 +68,16 @@ class CountingObserver(EngineObserver):
     def __init__(self) -> None:
         self.dead_letters_failed = 0
         self.handled_events: list[Handled] = []
+        self.oldest: dict[int, float] = {}
 
     def dead_letter_failed(self) -> None:
         self.dead_letters_failed += 1
 
     def handled(self, handled: Handled, seconds: float) -> None:
         self.handled_events.append(handled)
+
+    def oldest_unfinished(self, topic: str, partition: int, seconds: float) -> None:
+        self.oldest[partition] = seconds
 
 
 class FakeLink:
@@ -265,11 +269,16 @@ async def test_the_partition_waits_at_an_event_whose_dead_letter_keeps_failing()
         assert max(consumer.committed_offsets) == 1  # never past the event that is not finished
         assert engine.in_flight == 1
         assert observer.dead_letters_failed == processor.give_up_calls
+        # The stuck partition shows: the event its commits wait for is ever older.
+        stuck_for = observer.oldest[TP.partition]
+        assert stuck_for >= 0.05
+        await eventually(lambda: observer.oldest[TP.partition] > stuck_for, "it keeps ageing")
 
         processor.give_up_failures = 0  # the broker takes the dead letter again
         await eventually(lambda: consumer.committed_offsets[-1:] == [3], "the partition goes on")
         assert processor.dead_letters == [1]
         assert engine.in_flight == 0
+        await eventually(lambda: observer.oldest[TP.partition] == 0.0, "nothing waits any more")
     finally:
         await asyncio.wait_for(engine.stop(), 2)
 
