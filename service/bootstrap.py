@@ -242,11 +242,14 @@ def build_registrar(
         results=KafkaResultPublisher(link, settings.registration_result_topic),
         dead_letters=KafkaDeadLetterPublisher(link, settings.dead_letter_topic),
         defaults=TransformDefaults(
-            account=settings.amili_default_account, creditor=settings.amili_default_creditor
+            account=settings.amili_default_account,
+            creditor=settings.amili_default_creditor,
+            id_number_check=settings.id_number_check,
         ),
         clock=clock,
         backoff=backoff,
         observer=observer,
+        unknown_fields=settings.unknown_fields,
     )
     consumer = paced_consumer(
         partial(

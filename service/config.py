@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     amili_default_creditor: str | None = Field(
         default=None, description="Creditor id used when an event carries none"
     )
+    id_number_check: Literal["strict", "warn", "off"] = Field(
+        default="strict",
+        description="How a Swedish id number (customer.id_number) is checked: strict = an invalid "
+        "one rejects the invoice; warn = the invoice is registered with the id number as given and "
+        "the registration-result carries a warning naming the field and the problem; off = no check",
+    )
+    unknown_fields: Literal["ignore", "reject"] = Field(
+        default="ignore",
+        description="Fields in invoice-created data the invoice does not know: ignore = dropped, the "
+        "event processed, counted in registrar_unknown_fields_total and named in a debug log; "
+        "reject = the event is dead-lettered (rule data_schema)",
+    )
     amili_http_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp", description="HTTP client towards Amili: aiohttp (directly) or httpx (its own pool)"
     )

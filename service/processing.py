@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 
 from service.amili.models import InvoiceRegistrationRequest
 from service.domain.outcomes import Outcome, Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.transform import TransformDefaults, registration_warnings, to_registration
 from service.events.cloudevents import EnvelopeError
 from service.events.contract import (
     InvoiceCreated,
     Reason,
     RegistrationResult,
+    UnknownFields,
     decode_invoice_created,
     result_event,
     result_key,
@@ -58,6 +59,8 @@ class Prepared:
     error: EnvelopeError | None = None
     creditor: str = ""
     """The invoice's creditor, from the event or the configured default (decided once, here)."""
+    warnings: tuple[Reason, ...] = ()
+    """What a registrable invoice is registered despite (``ID_NUMBER_CHECK=warn``)."""
 
 
 class ProcessingObserver:
@@ -68,6 +71,8 @@ class ProcessingObserver:
     def result_published(self, outcome: str, event_time: datetime | None) -> None: ...
 
     def ledger_error(self, operation: str) -> None: ...
+
+    def unknown_fields(self, paths: tuple[str, ...]) -> None: ...
 
 
 class InvoiceProcessor:
@@ -83,7 +88,9 @@ class InvoiceProcessor:
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: ProcessingObserver | None = None,
+        unknown_fields: UnknownFields = "ignore",
     ) -> None:
+        self._unknown_fields: UnknownFields = unknown_fields
         self._registration = registration
         self._ledger = ledger
         self._results = results
@@ -101,7 +108,7 @@ class InvoiceProcessor:
         overtake each other."""
         unordered = f"{record.topic}:{record.partition}:{record.offset}"
         try:
-            created = decode_invoice_created(record)
+            created = decode_invoice_created(record, unknown_fields=self._unknown_fields)
         except EnvelopeError as error:
             return Prepared(record, unordered, error=error)
         except Exception as error:  # whatever the bytes, a record must end somewhere: here, dead letters
@@ -110,12 +117,16 @@ class InvoiceProcessor:
         invoice = created.invoice
         creditor = invoice.creditor or self._defaults.creditor or ""
         payload = to_registration(invoice, self._defaults)
+        warnings: tuple[Reason, ...] = ()
+        if not isinstance(payload, Rejection):
+            warnings = tuple(Reason.from_violation(v) for v in registration_warnings(invoice, self._defaults))
         return Prepared(
             record,
             f"{creditor}/{invoice.invoice_number}",
             created=created,
             payload=payload,
             creditor=creditor,
+            warnings=warnings,
         )
 
     async def process(self, record: InboundRecord) -> Handled:
@@ -131,6 +142,10 @@ class InvoiceProcessor:
 
         created, payload, creditor = prepared.created, prepared.payload, prepared.creditor
         invoice = created.invoice
+        if created.unknown_fields:
+            # Names only, never values: a producer added fields this service does not know yet.
+            log.debug("ignored unknown fields in data", extra={"fields": list(created.unknown_fields)})
+            self._observer.unknown_fields(created.unknown_fields)
         if isinstance(payload, Rejection):
             result = RegistrationResult(
                 outcome=Outcome.REJECTED.value,
@@ -143,7 +158,9 @@ class InvoiceProcessor:
             await self._publish(result, created.event.time)
             return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice.invoice_number)
 
-        decision = await self._registration.register(payload, event_id=created.event.id)
+        decision = await self._registration.register(
+            payload, event_id=created.event.id, warnings=prepared.warnings
+        )
         await self._publish(decision.result, created.event.time)
         if decision.recorded and not decision.already_published:
             self._mark_published_later(decision.result)

@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -159,7 +159,11 @@ class InvoiceRegistration:
                 self._in_flight -= 1
                 self._observer.registrations_in_flight(self._in_flight)
 
-    async def register(self, request: InvoiceRegistrationRequest, *, event_id: str) -> Decision:
+    async def register(
+        self, request: InvoiceRegistrationRequest, *, event_id: str, warnings: Sequence[Reason] = ()
+    ) -> Decision:
+        """Register ``request`` once; a registered result carries ``warnings`` (and keeps them in
+        the ledger, so a republished result does too)."""
         creditor, number = request.creditor, request.invoice_number
         digest = fingerprint(request)
         waits = 0
@@ -208,6 +212,8 @@ class InvoiceRegistration:
                 raise
             if result is None:  # the claim was lost to another owner: claim again
                 continue
+            if warnings and result.outcome == Outcome.REGISTERED.value:
+                result = result.model_copy(update={"warnings": list(warnings)})
             await self._ledger_call(
                 "finish",
                 self._ledger.finish,

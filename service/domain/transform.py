@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -27,13 +28,41 @@ _ROUNDING_TOLERANCE = Decimal("0.01")
 
 Broken = Callable[[str, str, str], None]
 
+IdNumberCheck = Literal["strict", "warn", "off"]
+"""How a Swedish id number (``customer.id_number``) is checked: ``strict`` rejects an invalid one,
+``warn`` registers it as given with a warning, ``off`` does not check it."""
+
 
 @dataclass(frozen=True, slots=True)
 class TransformDefaults:
-    """Where an event leaves ``account`` or ``creditor`` out, these are used."""
+    """Where an event leaves ``account`` or ``creditor`` out, these are used; ``id_number_check``
+    says what an invalid Swedish id number does (see ``IdNumberCheck``)."""
 
     account: str | None = None
     creditor: str | None = None
+    id_number_check: IdNumberCheck = "strict"
+
+
+def _id_number_findings(invoice: Invoice) -> list[Violation]:
+    """What is wrong with the customer's Swedish id number, if anything."""
+    customer = invoice.customer
+    if customer.id_number is None:
+        return []
+    problem: str | None = None
+    if customer.type is CustomerType.PERSON:
+        rule = "personnummer"
+        problem = personnummer_problem(customer.id_number)
+    elif customer.type is CustomerType.COMPANY:
+        rule = "organisationsnummer"
+        problem = organisationsnummer_problem(customer.id_number)
+    if not problem:
+        return []
+    return [Violation(field="data.customer.id_number", rule=rule, message=f"{rule} {problem}")]
+
+
+def registration_warnings(invoice: Invoice, defaults: TransformDefaults) -> list[Violation]:
+    """What a registrable ``invoice`` is registered despite: under ``warn``, an invalid id number."""
+    return _id_number_findings(invoice) if defaults.id_number_check == "warn" else []
 
 
 def check_business_rules(invoice: Invoice, defaults: TransformDefaults) -> list[Violation]:
@@ -52,15 +81,8 @@ def check_business_rules(invoice: Invoice, defaults: TransformDefaults) -> list[
         broken("due_date", "due_after_issue", "due date is before the issue date")
 
     customer = invoice.customer
-    if customer.id_number is not None:
-        if customer.type is CustomerType.PERSON:
-            problem = personnummer_problem(customer.id_number)
-            if problem:
-                broken("customer.id_number", "personnummer", f"personnummer {problem}")
-        elif customer.type is CustomerType.COMPANY:
-            problem = organisationsnummer_problem(customer.id_number)
-            if problem:
-                broken("customer.id_number", "organisationsnummer", f"organisationsnummer {problem}")
+    if defaults.id_number_check == "strict":
+        violations.extend(_id_number_findings(invoice))
     car = customer.car_registration
     if car is not None:
         if customer.customer_number is not None:

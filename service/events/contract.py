@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,19 +31,59 @@ class InvoiceCreated:
 
     event: CloudEvent
     invoice: Invoice
+    unknown_fields: tuple[str, ...] = ()
+    """Paths of the fields in ``data`` the invoice does not know (``data.lines[0].colour``), dropped
+    under ``UNKNOWN_FIELDS=ignore``."""
 
 
-def decode_invoice_created(record: InboundRecord) -> InvoiceCreated:
-    """The invoice carried by ``record``; ``EnvelopeError`` when it cannot be read."""
+UnknownFields = Literal["ignore", "reject"]
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``("lines", 0, "colour")`` → ``data.lines[0].colour``."""
+    path = "data"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _without(data: Any, loc: tuple[int | str, ...]) -> None:
+    """Remove the field at ``loc`` from ``data`` (in place)."""
+    for part in loc[:-1]:
+        data = data[part]
+    del data[loc[-1]]
+
+
+def decode_invoice_created(
+    record: InboundRecord, *, unknown_fields: UnknownFields = "ignore"
+) -> InvoiceCreated:
+    """The invoice carried by ``record``; ``EnvelopeError`` when it cannot be read.
+
+    The invoice models forbid unknown fields; under ``ignore`` the fields they name are dropped and
+    the data read again, so only the known fields count and the unknown ones are reported by path.
+    """
     event = read_cloudevent(record)
     if event.type != INVOICE_CREATED_TYPE:
         raise EnvelopeError("type", f"unknown event type {event.type!r}, expected {INVOICE_CREATED_TYPE!r}")
-    try:
-        invoice = Invoice.model_validate(event.data)
-    except ValidationError as error:
-        problems = validation_problems(error, prefix="data.")
-        raise EnvelopeError("data_schema", f"data does not match the invoice schema: {problems}") from error
-    return InvoiceCreated(event=event, invoice=invoice)
+    data = event.data
+    unknown: list[str] = []
+    while True:
+        try:
+            invoice = Invoice.model_validate(data)
+            break
+        except ValidationError as error:
+            extras = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
+            if unknown_fields == "reject" or not extras:
+                problems = validation_problems(error, prefix="data.")
+                raise EnvelopeError(
+                    "data_schema", f"data does not match the invoice schema: {problems}"
+                ) from error
+            if not unknown:
+                data = copy.deepcopy(data)
+            for loc in sorted(extras, key=len, reverse=True):
+                _without(data, loc)
+                unknown.append(field_path(loc))
+    return InvoiceCreated(event=event, invoice=invoice, unknown_fields=tuple(unknown))
 
 
 class AmiliIds(BaseModel):
@@ -90,6 +131,11 @@ class RegistrationResult(BaseModel):
     inbound_event_id: str
     amili: AmiliIds | None = None
     reasons: list[Reason] = Field(default_factory=list)
+    warnings: list[Reason] = Field(
+        default_factory=list,
+        description="On a registered result: what the invoice was registered despite (an invalid "
+        "Swedish id number under ID_NUMBER_CHECK=warn); empty when there is none",
+    )
 
 
 def result_key(creditor: str, invoice_number: str) -> bytes:

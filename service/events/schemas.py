@@ -154,6 +154,12 @@ def _standalone(model: type[BaseModel], *, mode: JsonSchemaMode, title: str, des
     return {"$schema": JSON_SCHEMA_DIALECT, "title": title, "description": description, **body}
 
 
+UNKNOWN_FIELDS_NOTE = (
+    "Unknown fields in data (at any level) are ignored by default (UNKNOWN_FIELDS=ignore: dropped, "
+    "counted, the event processed); under UNKNOWN_FIELDS=reject the event is dead-lettered."
+)
+
+
 def invoice_data_schema() -> Schema:
     """What an ``invoice-created`` event's ``data`` may be: the canonical invoice, as read."""
     return _standalone(
@@ -164,7 +170,10 @@ def invoice_data_schema() -> Schema:
             "The data of a billing.invoice.created.v1 CloudEvent. Amounts are JSON numbers (or decimal "
             "strings) with at most two decimals; dates are ISO 8601. Business rules the schema cannot "
             "state (SEK only, VAT 0/6/12/25, due date not before the issue date, line totals, Swedish "
-            "id numbers and plates) are checked by the service, which answers a rejected result."
+            "id numbers and plates) are checked by the service, which answers a rejected result. "
+            "additionalProperties is false here to name the known fields, but by default "
+            "(UNKNOWN_FIELDS=ignore) the service ignores unknown fields at any level and processes the "
+            "event; under UNKNOWN_FIELDS=reject an event with one is dead-lettered."
         ),
     )
 
@@ -178,8 +187,9 @@ def registration_result_schema() -> Schema:
         description=(
             "One event per invoice outcome, in structured mode (application/cloudevents+json), keyed "
             "creditor/invoice_number. type is amili-registrar.registration.<outcome>.v1 and "
-            "data.outcome the same outcome: registered (with Amili's ids), rejected (with reasons "
-            "naming data.* fields of the inbound event), conflict or failed."
+            "data.outcome the same outcome: registered (with Amili's ids, and warnings under "
+            "ID_NUMBER_CHECK=warn), rejected (with reasons naming data.* fields of the inbound "
+            "event), conflict or failed."
         ),
     )
 
@@ -221,6 +231,7 @@ def _messages(components: Schema) -> dict[str, Schema]:
             "name": "InvoiceCreatedStructured",
             "title": "invoice-created, structured mode",
             "summary": "An invoice to register: the whole CloudEvent is the record value.",
+            "description": UNKNOWN_FIELDS_NOTE,
             "contentType": STRUCTURED_CONTENT_TYPE,
             "headers": {
                 "type": "object",
@@ -234,6 +245,7 @@ def _messages(components: Schema) -> dict[str, Schema]:
             "name": "InvoiceCreatedBinary",
             "title": "invoice-created, binary mode",
             "summary": "An invoice to register: CloudEvents attributes in ce_* headers, the data as value.",
+            "description": UNKNOWN_FIELDS_NOTE,
             "contentType": JSON_CONTENT_TYPE,
             "headers": binary_headers,
             "payload": invoice,

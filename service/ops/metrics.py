@@ -5,6 +5,7 @@ No label carries an invoice number or any other unbounded value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from service.processing import Handled, ProcessingObserver
 from service.registration import RegistrationObserver
 
 NAMESPACE = "registrar"
+UNKNOWN_FIELD_LABELS = 100
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TIME_TO_RESULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -112,6 +114,11 @@ class Metrics:
             "dead_letter_failures", "Dead letters that could not be sent (tried again: the partition waits)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.unknown_fields = Counter(
+            "unknown_fields", "Fields in invoice-created data the service does not know (ignored), by "
+            "path with list indexes as []; beyond 100 paths they count as field=\"other\"", ["field"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.auth_ok.set(1)
         self.kafka_broker_up.set(1)
         for operation in ("produce", "commit", "connect", "probe"):
@@ -123,6 +130,7 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        self._unknown_field_labels: set[str] = set()
 
     # registration
     def retry(self, reason: str) -> None:
@@ -145,6 +153,16 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
         self._m.results_published.labels(outcome).inc()
         if event_time is not None:
             self._m.time_to_result.observe(max(0.0, (datetime.now(UTC) - event_time).total_seconds()))
+
+    def unknown_fields(self, paths: tuple[str, ...]) -> None:
+        for path in paths:
+            label = re.sub(r"\[\d+\]", "[]", path)
+            if label not in self._unknown_field_labels:
+                if len(self._unknown_field_labels) >= UNKNOWN_FIELD_LABELS:
+                    label = "other"
+                else:
+                    self._unknown_field_labels.add(label)
+            self._m.unknown_fields.labels(label).inc()
 
     # engine
     def in_flight(self, count: int) -> None:

@@ -289,7 +289,11 @@ _KINDS: list[tuple[str, Callable[[random.Random], tuple[bytes | None, Headers]]]
     ("other type", lambda r: (_structured({**VALID_EVENT, "type": "billing.invoice.paid.v1"}), ())),
     ("data not an invoice", lambda r: (_structured({**VALID_EVENT, "data": [1, 2, 3]}), ())),
     ("no lines", lambda r: (_structured(_with_data(lines=[])), ())),
-    ("unknown field", lambda r: (_structured(_with_data(colour="blue")), ())),
+    # An unknown field alone is ignored (UNKNOWN_FIELDS=ignore); it must not hide a real violation.
+    (
+        "unknown field, empty number",
+        lambda r: (_structured(_with_data(colour="blue", invoice_number="")), ()),
+    ),
     ("bad date", lambda r: (_structured(_with_data(due_date="2026-02-30")), ())),
     (
         "three decimals",
