@@ -87,7 +87,7 @@ def check_claim_lease(settings: Settings) -> None:
     """A claim must outlast the longest attempt at Amili (a look-up, then a POST, each up to the
     total timeout): otherwise another replica may take it over, look the invoice up while the
     first POST is still being processed at Amili, find nothing and POST it a second time."""
-    longest_attempt = 2 * settings.amili_total_timeout_seconds
+    longest_attempt = settings.longest_amili_attempt_seconds
     if settings.claim_lease_seconds <= longest_attempt:
         raise ConfigurationError(
             f"CLAIM_LEASE_SECONDS ({settings.claim_lease_seconds:g}) must be longer than one attempt "
@@ -212,7 +212,7 @@ def build_registrar(
             max_attempts=settings.max_attempts,
             lease=timedelta(seconds=settings.claim_lease_seconds),
             max_in_flight=settings.max_in_flight,
-            longest_attempt=timedelta(seconds=2 * settings.amili_total_timeout_seconds),
+            longest_attempt=timedelta(seconds=settings.longest_amili_attempt_seconds),
         ),
         observer=observer,
     )
@@ -231,8 +231,7 @@ def build_registrar(
             )
         ),
         topics=[settings.registration_result_topic, settings.dead_letter_topic],
-        send_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
-        probe_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
+        request_timeout_seconds=settings.kafka_request_timeout_seconds,
         observer=observer,
     )
     metrics.kafka_sends_waiting.set_function(lambda: link.waiting)
@@ -276,7 +275,7 @@ def build_registrar(
         accepting=lambda: circuit.accepting and link.up,
         drain_seconds=shutdown.drain_seconds,
         close_seconds=shutdown.close_seconds,
-        commit_timeout_seconds=settings.kafka_request_timeout_ms / 1000,
+        commit_timeout_seconds=settings.kafka_request_timeout_seconds,
         backoff=backoff,
         observer=observer,
         broker=link,

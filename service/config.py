@@ -147,6 +147,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
     @property
+    def kafka_request_timeout_seconds(self) -> float:
+        return self.kafka_request_timeout_ms / 1000
+
+    @property
+    def longest_amili_attempt_seconds(self) -> float:
+        """The longest one attempt at Amili can last: a look-up, then a POST, each up to the total
+        timeout. A claim's lease must be longer."""
+        return 2 * self.amili_total_timeout_seconds
+
+    @property
     def max_events_held(self) -> int:
         """Events one instance takes from Kafka and holds unfinished: as many again as
         ``max_in_flight``, for those being claimed or waiting for a place and those recording and

@@ -47,6 +47,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from service.events.record import InboundRecord
+from service.kafka.link import BROKER_ERRORS
 from service.processing import Handled, Prepared
 from service.registration import Backoff
 
@@ -238,7 +239,7 @@ class ConsumptionEngine:
         try:
             async with asyncio.timeout(max(0.1, closed_by - loop.time())):
                 await self._consumer.stop()
-        except (KafkaError, OSError, TimeoutError) as error:
+        except BROKER_ERRORS as error:
             log.warning("the consumer did not leave its group cleanly", extra={"error": repr(error)})
 
     # the fetch loop -------------------------------------------------------------------------
@@ -454,7 +455,7 @@ class ConsumptionEngine:
             # Not fatal: the events are processed again by whoever owns them next.
             log.warning("commit refused (the group is rebalancing)", extra={"error": repr(error)})
             return
-        except (KafkaError, OSError, TimeoutError) as error:
+        except BROKER_ERRORS as error:
             # The broker cannot be reached: an outage, which pauses consumption until it is back.
             # Nothing is lost: the offsets are committed again at the next interval.
             if self._broker is not None:

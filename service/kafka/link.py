@@ -6,14 +6,14 @@ is back (the same record: a result keeps its CloudEvents id, so a send that time
 written after all is a harmless repeat). Only a record the broker refuses for what it is (too
 large) fails its event, as ``RecordRefused``.
 
-- **One producer at a time.** A send not acknowledged within ``send_timeout_seconds`` (the request
-  timeout) is taken as an outage, and so is a send that failed: that producer is discarded, and
-  the send goes again through a fresh one once the broker is back. aiokafka's idempotent producer
-  would otherwise retry a batch forever while the partition's leader is known, and expire it while
-  it is not, leaving a gap in its sequence numbers after which every send to that partition fails
-  with ``OutOfOrderSequenceNumber``; a fresh producer has a fresh producer id and no such history.
-  The discarded producer is closed in the background: what it still holds after a moment is dropped
-  (the sends waiting for it go again through the next producer).
+- **One producer at a time.** A send not acknowledged within ``request_timeout_seconds`` is taken as
+  an outage, and so is a send that failed: that producer is discarded, and the send goes again
+  through a fresh one once the broker is back. aiokafka's idempotent producer would otherwise retry
+  a batch forever while the partition's leader is known, and expire it while it is not, leaving a
+  gap in its sequence numbers after which every send to that partition fails with
+  ``OutOfOrderSequenceNumber``; a fresh producer has a fresh producer id and no such history. The
+  discarded producer is closed in the background: what it still holds after a moment is dropped (the
+  sends waiting for it go again through the next producer).
 - **While the broker is away, one probe talks to it**, with capped, jittered backoff, and the
   senders wait for it: no hot loop of reconnects. The probe is a fresh producer that must start
   and see a leader for every partition of the topics written to. (aiokafka's sender refreshes
@@ -78,16 +78,16 @@ class BrokerLink:
         make_producer: Callable[[], AIOKafkaProducer],
         *,
         topics: Sequence[str],
-        send_timeout_seconds: float = 30.0,
-        probe_timeout_seconds: float = 30.0,
+        request_timeout_seconds: float = 30.0,
         backoff: Backoff = PROBE_BACKOFF,
         summary_seconds: float = 60.0,
         observer: LinkObserver | None = None,
     ) -> None:
         self._make_producer = make_producer
         self._topics = tuple(topics)
-        self._send_timeout = send_timeout_seconds
-        self._probe_timeout = probe_timeout_seconds
+        # How long a send waits for its acknowledgement, and a probe for a producer to start and
+        # see every leader, before the broker is taken to be away.
+        self._timeout = request_timeout_seconds
         self._backoff = backoff
         self._summary_seconds = summary_seconds
         self._observer = observer or LinkObserver()
@@ -167,7 +167,7 @@ class BrokerLink:
                     self._waiting -= 1
                 continue
             try:
-                async with asyncio.timeout(self._send_timeout):
+                async with asyncio.timeout(self._timeout):
                     await producer.send_and_wait(topic, value=value, key=key, headers=headers)
             except _REFUSED_RECORD_ERRORS as error:
                 raise RecordRefused(f"the broker refused the record: {error.__class__.__name__}") from error
@@ -208,7 +208,7 @@ class BrokerLink:
         """A fresh producer, started, that sees a leader for every partition written to."""
         producer = self._make_producer()
         try:
-            async with asyncio.timeout(self._probe_timeout):
+            async with asyncio.timeout(self._timeout):
                 await producer.start()
                 for topic in self._topics:
                     partitions = await producer.partitions_for(topic)

@@ -194,8 +194,7 @@ async def make_link(broker: FakeBroker) -> AsyncIterator[MakeLink]:
         link = BrokerLink(
             broker.make_producer,
             topics=["results", "dead-letters"],
-            send_timeout_seconds=send_timeout_seconds,
-            probe_timeout_seconds=1.0,
+            request_timeout_seconds=send_timeout_seconds,
             backoff=FAST,
             summary_seconds=summary_seconds,
             observer=observer,
