@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 GAVE_UP_RULE = "gave_up"
+TOO_LARGE_RULE = "too_large"
+
+
+def record_size(record: InboundRecord) -> int:
+    """The bytes a record carries: key, value and headers."""
+    headers = sum(len(name) + len(value) for name, value in record.headers)
+    return len(record.key or b"") + len(record.value or b"") + headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +96,10 @@ class InvoiceProcessor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: ProcessingObserver | None = None,
         unknown_fields: UnknownFields = "ignore",
+        max_event_bytes: int | None = None,
     ) -> None:
         self._unknown_fields: UnknownFields = unknown_fields
+        self._max_event_bytes = max_event_bytes
         self._registration = registration
         self._ledger = ledger
         self._results = results
@@ -107,6 +116,10 @@ class InvoiceProcessor:
         """Decode and transform (pure, no I/O); the ordering key tells which records must not
         overtake each other."""
         unordered = f"{record.topic}:{record.partition}:{record.offset}"
+        size = record_size(record)
+        if self._max_event_bytes is not None and size > self._max_event_bytes:
+            reason = f"the record has {size} bytes, more than MAX_EVENT_BYTES ({self._max_event_bytes})"
+            return Prepared(record, unordered, error=EnvelopeError(TOO_LARGE_RULE, reason))
         try:
             created = decode_invoice_created(record, unknown_fields=self._unknown_fields)
         except EnvelopeError as error:
