@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from service.amili.models import InvoiceRegistrationRequest
 from service.domain.outcomes import Outcome, Rejection
 from service.domain.transform import TransformDefaults, registration_warnings, to_registration
-from service.events.cloudevents import EnvelopeError
+from service.events.cloudevents import CloudEvent, EnvelopeError
 from service.events.contract import (
-    InvoiceCreated,
+    InvalidInvoice,
     Reason,
     RegistrationResult,
     UnknownFields,
@@ -57,17 +57,21 @@ class Handled:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A record decoded and transformed, ready to be handled."""
+    """A record decoded and transformed, ready to be handled: either an ``error`` (it goes to dead
+    letters) or an ``event`` naming an invoice, with its ``payload`` (what to register, or why not)."""
 
     record: InboundRecord
     ordering_key: str
-    created: InvoiceCreated | None = None
+    event: CloudEvent | None = None
+    invoice_number: str = ""
     payload: InvoiceRegistrationRequest | Rejection | None = None
     error: EnvelopeError | None = None
     creditor: str = ""
     """The invoice's creditor, from the event or the configured default (decided once, here)."""
     warnings: tuple[Reason, ...] = ()
     """What a registrable invoice is registered despite (``ID_NUMBER_CHECK=warn``)."""
+    unknown_fields: tuple[str, ...] = ()
+    """Fields of ``data`` the invoice does not know, dropped (``UNKNOWN_FIELDS=ignore``)."""
 
 
 class ProcessingObserver:
@@ -121,13 +125,23 @@ class InvoiceProcessor:
             reason = f"the record has {size} bytes, more than MAX_EVENT_BYTES ({self._max_event_bytes})"
             return Prepared(record, unordered, error=EnvelopeError(TOO_LARGE_RULE, reason))
         try:
-            created = decode_invoice_created(record, unknown_fields=self._unknown_fields)
+            decoded = decode_invoice_created(record, unknown_fields=self._unknown_fields)
         except EnvelopeError as error:
             return Prepared(record, unordered, error=error)
         except Exception as error:  # whatever the bytes, a record must end somewhere: here, dead letters
             reason = f"the record could not be decoded: {error.__class__.__name__}"
             return Prepared(record, unordered, error=EnvelopeError("undecodable", reason))
-        invoice = created.invoice
+        if isinstance(decoded, InvalidInvoice):
+            creditor = decoded.creditor or self._defaults.creditor or ""
+            return Prepared(
+                record,
+                f"{creditor}/{decoded.invoice_number}",
+                event=decoded.event,
+                invoice_number=decoded.invoice_number,
+                payload=Rejection(decoded.violations),
+                creditor=creditor,
+            )
+        invoice = decoded.invoice
         creditor = invoice.creditor or self._defaults.creditor or ""
         payload = to_registration(invoice, self._defaults)
         warnings: tuple[Reason, ...] = ()
@@ -136,10 +150,12 @@ class InvoiceProcessor:
         return Prepared(
             record,
             f"{creditor}/{invoice.invoice_number}",
-            created=created,
+            event=decoded.event,
+            invoice_number=invoice.invoice_number,
             payload=payload,
             creditor=creditor,
             warnings=warnings,
+            unknown_fields=decoded.unknown_fields,
         )
 
     async def process(self, record: InboundRecord) -> Handled:
@@ -147,34 +163,32 @@ class InvoiceProcessor:
 
     async def handle(self, prepared: Prepared) -> Handled:
         record = prepared.record
-        if prepared.error is not None or prepared.created is None or prepared.payload is None:
+        if prepared.error is not None or prepared.event is None or prepared.payload is None:
             error = prepared.error or EnvelopeError("internal", "nothing decoded")
             await self._dead_letters.dead_letter(record, error.rule, str(error))
             self._observer.dead_letter(error.rule)
             return Handled(outcome=None, dead_letter_rule=error.rule)
 
-        created, payload, creditor = prepared.created, prepared.payload, prepared.creditor
-        invoice = created.invoice
-        if created.unknown_fields:
+        event, payload, creditor = prepared.event, prepared.payload, prepared.creditor
+        invoice_number = prepared.invoice_number
+        if prepared.unknown_fields:
             # Names only, never values: a producer added fields this service does not know yet.
-            log.debug("ignored unknown fields in data", extra={"fields": list(created.unknown_fields)})
-            self._observer.unknown_fields(created.unknown_fields)
+            log.debug("ignored unknown fields in data", extra={"fields": list(prepared.unknown_fields)})
+            self._observer.unknown_fields(prepared.unknown_fields)
         if isinstance(payload, Rejection):
             result = RegistrationResult(
                 outcome=Outcome.REJECTED.value,
                 creditor=creditor,
-                invoice_number=invoice.invoice_number,
-                inbound_event_id=created.event.id,
+                invoice_number=invoice_number,
+                inbound_event_id=event.id,
                 reasons=[Reason.from_violation(v) for v in payload.violations],
             )
             # Not recorded: a corrected invoice under the same number must still be registrable.
-            await self._publish(result, created.event.time)
-            return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice.invoice_number)
+            await self._publish(result, event.time)
+            return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice_number)
 
-        decision = await self._registration.register(
-            payload, event_id=created.event.id, warnings=prepared.warnings
-        )
-        await self._publish(decision.result, created.event.time)
+        decision = await self._registration.register(payload, event_id=event.id, warnings=prepared.warnings)
+        await self._publish(decision.result, event.time)
         if decision.recorded and not decision.already_published:
             self._mark_published_later(decision.result)
         dead_letter_rule = None
@@ -188,7 +202,7 @@ class InvoiceProcessor:
             dead_letter_rule=dead_letter_rule,
             attempts=decision.attempts,
             creditor=creditor,
-            invoice_number=invoice.invoice_number,
+            invoice_number=invoice_number,
         )
 
     async def give_up(self, prepared: Prepared, error: BaseException) -> Handled:

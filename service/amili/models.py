@@ -104,9 +104,11 @@ class InvoiceRegistrationRequest(_Request):
     @field_validator("customer")
     @classmethod
     def _customer_rules(cls, customer: Customer) -> Customer:
+        # Each flag excludes the others (the seed); whether none at all is acceptable is Amili's to
+        # say (it expects one), so a request with none is sent and Amili's answer reported.
         flags = [customer.is_person, customer.is_company, customer.is_foreign]
-        if sum(flag is True for flag in flags) != 1:
-            raise ValueError("exactly one of is_person, is_company, is_foreign must be true")
+        if sum(flag is True for flag in flags) > 1:
+            raise ValueError("at most one of is_person, is_company, is_foreign may be true")
         if customer.car_registration is not None and customer.customer_number is not None:
             raise ValueError("'car_registration' must not be present with 'customer_number'")
         return customer

@@ -73,6 +73,63 @@ _TOP_LEVEL: _Mapping = {
 }
 
 
+NOT_SENT: dict[str, str] = {
+    "letter_template": "not sent: deprecated by Amili on 2025-06-13; an event carrying "
+    "`data.letter_template` is rejected (rule `deprecated`)",
+    "file_import_report": "not sent: read-only, set by Amili's own file imports",
+}
+"""Fields of Amili's registration that no event field reaches, and why."""
+
+_DAY = "a date goes as midnight UTC, a date and time as that instant in UTC"
+_NOTES: dict[str, str] = {
+    "account": "or `AMILI_DEFAULT_ACCOUNT`",
+    "creditor": "or `AMILI_DEFAULT_CREDITOR`",
+    "currency": "any letter case, sent upper case; only SEK is accepted",
+    "invoice_date": _DAY,
+    "invoice_due_date": _DAY,
+    "invoice_delivery_date": _DAY,
+    "customer.is_person": "`type` = `person`; with no `type` none of the three is sent",
+    "customer.is_company": "`type` = `company`",
+    "customer.is_foreign": "`type` = `foreign`",
+    "customer.address.country": "any letter case, sent upper case",
+    "customer.car_registration.country": "any letter case, sent upper case",
+    "customer.car_registration.ownership_date": _DAY,
+    "matrix[].unit_price": "up to 6 decimals",
+    "matrix[].number_of_units": "up to 6 decimals",
+    "matrix[].total_price_excluding_vat": "up to 2 decimals",
+    "matrix[].unit_vat_percent": "a rate, 0/6/12/25, sent as `\"25%\"`; 25 when left out",
+    "matrix[].is_discount": "sent only when true",
+    "matrix[].article_date": _DAY,
+}
+
+
+def seed_field_rows() -> list[tuple[str, str, str]]:
+    """Every field of Amili's registration request (``customer.address.zip_code``, lists as
+    ``matrix[]``), the event field it comes from, and a note: the docs table of the mapping."""
+    mapped: list[tuple[str, str]] = [(name, f"data.{event}") for name, event in _TOP_LEVEL.items()]
+    mapped += [(f"customer.{name}", f"data.customer.{event}") for name, event in _CUSTOMER.items()]
+    mapped += [(f"customer.{name}", f"data.customer.{name}") for name in ("address", "car_registration")]
+    mapped += [(f"customer.address.{n}", f"data.customer.address.{e}") for n, e in _ADDRESS.items()]
+    mapped += [
+        (f"customer.car_registration.{n}", f"data.customer.car_registration.{e}")
+        for n, e in _CAR_REGISTRATION.items()
+    ]
+    mapped += [("customer", "data.customer"), ("matrix", "data.lines")]
+    mapped += [(f"matrix[].{n}", f"data.lines[].{e}") for n, e in _MATRIX_ITEM.items()]
+    rows = [(name, event, _NOTES.get(name, "")) for name, event in mapped]
+    rows += [(name, "", why) for name, why in NOT_SENT.items()]
+    order = {name: index for index, name in enumerate(("", "customer", "customer.address"))}
+    return sorted(rows, key=lambda row: (order.get(row[0].rpartition(".")[0], 9), row[0]))
+
+
+def seed_field_table() -> str:
+    """``seed_field_rows`` as a Markdown table."""
+    lines = ["| Amili field | Event field | Note |", "|---|---|---|"]
+    for name, event, note in seed_field_rows():
+        lines.append(f"| `{name}` | {f'`{event}`' if event else '—'} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
 def inbound_field_path(amili_path: str) -> str:
     """``customer.address.zip_code`` → ``data.customer.address.postal_code``; a path we do not send
     (or cannot place) stays Amili's, prefixed ``amili.``."""

@@ -77,8 +77,14 @@ def check_business_rules(invoice: Invoice, defaults: TransformDefaults) -> list[
         broken("creditor", "required", "no creditor in the event and no default configured")
     if invoice.currency not in SUPPORTED_CURRENCIES:
         broken("currency", "currency", f"only SEK is supported, not {invoice.currency}")
-    if invoice.due_date < invoice.issue_date:
+    if _utc_day(invoice.due_date) < _utc_day(invoice.issue_date):
         broken("due_date", "due_after_issue", "due date is before the issue date")
+    if invoice.letter_template is not None:
+        broken(
+            "letter_template",
+            "deprecated",
+            "letter_template was deprecated by Amili on 2025-06-13 and is not sent; leave it out",
+        )
 
     customer = invoice.customer
     if defaults.id_number_check == "strict":
@@ -134,8 +140,17 @@ def to_registration(
         )
 
 
-def _midnight(day: date | None) -> datetime | None:
-    return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
+def _instant(day: date | None) -> datetime | None:
+    """When ``day`` is in UTC: a date is its midnight, a date and time is itself."""
+    if day is None:
+        return None
+    if isinstance(day, datetime):
+        return day.astimezone(UTC)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _utc_day(day: date) -> date:
+    return day.astimezone(UTC).date() if isinstance(day, datetime) else day
 
 
 def _vat_percent(rate: Decimal) -> str:
@@ -158,6 +173,7 @@ def _build(invoice: Invoice, defaults: TransformDefaults) -> amili.InvoiceRegist
                 "name": customer.name,
                 "customer_number": customer.customer_number,
                 "id_number": customer.id_number,
+                # No type, no flag: Amili expects exactly one, and says so if it does.
                 "is_person": True if customer.type is CustomerType.PERSON else None,
                 "is_company": True if customer.type is CustomerType.COMPANY else None,
                 "is_foreign": True if customer.type is CustomerType.FOREIGN else None,
@@ -179,16 +195,16 @@ def _build(invoice: Invoice, defaults: TransformDefaults) -> amili.InvoiceRegist
                 else {
                     "number": car.number,
                     "country": car.country,
-                    "ownership_date": _midnight(car.ownership_date),
+                    "ownership_date": _instant(car.ownership_date),
                 },
             },
             "invoice_type": invoice.invoice_type,
             "invoice_number": invoice.invoice_number,
             "reference_number": refs.reference_number,
             "payout_reference": refs.payout_reference,
-            "invoice_date": _midnight(invoice.issue_date),
-            "invoice_due_date": _midnight(invoice.due_date),
-            "invoice_delivery_date": _midnight(invoice.delivery_date),
+            "invoice_date": _instant(invoice.issue_date),
+            "invoice_due_date": _instant(invoice.due_date),
+            "invoice_delivery_date": _instant(invoice.delivery_date),
             "invoice_headline": invoice.headline,
             "invoice_body_text": invoice.body_text,
             "currency": "SEK",
@@ -210,7 +226,7 @@ def _build(invoice: Invoice, defaults: TransformDefaults) -> amili.InvoiceRegist
                     "unit_vat_percent": _vat_percent(line.vat_rate),
                     "is_discount": True if line.is_discount else None,
                     "cost_center": line.cost_center,
-                    "article_date": _midnight(line.article_date),
+                    "article_date": _instant(line.article_date),
                     "order_line_reference": line.order_line_reference,
                     "custom_column_data": line.custom_columns or None,
                     "extra_rows": line.extra_rows or None,

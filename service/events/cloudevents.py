@@ -1,5 +1,10 @@
 """CloudEvents 1.0 over Kafka: structured mode (the whole event as JSON) and binary mode (``ce_*``
 headers with the data as the record value), as the CloudEvents Kafka protocol binding defines them.
+
+A record with a ``ce_specversion`` header is binary mode; any other is read as structured mode, a
+record without headers included (many producers set none). Either way the data must be JSON: a
+content type that says otherwise (``datacontenttype`` in structured mode, the ``content-type``
+header in binary mode) is refused, whatever the bytes look like.
 """
 
 from __future__ import annotations
@@ -56,12 +61,25 @@ def read_cloudevent(record: InboundRecord) -> CloudEvent:
             f"content-type {content_type!r} is neither {STRUCTURED_CONTENT_TYPE} nor binary mode",
         )
     document = _json_object(record.value)
-    return _validated(document)
+    event = _validated(document)
+    if event.datacontenttype is not None and not is_json_media_type(event.datacontenttype):
+        raise EnvelopeError(
+            "content_type", f"datacontenttype {event.datacontenttype!r} is not JSON, so data holds no invoice"
+        )
+    return event
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type, with or without parameters, in any letter case."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == JSON_CONTENT_TYPE or media_type.endswith("+json")
 
 
 def _read_binary(record: InboundRecord, content_type: str | None) -> CloudEvent:
-    if content_type is not None and not content_type.startswith(JSON_CONTENT_TYPE):
-        raise EnvelopeError("content_type", f"binary-mode data must be {JSON_CONTENT_TYPE}")
+    if content_type is not None and not is_json_media_type(content_type):
+        raise EnvelopeError(
+            "content_type", f"binary-mode content-type {content_type!r} is not JSON, so data holds no invoice"
+        )
     attributes: dict[str, Any] = {}
     for key, value in record.headers:
         if key.startswith("ce_"):

@@ -11,9 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.amili.models import InvoiceRegistrationReceipt
-from service.domain.invoice import Invoice
+from service.domain.invoice import INVOICE_NUMBER_MAX_LENGTH, Invoice
 from service.domain.outcomes import Outcome, Violation
-from service.events.cloudevents import CloudEvent, EnvelopeError, read_cloudevent, validation_problems
+from service.events.cloudevents import CloudEvent, EnvelopeError, read_cloudevent
 from service.events.record import InboundRecord
 
 INVOICE_CREATED_TYPE = "billing.invoice.created.v1"
@@ -36,6 +36,20 @@ class InvoiceCreated:
     under ``UNKNOWN_FIELDS=ignore``."""
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidInvoice:
+    """An inbound event that names its invoice but whose data breaks the invoice schema: it is
+    answered with a ``rejected`` result, as a broken business rule is, so the billing system hears
+    about every invoice it can be told about (see ``decode_invoice_created``)."""
+
+    event: CloudEvent
+    invoice_number: str
+    creditor: str | None
+    violations: tuple[Violation, ...]
+
+
+Decoded = InvoiceCreated | InvalidInvoice
+
 UnknownFields = Literal["ignore", "reject"]
 
 
@@ -54,10 +68,14 @@ def _without(data: Any, loc: tuple[int | str, ...]) -> None:
     del data[loc[-1]]
 
 
-def decode_invoice_created(
-    record: InboundRecord, *, unknown_fields: UnknownFields = "ignore"
-) -> InvoiceCreated:
-    """The invoice carried by ``record``; ``EnvelopeError`` when it cannot be read.
+def decode_invoice_created(record: InboundRecord, *, unknown_fields: UnknownFields = "ignore") -> Decoded:
+    """The invoice carried by ``record``; ``EnvelopeError`` when there is none to speak of.
+
+    The routing rule: a record that cannot be read as an invoice-created event naming an invoice
+    (not JSON, not a CloudEvent, another type or content type, data without an invoice number) is
+    a dead letter, as nobody can be told about it by invoice; an event that names its invoice but
+    breaks the schema is an ``InvalidInvoice``, answered with a ``rejected`` result like a broken
+    business rule.
 
     The invoice models forbid unknown fields; under ``ignore`` the fields they name are dropped and
     the data read again, so only the known fields count and the unknown ones are reported by path.
@@ -66,6 +84,7 @@ def decode_invoice_created(
     if event.type != INVOICE_CREATED_TYPE:
         raise EnvelopeError("type", f"unknown event type {event.type!r}, expected {INVOICE_CREATED_TYPE!r}")
     data = event.data
+    invoice_number, creditor = _invoice_identity(data)
     unknown: list[str] = []
     while True:
         try:
@@ -74,16 +93,39 @@ def decode_invoice_created(
         except ValidationError as error:
             extras = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
             if unknown_fields == "reject" or not extras:
-                problems = validation_problems(error, prefix="data.")
-                raise EnvelopeError(
-                    "data_schema", f"data does not match the invoice schema: {problems}"
-                ) from error
+                return InvalidInvoice(event, invoice_number, creditor, schema_violations(error))
             if not unknown:
                 data = copy.deepcopy(data)
             for loc in sorted(extras, key=len, reverse=True):
                 _without(data, loc)
                 unknown.append(field_path(loc))
     return InvoiceCreated(event=event, invoice=invoice, unknown_fields=tuple(unknown))
+
+
+def _invoice_identity(data: Any) -> tuple[str, str | None]:
+    """The invoice number and creditor a result would be keyed by, or ``EnvelopeError``."""
+    if not isinstance(data, dict):
+        raise EnvelopeError("data_schema", "data is not a JSON object, so it holds no invoice")
+    number, creditor = data.get("invoice_number"), data.get("creditor")
+    if not isinstance(number, str) or not 1 <= len(number) <= INVOICE_NUMBER_MAX_LENGTH:
+        raise EnvelopeError(
+            "data_schema",
+            f"data.invoice_number must be a string of 1 to {INVOICE_NUMBER_MAX_LENGTH} characters: "
+            "without it no result can name the invoice",
+        )
+    if creditor is not None and not isinstance(creditor, str):
+        raise EnvelopeError(
+            "data_schema", "data.creditor must be a string: without it no result can name the invoice"
+        )
+    return number, creditor
+
+
+def schema_violations(error: ValidationError) -> tuple[Violation, ...]:
+    """What the schema found wrong, each located by its event path, without the input."""
+    return tuple(
+        Violation(field=field_path(issue["loc"]), rule=issue["type"], message=issue["msg"])
+        for issue in error.errors(include_url=False, include_input=False)
+    )
 
 
 class AmiliIds(BaseModel):

@@ -35,6 +35,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
 
+from service.domain.field_paths import seed_field_table
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
@@ -46,6 +47,20 @@ Schema = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "schemas"
 REGENERATE_COMMAND = "python -m service.events.schemas"
+FIELD_MAPPING_DOC = ROOT / "docs" / "field-mapping.md"
+
+
+def field_mapping_document() -> str:
+    """``docs/field-mapping.md``: every field of Amili's registration and the event field it comes from."""
+    return (
+        "# Amili's registration fields and the event fields they come from\n\n"
+        f"Generated from `service/domain/field_paths.py` by `{REGENERATE_COMMAND}`; a test fails when "
+        "it drifts. Amili's fields are those of its invoice registration (`POST "
+        "/invoice--registrations`); event fields are paths in an `invoice-created` event "
+        "(`schemas/invoice-created.data.schema.json`). A refusal, ours or Amili's, names the event "
+        "field.\n\n" + seed_field_table()
+    )
+
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 INVOICE_DATA_FILE = "invoice-created.data.schema.json"
@@ -168,12 +183,15 @@ def invoice_data_schema() -> Schema:
         title="invoice-created data: the canonical invoice",
         description=(
             "The data of a billing.invoice.created.v1 CloudEvent. Amounts are JSON numbers (or decimal "
-            "strings) with at most two decimals; dates are ISO 8601. Business rules the schema cannot "
-            "state (SEK only, VAT 0/6/12/25, due date not before the issue date, line totals, Swedish "
-            "id numbers and plates) are checked by the service, which answers a rejected result. "
+            "strings) with at most two decimals, unit prices and quantities with at most six; dates "
+            "are ISO 8601 dates, or dates and times with a UTC offset; ISO codes in any letter case. "
+            "Data without an invoice_number is dead-lettered (no result could name the invoice); an "
+            "event that names its invoice but breaks this schema, or a business rule the schema "
+            "cannot state (SEK only, VAT 0/6/12/25, due date not before the issue date, line totals, "
+            "Swedish id numbers and plates), is answered with a rejected result. "
             "additionalProperties is false here to name the known fields, but by default "
             "(UNKNOWN_FIELDS=ignore) the service ignores unknown fields at any level and processes the "
-            "event; under UNKNOWN_FIELDS=reject an event with one is dead-lettered."
+            "event; under UNKNOWN_FIELDS=reject an event with one is rejected."
         ),
     )
 
@@ -432,11 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(render(generated[args.stdout]))
         return 0
     if args.check:
-        stale = drifted(generated, args.dir)
-        for name in stale:
-            print(f"{args.dir / name} is out of date; regenerate: {REGENERATE_COMMAND}", file=sys.stderr)
+        stale = [args.dir / name for name in drifted(generated, args.dir)]
+        if FIELD_MAPPING_DOC.read_text(encoding="utf-8") != field_mapping_document():
+            stale.append(FIELD_MAPPING_DOC)
+        for path in stale:
+            print(f"{path} is out of date; regenerate: {REGENERATE_COMMAND}", file=sys.stderr)
         return 1 if stale else 0
-    for path in write_all(generated, args.dir):
+    FIELD_MAPPING_DOC.write_text(field_mapping_document(), encoding="utf-8")
+    for path in [*write_all(generated, args.dir), FIELD_MAPPING_DOC]:
         print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     return 0
 

@@ -93,10 +93,16 @@ def test_client_side_validation_refuses_what_amili_refuses(change: dict[str, Any
         InvoiceRegistrationRequest.model_validate({**SEED_REQUEST, **change})
 
 
-def test_exactly_one_customer_type() -> None:
+def test_customer_types_exclude_each_other() -> None:
     customer = {**SEED_REQUEST["customer"], "is_company": True}
-    with pytest.raises(ValidationError, match="exactly one"):
+    with pytest.raises(ValidationError, match="at most one"):
         InvoiceRegistrationRequest.model_validate({**SEED_REQUEST, "customer": customer})
+
+
+def test_a_customer_with_no_type_is_left_to_amili() -> None:
+    customer = {k: v for k, v in SEED_REQUEST["customer"].items() if k != "is_person"}
+    request = InvoiceRegistrationRequest.model_validate({**SEED_REQUEST, "customer": customer})
+    assert not {"is_person", "is_company", "is_foreign"} & request.to_wire()["customer"].keys()
 
 
 def test_car_registration_excludes_customer_number() -> None:

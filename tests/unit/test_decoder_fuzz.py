@@ -288,16 +288,22 @@ _KINDS: list[tuple[str, Callable[[random.Random], tuple[bytes | None, Headers]]]
     ("specversion 0.3", lambda r: (_structured({**VALID_EVENT, "specversion": "0.3"}), ())),
     ("other type", lambda r: (_structured({**VALID_EVENT, "type": "billing.invoice.paid.v1"}), ())),
     ("data not an invoice", lambda r: (_structured({**VALID_EVENT, "data": [1, 2, 3]}), ())),
-    ("no lines", lambda r: (_structured(_with_data(lines=[])), ())),
+    # Data that breaks the schema but names its invoice gets a rejected result; without a name
+    # for the invoice nobody can be told by invoice, so it is a dead letter.
+    ("no invoice number", lambda r: (_structured(_with_data(invoice_number=None)), ())),
     # An unknown field alone is ignored (UNKNOWN_FIELDS=ignore); it must not hide a real violation.
     (
         "unknown field, empty number",
         lambda r: (_structured(_with_data(colour="blue", invoice_number="")), ()),
     ),
-    ("bad date", lambda r: (_structured(_with_data(due_date="2026-02-30")), ())),
+    ("invoice number not text", lambda r: (_structured(_with_data(invoice_number=12345, lines=[])), ())),
+    ("creditor not text", lambda r: (_structured(_with_data(creditor=["a"], due_date="2026-02-30")), ())),
     (
-        "three decimals",
-        lambda r: (_structured(_with_data(lines=[{"description": "x", "total_excluding_vat": 1.234}])), ()),
+        "datacontenttype text/plain",
+        lambda r: (
+            _structured({**VALID_EVENT, "datacontenttype": "text/plain"}),
+            (("content-type", STRUCTURED),),
+        ),
     ),
     ("content-type text/plain", lambda r: (_structured(VALID_EVENT), (("content-type", b"text/plain"),))),
     ("binary, value not JSON", lambda r: (r.randbytes(16) + b"\xff", _binary())),

@@ -10,6 +10,8 @@ import pytest
 from service.events.cloudevents import EnvelopeError, read_cloudevent
 from service.events.contract import (
     AmiliIds,
+    InvalidInvoice,
+    InvoiceCreated,
     RegistrationResult,
     decode_invoice_created,
     result_event,
@@ -33,6 +35,14 @@ EVENT = {
     "data": INVOICE,
 }
 
+BINARY_HEADERS: tuple[tuple[str, bytes], ...] = (
+    ("ce_specversion", b"1.0"),
+    ("ce_id", b"e-1"),
+    ("ce_source", b"urn:test"),
+    ("ce_type", b"billing.invoice.created.v1"),
+    ("ce_time", b"2026-11-20T09:00:00Z"),
+)
+
 
 def record(value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> InboundRecord:
     return InboundRecord(topic="t", partition=0, offset=7, key=None, value=value, headers=headers)
@@ -40,6 +50,7 @@ def record(value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> 
 
 def test_structured_mode() -> None:
     decoded = decode_invoice_created(structured_record(EVENT))
+    assert isinstance(decoded, InvoiceCreated)
     assert decoded.event.id == "e-1"
     assert decoded.invoice.invoice_number == "INV-1"
 
@@ -48,6 +59,7 @@ def test_binary_mode() -> None:
     headers = tuple((f"ce_{k}", str(v).encode()) for k, v in EVENT.items() if k != "data")
     headers += (("content-type", b"application/json"),)
     decoded = decode_invoice_created(record(json.dumps(INVOICE).encode(), headers))
+    assert isinstance(decoded, InvoiceCreated)
     assert decoded.event.source == "urn:test"
     assert decoded.invoice.customer.name == "Fjord AS"
 
@@ -73,7 +85,16 @@ def test_binary_mode() -> None:
         (json.dumps({**EVENT, "specversion": "0.3"}).encode(), (), "cloudevents_attributes"),
         (json.dumps({k: v for k, v in EVENT.items() if k != "time"}).encode(), (), "cloudevents_attributes"),
         (json.dumps({**EVENT, "type": "something.else"}).encode(), (), "type"),
-        (json.dumps({**EVENT, "data": {"invoice_number": "x"}}).encode(), (), "data_schema"),
+        (json.dumps({**EVENT, "data": {"lines": []}}).encode(), (), "data_schema"),
+        (json.dumps({**EVENT, "data": {**INVOICE, "invoice_number": ""}}).encode(), (), "data_schema"),
+        (json.dumps({**EVENT, "data": {**INVOICE, "creditor": 7}}).encode(), (), "data_schema"),
+        (json.dumps({**EVENT, "data": "an invoice"}).encode(), (), "data_schema"),
+        (json.dumps({**EVENT, "datacontenttype": "text/plain"}).encode(), (), "content_type"),
+        (
+            json.dumps(INVOICE).encode(),
+            (*BINARY_HEADERS, ("content-type", b"text/plain")),
+            "content_type",
+        ),
     ],
 )
 def test_unreadable_records_name_the_rule(
@@ -126,3 +147,65 @@ def test_a_repeated_outcome_keeps_its_event_id() -> None:
     other = result_event(result("rejected"), time=datetime(2026, 11, 20, tzinfo=UTC))
     assert first.id == again.id
     assert first.id != other.id
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "rule"),
+    [
+        ({"lines": []}, "data.lines", "too_short"),
+        ({"due_date": "2026-02-30"}, "data.due_date", "value_error"),
+        ({"due_date": "2026-02-03T10:00:00"}, "data.due_date", "value_error"),
+        ({"currency": "kronor"}, "data.currency", "string_pattern_mismatch"),
+        ({"colour": "blue"}, "data.colour", "extra_forbidden"),
+    ],
+)
+def test_schema_violations_of_a_named_invoice_are_an_invalid_invoice(
+    change: dict[str, Any], field: str, rule: str
+) -> None:
+    data = {**INVOICE, **change}
+    decoded = decode_invoice_created(
+        record(json.dumps({**EVENT, "data": data}).encode()), unknown_fields="reject"
+    )
+    assert isinstance(decoded, InvalidInvoice)
+    assert (decoded.invoice_number, decoded.creditor) == ("INV-1", None)
+    assert [(v.field, v.rule) for v in decoded.violations][:1] == [(field, rule)]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        (("content-type", b"application/cloudevents+json; charset=utf-8"),),
+    ],
+    ids=["no headers", "structured content-type"],
+)
+@pytest.mark.parametrize(
+    "datacontenttype",
+    [None, "application/json", "Application/JSON; charset=utf-8", "application/vnd.billing+json"],
+)
+def test_structured_mode_with_json_data_is_read_with_or_without_headers(
+    headers: tuple[tuple[str, bytes], ...], datacontenttype: str | None
+) -> None:
+    event = {**EVENT, "datacontenttype": datacontenttype} if datacontenttype else EVENT
+    decoded = decode_invoice_created(record(json.dumps(event).encode(), headers))
+    assert isinstance(decoded, InvoiceCreated)
+
+
+@pytest.mark.parametrize(
+    "content_type", [b"application/json", b"application/cloudevents+json", b"APPLICATION/JSON"]
+)
+def test_binary_mode_takes_any_json_content_type(content_type: bytes) -> None:
+    decoded = decode_invoice_created(
+        record(json.dumps(INVOICE).encode(), (*BINARY_HEADERS, ("content-type", content_type)))
+    )
+    assert isinstance(decoded, InvoiceCreated)
+
+
+@pytest.mark.parametrize(("currency", "country"), [("sek", "se"), ("Sek", "sE"), ("SEK", "SE")])
+def test_iso_codes_are_read_in_any_letter_case(currency: str, country: str) -> None:
+    customer = {"type": "person", "name": "A", "address": {"country": country}}
+    data = {**INVOICE, "currency": currency, "customer": customer}
+    decoded = decode_invoice_created(record(json.dumps({**EVENT, "data": data}).encode()))
+    assert isinstance(decoded, InvoiceCreated)
+    invoice = decoded.invoice
+    assert (invoice.currency, invoice.customer.address and invoice.customer.address.country) == ("SEK", "SE")

@@ -1,8 +1,27 @@
 from __future__ import annotations
 
-import pytest
+import typing
+from typing import Any
 
-from service.domain.field_paths import inbound_field_path
+import pytest
+from pydantic import BaseModel
+
+from service.amili.models import InvoiceRegistrationRequest
+from service.domain.field_paths import NOT_SENT, inbound_field_path, seed_field_rows, seed_field_table
+from service.domain.invoice import Invoice
+from service.domain.transform import TransformDefaults, to_registration
+from service.events.schemas import FIELD_MAPPING_DOC, field_mapping_document
+
+_REFERENCES = (
+    "reference_number",
+    "payout_reference",
+    "your_contact",
+    "your_reference",
+    "our_reference",
+    "your_additional_reference",
+    "order_reference",
+    "contract_reference",
+)
 
 
 @pytest.mark.parametrize(
@@ -33,3 +52,105 @@ from service.domain.field_paths import inbound_field_path
 )
 def test_amili_paths_map_to_inbound_paths(amili: str, inbound: str) -> None:
     assert inbound_field_path(amili) == inbound
+
+
+def _request_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every field of a request model, nested ones by path, list items as ``name[]``."""
+    fields: set[str] = set()
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        fields.add(path)
+        for inner in typing.get_args(info.annotation) or (info.annotation,):
+            is_list = typing.get_origin(inner) is list or typing.get_origin(info.annotation) is list
+            for candidate in typing.get_args(inner) or (inner,):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    fields |= _request_fields(candidate, f"{path}{'[]' if is_list else ''}.")
+    return fields
+
+
+def test_the_table_names_every_field_of_amilis_registration() -> None:
+    named = {name for name, _, _ in seed_field_rows()}
+    assert named == _request_fields(InvoiceRegistrationRequest) | set(NOT_SENT)
+
+
+def _full_event_data(customer_type: str) -> dict[str, Any]:
+    """An invoice with every event field set."""
+    customer: dict[str, Any] = {
+        "type": customer_type,
+        "name": "A",
+        "id_number": "811218-9876" if customer_type == "person" else "556036-0793",
+        "address": {"lines": ["1", "2", "3"], "postal_code": "1", "city": "c", "country": "se", "gln": "g"},
+        "mobile_number": "+46700000000",
+        "email": "a@example.se",
+    }
+    if customer_type == "person":
+        customer["car_registration"] = {"number": "ABC123", "country": "SE", "ownership_date": "2024-01-02"}
+    else:
+        customer["customer_number"] = "C-1"
+    line = {
+        "description": "d",
+        "article_number": "a",
+        "quantity": "1.5",
+        "unit_price": "2.123456",
+        "total_excluding_vat": "3.19",
+        "vat_rate": 12,
+        "is_discount": True,
+        "cost_center": "cc",
+        "article_date": "2024-01-03T10:00:00+01:00",
+        "order_line_reference": "o",
+        "custom_columns": ["x"],
+        "extra_rows": ["y"],
+    }
+    return {
+        "invoice_number": "INV-1",
+        "account": "674dbeaf08847b9501cc9132",
+        "creditor": "674dbeb208847b9501cc9138",
+        "invoice_type": "invoice",
+        "issue_date": "2024-01-21T10:11:22Z",
+        "due_date": "2024-01-31",
+        "delivery_date": "2024-01-21",
+        "currency": "sek",
+        "customer": customer,
+        "lines": [line],
+        "headline": "h",
+        "body_text": "b",
+        "debt_description": "d",
+        "references": {name: name for name in _REFERENCES},
+        "custom_column_headlines": ["c"],
+        "labels": ["l"],
+        "preferred_distribution": "email",
+        "case_settings": {"k": 1},
+        "start_flow": True,
+    }
+
+
+def _wire_paths(document: Any, prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    if isinstance(document, dict):
+        for name, value in document.items():
+            paths.add(f"{prefix}{name}")
+            if name != "case_settings":
+                paths |= _wire_paths(value, f"{prefix}{name}.")
+    elif isinstance(document, list):
+        for item in document:
+            if isinstance(item, dict):
+                paths |= _wire_paths(item, prefix[:-1] + "[].")
+    return paths
+
+
+def test_every_field_the_table_maps_is_reached_from_the_event() -> None:
+    sent: set[str] = set()
+    for customer_type in ("person", "company", "foreign"):
+        payload = to_registration(
+            Invoice.model_validate(_full_event_data(customer_type)),
+            TransformDefaults(id_number_check="strict"),
+        )
+        assert isinstance(payload, InvoiceRegistrationRequest), payload
+        sent |= _wire_paths(payload.to_wire())
+    mapped = {name for name, event, _ in seed_field_rows() if event}
+    assert mapped == sent
+
+
+def test_the_docs_table_is_the_generated_one() -> None:
+    assert FIELD_MAPPING_DOC.read_text(encoding="utf-8") == field_mapping_document()
+    assert seed_field_table() in field_mapping_document()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import DEMO_API_KEY, EmulatorSettings, Settings
@@ -23,6 +24,7 @@ from service.domain.transform import (
 from service.emulator.app import Emulator
 from service.processing import InvoiceProcessor
 from tests.fakes import structured_record
+from tests.unit.test_amili_models import SEED_REQUEST
 from tests.unit.test_processing import ACCOUNT, BACKOFF, CREDITOR, World
 
 SEED_ID_NUMBER = "556789-1234"  # the seed's example request: a person, failing the personnummer check
@@ -38,17 +40,16 @@ def defaults(mode: IdNumberCheck) -> TransformDefaults:
 
 
 def seed_invoice() -> Invoice:
-    """The seed's example request, as an invoice-created event's data (dates without their time
-    of day, which the event cannot carry yet)."""
+    """The seed's example request, as an invoice-created event's data."""
     return Invoice.model_validate(
         {
             "invoice_number": "INV-2024-002",
             "account": "674dbeaf08847b9501cc9132",
             "creditor": "674dbeb208847b9501cc9138",
             "invoice_type": "invoice",
-            "issue_date": "2024-01-21",
-            "delivery_date": "2024-01-21",
-            "due_date": "2024-01-31",
+            "issue_date": "2024-01-21T10:11:22Z",
+            "delivery_date": "2024-01-21T11:11:22+01:00",
+            "due_date": "2024-01-31T10:11:22Z",
             "currency": "SEK",
             "customer": {
                 "type": "person",
@@ -99,6 +100,19 @@ def test_warn_registers_the_id_number_unchanged_with_a_warning() -> None:
     assert outcome.to_wire()["customer"]["id_number"] == SEED_ID_NUMBER
     warnings = registration_warnings(invoice, defaults("warn"))
     assert [(w.field, w.rule, w.message) for w in warnings] == [tuple(WARNING.values())]
+
+
+@pytest.mark.parametrize("check", ["warn", "off"])
+def test_the_seed_request_goes_out_as_the_seed_sends_it(check: IdNumberCheck) -> None:
+    outcome = to_registration(seed_invoice(), defaults(check))
+    assert isinstance(outcome, InvoiceRegistrationRequest)
+    # The seed's weekdays are wrong (21 January 2024 was a Sunday): Amili's own dates are right.
+    expected = {
+        **SEED_REQUEST,
+        "invoice_date": "Sun, 21 Jan 2024 10:11:22 GMT",
+        "invoice_delivery_date": "Sun, 21 Jan 2024 10:11:22 GMT",
+    }
+    assert outcome.to_wire() == expected
 
 
 def test_off_registers_without_a_warning() -> None:

@@ -17,8 +17,9 @@ import re
 import string
 import uuid
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from email.utils import format_datetime
 from functools import cache
 from typing import Any
 
@@ -110,6 +111,17 @@ def put_optional(draw: Draw, target: Data, key: str, strategy: st.SearchStrategy
         target[key] = draw(strategy)
 
 
+def as_event_day(draw: Draw, day: date) -> str:
+    """``day`` as a billing system may write it: an ISO date, or an instant on that day (UTC) with
+    a time of day, written with some UTC offset."""
+    if draw(st.booleans()):
+        return str(day)
+    seconds = draw(st.integers(0, 24 * 3600 - 1))
+    instant = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(seconds=seconds)
+    offset = timezone(timedelta(minutes=draw(st.integers(-14 * 4, 14 * 4)) * 15))
+    return instant.astimezone(offset).isoformat()
+
+
 def as_json_amount(draw: Draw, value: Decimal) -> Any:
     """An amount as a billing system may write it: a JSON number or a decimal string."""
     if draw(st.booleans()):
@@ -135,7 +147,8 @@ def car_registrations(draw: Draw) -> Data:
         put_optional(draw, car, "country", st.just("SE"))
     else:
         car = {"number": draw(texts), "country": draw(foreign_countries)}
-    put_optional(draw, car, "ownership_date", st.dates(date(2000, 1, 1), date(2030, 12, 31)).map(str))
+    if draw(st.booleans()):
+        car["ownership_date"] = as_event_day(draw, draw(st.dates(date(2000, 1, 1), date(2030, 12, 31))))
     return car
 
 
@@ -170,8 +183,9 @@ def invoice_lines(draw: Draw) -> Data:
         del line["vat_rate"]  # 25 is the default
     discount = draw(st.integers(0, 4)) == 0
     sign = -1 if discount else 1
-    quantity = Decimal(draw(st.integers(1, 100_000))).scaleb(-draw(st.integers(0, 4)))
-    unit_price = sign * Decimal(draw(st.integers(0, 10_000_000))).scaleb(-2)
+    # Up to six decimals (kWh, minutes), within Amili's bound (pydantic's decimal_places).
+    quantity = Decimal(draw(st.integers(1, 100_000))).scaleb(-draw(st.integers(0, 6)))
+    unit_price = sign * Decimal(draw(st.integers(0, 10_000_000))).scaleb(-draw(st.integers(0, 6)))
     shape = draw(st.sampled_from(["priced", "priced", "total only", "quantity only", "price only"]))
     if shape == "priced":
         total = (quantity * unit_price).quantize(CENT)
@@ -188,7 +202,8 @@ def invoice_lines(draw: Draw) -> Data:
         line["is_discount"] = True
     put_optional(draw, line, "article_number", st.from_regex(r"\A[A-Z]{2,4}-[0-9]{1,5}\Z"))
     put_optional(draw, line, "cost_center", short_texts)
-    put_optional(draw, line, "article_date", st.dates(date(2020, 1, 1), date(2030, 12, 31)).map(str))
+    if draw(st.booleans()):
+        line["article_date"] = as_event_day(draw, draw(st.dates(date(2020, 1, 1), date(2030, 12, 31))))
     put_optional(draw, line, "order_line_reference", short_texts)
     put_optional(draw, line, "custom_columns", st.lists(short_texts, max_size=3))
     put_optional(draw, line, "extra_rows", st.lists(short_texts, max_size=2))
@@ -214,18 +229,17 @@ def valid_invoices(draw: Draw) -> Data:
     issue = draw(st.dates(date(2020, 1, 1), date(2030, 12, 31)))
     data: Data = {
         "invoice_number": draw(st.from_regex(r"\A[A-Z]{1,4}-[0-9]{1,8}\Z")),
-        "issue_date": str(issue),
-        "due_date": str(issue + timedelta(days=draw(st.integers(0, 180)))),
+        "issue_date": as_event_day(draw, issue),
+        "due_date": as_event_day(draw, issue + timedelta(days=draw(st.integers(0, 180)))),
         "customer": draw(customers()),
         "lines": draw(st.lists(invoice_lines(), min_size=1, max_size=6)),
     }
     put_optional(draw, data, "account", st.just(DEMO_ACCOUNT))
     put_optional(draw, data, "creditor", st.just(DEMO_CREDITOR))
     put_optional(draw, data, "invoice_type", st.just("invoice"))
-    put_optional(draw, data, "currency", st.just("SEK"))
-    put_optional(
-        draw, data, "delivery_date", st.integers(0, 60).map(lambda d: str(issue - timedelta(days=d)))
-    )
+    put_optional(draw, data, "currency", st.sampled_from(["SEK", "sek", "Sek"]))
+    if draw(st.booleans()):
+        data["delivery_date"] = as_event_day(draw, issue - timedelta(days=draw(st.integers(0, 60))))
     for key in ("headline", "body_text", "debt_description", "preferred_distribution"):
         put_optional(draw, data, key, texts)
     if draw(st.booleans()):
@@ -247,9 +261,16 @@ Breakage = Callable[[Draw, Data], str]
 
 
 def due_before_issue(draw: Draw, data: Data) -> str:
-    issue = date.fromisoformat(data["issue_date"])
-    data["due_date"] = str(issue - timedelta(days=draw(st.integers(1, 400))))
+    issue = utc_day(data["issue_date"])
+    data["due_date"] = as_event_day(draw, issue - timedelta(days=draw(st.integers(1, 400))))
     return "data.due_date"
+
+
+def utc_day(text: str) -> date:
+    """The day (in UTC) an event's date names."""
+    if len(text) == len("2024-01-21"):
+        return date.fromisoformat(text)
+    return datetime.fromisoformat(text).astimezone(UTC).date()
 
 
 def vat_not_allowed(draw: Draw, data: Data) -> str:
@@ -260,7 +281,7 @@ def vat_not_allowed(draw: Draw, data: Data) -> str:
 
 
 def currency_not_sek(draw: Draw, data: Data) -> str:
-    data["currency"] = draw(st.sampled_from(["EUR", "NOK", "DKK", "USD", "GBP"]))
+    data["currency"] = draw(st.sampled_from(["EUR", "NOK", "DKK", "USD", "GBP", "eur", "Nok"]))
     return "data.currency"
 
 
@@ -390,3 +411,35 @@ async def test_an_invoice_breaking_one_rule_is_rejected_before_amili(
     [(event, _)] = results.published
     assert event.data["outcome"] == "rejected"
     assert {reason["field"] for reason in event.data["reasons"]} == {field}
+
+
+def _instant(text: str) -> datetime:
+    if len(text) == len("2024-01-21"):
+        day = date.fromisoformat(text)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+@PROPERTY_SETTINGS
+@given(data=valid_invoices())
+def test_dates_and_fine_decimals_reach_amili_exactly(data: Data) -> None:
+    """Every date goes out as its instant in RFC 1123 GMT (a plain date as midnight), and every
+    unit price and quantity as a JSON number that reads back as the decimal the event carried."""
+    invoice = Invoice.model_validate(data)
+    payload = to_registration(invoice, DEFAULTS)
+    assert isinstance(payload, InvoiceRegistrationRequest), payload
+    sent = json.loads(payload.wire_json())
+    for event_field, amili_field in (
+        ("issue_date", "invoice_date"),
+        ("due_date", "invoice_due_date"),
+        ("delivery_date", "invoice_delivery_date"),
+    ):
+        if event_field in data:
+            assert sent[amili_field] == format_datetime(_instant(data[event_field]), usegmt=True)
+    for line, item in zip(data["lines"], sent["matrix"], strict=True):
+        for event_field, amili_field in (("unit_price", "unit_price"), ("quantity", "number_of_units")):
+            if event_field in line:
+                # As a JSON reader holding a double would see it, and back to decimal.
+                assert Decimal(repr(float(item[amili_field]))) == Decimal(str(line[event_field]))
+        if "article_date" in line:
+            assert item["article_date"] == format_datetime(_instant(line["article_date"]), usegmt=True)

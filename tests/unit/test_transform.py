@@ -170,3 +170,50 @@ def test_canonical_amounts_allow_at_most_two_decimals() -> None:
         invoice(lines=[{"description": "x", "total_excluding_vat": "1.005"}])
     assert invoice().lines[0].total_excluding_vat == Decimal(200)
     assert invoice().issue_date == date(2026, 11, 20)
+
+
+def test_a_date_with_a_time_of_day_goes_out_as_that_instant_in_utc() -> None:
+    body = wire(
+        to_registration(invoice(issue_date="2024-01-21T11:11:22+01:00", due_date="2024-01-31"), DEFAULTS)
+    )
+    assert body["invoice_date"] == "Sun, 21 Jan 2024 10:11:22 GMT"
+    assert body["invoice_due_date"] == "Wed, 31 Jan 2024 00:00:00 GMT"
+
+
+def test_a_date_with_a_time_must_say_its_offset() -> None:
+    with pytest.raises(ValueError, match="UTC offset"):
+        invoice(issue_date="2024-01-21T10:11:22")
+
+
+def test_due_date_is_compared_by_day_in_utc() -> None:
+    same_day = invoice(issue_date="2024-01-21T23:30:00+00:00", due_date="2024-01-21")
+    assert isinstance(to_registration(same_day, DEFAULTS), InvoiceRegistrationRequest)
+    day_before = invoice(issue_date="2024-01-21T00:30:00+02:00", due_date="2024-01-21")  # 20 Jan in UTC
+    assert isinstance(to_registration(day_before, DEFAULTS), InvoiceRegistrationRequest)
+    assert rules(
+        to_registration(invoice(issue_date="2024-01-22T00:30:00Z", due_date="2024-01-21"), DEFAULTS)
+    ) == {("data.due_date", "due_after_issue")}
+
+
+def test_unit_prices_and_quantities_keep_six_decimals() -> None:
+    line = {
+        "description": "kWh",
+        "quantity": "1234.567891",
+        "unit_price": "1.2345",
+        "total_excluding_vat": "1524.07",
+    }
+    body = wire(to_registration(invoice(lines=[line]), DEFAULTS))
+    assert (body["matrix"][0]["number_of_units"], body["matrix"][0]["unit_price"]) == (1234.567891, 1.2345)
+    with pytest.raises(ValueError, match="decimal places"):
+        invoice(lines=[{**line, "unit_price": "1.2345678"}])
+
+
+def test_a_customer_with_no_type_goes_without_a_flag() -> None:
+    body = wire(to_registration(invoice(customer={"name": "A"}), DEFAULTS))
+    assert body["customer"] == {"name": "A"}
+
+
+def test_letter_template_is_rejected_as_deprecated() -> None:
+    assert rules(to_registration(invoice(letter_template="reminder-1"), DEFAULTS)) == {
+        ("data.letter_template", "deprecated")
+    }

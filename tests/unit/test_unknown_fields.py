@@ -10,8 +10,7 @@ import pytest
 
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults
-from service.events.cloudevents import EnvelopeError
-from service.events.contract import UnknownFields, decode_invoice_created
+from service.events.contract import InvalidInvoice, InvoiceCreated, UnknownFields, decode_invoice_created
 from service.ops.metrics import UNKNOWN_FIELD_LABELS, Metrics, MetricsObserver
 from service.processing import InvoiceProcessor
 from tests.fakes import structured_record
@@ -34,28 +33,31 @@ def with_unknown_fields(event: dict[str, Any]) -> dict[str, Any]:
 def test_unknown_fields_are_dropped_and_named_under_ignore() -> None:
     event = with_unknown_fields(EVENT)
     decoded = decode_invoice_created(structured_record(event))
+    assert isinstance(decoded, InvoiceCreated)
     assert sorted(decoded.unknown_fields) == sorted(UNKNOWN)
     assert decoded.invoice.invoice_number == "INV-1"
     assert event["data"]["nickname"] == "secret-top"  # the event itself is left as it came
 
 
 def test_unknown_fields_are_a_schema_violation_under_reject() -> None:
-    with pytest.raises(EnvelopeError) as caught:
-        decode_invoice_created(structured_record(with_unknown_fields(EVENT)), unknown_fields="reject")
-    assert caught.value.rule == "data_schema"
+    decoded = decode_invoice_created(structured_record(with_unknown_fields(EVENT)), unknown_fields="reject")
+    assert isinstance(decoded, InvalidInvoice)
+    assert sorted(v.field for v in decoded.violations) == sorted(UNKNOWN)
+    assert {v.rule for v in decoded.violations} == {"extra_forbidden"}
 
 
-def test_other_violations_still_dead_letter_under_ignore() -> None:
+def test_other_violations_still_count_under_ignore() -> None:
     event = with_unknown_fields(EVENT)
     del event["data"]["due_date"]
-    with pytest.raises(EnvelopeError) as caught:
-        decode_invoice_created(structured_record(event))
-    assert caught.value.rule == "data_schema"
-    assert "due_date" in str(caught.value)
+    decoded = decode_invoice_created(structured_record(event))
+    assert isinstance(decoded, InvalidInvoice)
+    assert [(v.field, v.rule) for v in decoded.violations] == [("data.due_date", "missing")]
 
 
 def test_an_event_without_unknown_fields_reports_none() -> None:
-    assert decode_invoice_created(structured_record(EVENT)).unknown_fields == ()
+    decoded = decode_invoice_created(structured_record(EVENT))
+    assert isinstance(decoded, InvoiceCreated)
+    assert decoded.unknown_fields == ()
 
 
 def test_the_metric_counts_paths_with_a_bounded_label() -> None:
@@ -121,15 +123,16 @@ async def test_an_event_with_unknown_fields_is_registered_under_ignore(
     assert "secret" not in caplog.text
 
 
-async def test_an_event_with_unknown_fields_is_dead_lettered_under_reject(
+async def test_an_event_with_unknown_fields_is_rejected_under_reject(
     sample_events: list[dict[str, Any]],
 ) -> None:
     world, observer = World(), Reported()
     handled = await processor(world, "reject", observer).process(
         structured_record(with_unknown_fields(sample_events[0]))
     )
-    assert handled.outcome is None
-    assert handled.dead_letter_rule == "data_schema"
+    assert handled.outcome is Outcome.REJECTED
     assert world.amili.posts == 0
-    assert world.results.published == []
+    assert world.dead_letters.letters == []
+    [(result, _)] = world.results.published
+    assert sorted(r["field"] for r in result.data["reasons"]) == sorted(UNKNOWN)
     assert observer.unknown == []
