@@ -373,8 +373,9 @@ def _poison_event(rule: str, rng: random.Random, run_tag: str, slot: int) -> Out
         value = json.dumps({**envelope, "specversion": "0.3", "time": None, "data": invoice}).encode()
     elif rule == "type":
         value = json.dumps({**envelope, "type": "billing.invoice.deleted.v1", "data": invoice}).encode()
-    else:  # data_schema
-        value = json.dumps({**envelope, "data": {**invoice, "lines": "none", "due_date": "soon"}}).encode()
+    else:  # data_schema: with no invoice number to name in a result, it is a dead letter
+        unnamed = {field: content for field, content in invoice.items() if field != "invoice_number"}
+        value = json.dumps({**envelope, "data": {**unnamed, "lines": "none", "due_date": "soon"}}).encode()
     return OutboundEvent(value, key, structured, "poison", rule=rule)
 
 

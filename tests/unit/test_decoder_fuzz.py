@@ -336,6 +336,8 @@ def garbage_records(seed: int = 20261124, count: int = 30) -> list[Garbage]:
             for _ in range(rng.randint(0, 3))
         )
         key = None if rng.random() < 0.3 else rng.randbytes(rng.randint(1, 12))
+        if key is None and value is None:  # a record needs one of them
+            key = b"tombstone"
         sample.append(Garbage(kind, key, value, (*headers, *extra)))
     return sample
 
