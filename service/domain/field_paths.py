@@ -97,7 +97,7 @@ _NOTES: dict[str, str] = {
     "matrix[].unit_price": "up to 6 decimals",
     "matrix[].number_of_units": "up to 6 decimals",
     "matrix[].total_price_excluding_vat": "up to 2 decimals",
-    "matrix[].unit_vat_percent": "a rate, 0/6/12/25, sent as `\"25%\"`; 25 when left out",
+    "matrix[].unit_vat_percent": 'a rate, 0/6/12/25, sent as `"25%"`; 25 when left out',
     "matrix[].is_discount": "sent only when true",
     "matrix[].article_date": _DAY,
 }

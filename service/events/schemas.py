@@ -61,6 +61,7 @@ def field_mapping_document() -> str:
         "field.\n\n" + seed_field_table()
     )
 
+
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 INVOICE_DATA_FILE = "invoice-created.data.schema.json"
