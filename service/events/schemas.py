@@ -40,7 +40,7 @@ from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from service.events.contract import RESULT_TYPES, RegistrationResult
-from service.kafka.publishing import DeadLetterHeaders
+from service.kafka.publishing import TRUNCATED_VALUE_BYTES, DeadLetterHeaders, DeadLetterTruncation
 
 Schema = dict[str, Any]
 
@@ -214,16 +214,26 @@ def registration_result_schema() -> Schema:
 
 
 def dead_letter_headers_schema() -> Schema:
-    """The ``dlq.*`` headers of a dead letter (after the record's own headers, kept as they came)."""
-    return _standalone(
+    """The ``dlq.*`` headers of a dead letter (after the record's own headers, kept as they came),
+    with those of a truncated one."""
+    schema = _standalone(
         DeadLetterHeaders,
         mode="serialization",
         title="dead-letter headers",
         description=(
             "A dead letter is the inbound record byte for byte (key, value, headers in order) plus these "
-            "headers, UTF-8 text, saying why, whence and when. Other headers are the record's own."
+            "headers, UTF-8 text, saying why, whence and when. Other headers are the record's own. A "
+            "record too large to be dead-lettered whole is written truncated: its value's first "
+            f"{TRUNCATED_VALUE_BYTES} bytes, its own headers only if small, and the dlq.truncated "
+            "headers; the original stays in its source topic at dlq.partition and dlq.offset."
         ),
     )
+    truncation = model_schema(DeadLetterTruncation, mode="serialization")
+    schema["properties"].update(truncation["properties"])
+    schema["dependentRequired"] = {
+        "dlq.truncated": [n for n in truncation["required"] if n != "dlq.truncated"]
+    }
+    return schema
 
 
 def _component(components: Schema, name: str, model: type[BaseModel], mode: JsonSchemaMode) -> Schema:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,8 +54,9 @@ class DeadLetterHeaders(BaseModel):
 
     rule: str = Field(
         alias="dlq.rule",
-        description="Which check failed: an envelope rule (json, content_type, cloudevents_attributes, "
-        "type, data_schema, ...) or gave_up",
+        description="Which check failed: an envelope rule (too_large, json, empty, content_type, "
+        "cloudevents_attributes, type, data_schema: no invoice number to name the invoice by, ...), "
+        "gave_up or processing_error",
     )
     reason: str = Field(
         alias="dlq.reason", max_length=DEAD_LETTER_REASON_MAX_LENGTH, description="What was wrong, for people"
@@ -98,7 +99,7 @@ class DeadLetterTruncation(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
 
-    truncated: str = Field(
+    truncated: Literal["value"] = Field(
         alias="dlq.truncated", description="value: the value holds only its first bytes; the original follows"
     )
     original_size: str = Field(

@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.bootstrap import build_registrar
 from service.emulator.app import Emulator
+from service.events.schemas import DEAD_LETTER_HEADERS_FILE
 from service.kafka.publishing import TRUNCATED_VALUE_BYTES
 from tests.integration.harness import (
     committed_offset,
@@ -23,6 +24,7 @@ from tests.integration.harness import (
     settings_for,
     wait_for,
 )
+from tests.integration.test_contract_kafka import schema_validator
 
 pytestmark = pytest.mark.kafka
 
@@ -102,3 +104,7 @@ async def test_an_event_too_large_to_dead_letter_whole_is_dead_lettered_truncate
     assert headers["dlq.headers_dropped"] == "0"
     assert headers["content-type"] == "application/cloudevents+json"  # the record's own, kept
     assert dead_letter.value == huge[:TRUNCATED_VALUE_BYTES]
+    ours = {name: value for name, value in headers.items() if name.startswith("dlq.")}
+    schema_validator(DEAD_LETTER_HEADERS_FILE).validate(ours)
+    incomplete = {name: value for name, value in ours.items() if name != "dlq.value_sha256"}
+    assert not schema_validator(DEAD_LETTER_HEADERS_FILE).is_valid(incomplete)
