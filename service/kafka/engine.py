@@ -86,6 +86,8 @@ class EngineObserver:
 
     def dead_letter_failed(self) -> None: ...
 
+    def processing_failed(self, error: BaseException) -> None: ...
+
     def in_flight(self, count: int) -> None: ...
 
     def handled(self, handled: Handled, seconds: float) -> None: ...
@@ -210,6 +212,18 @@ class ConsumptionEngine:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def loop_failure(self) -> str | None:
+        """Why the fetch loop ended though nobody stopped it; ``None`` while it runs. Liveness
+        fails on it at once: an instance that no longer consumes must be restarted."""
+        task = self._loop_task
+        if task is None or not task.done() or self._stopping:
+            return None
+        if task.cancelled():
+            return "the consumption loop was cancelled"
+        error = task.exception()
+        return f"the consumption loop ended: {error!r}" if error else "the consumption loop ended"
 
     # life cycle -------------------------------------------------------------------------------
 
@@ -371,6 +385,7 @@ class ConsumptionEngine:
                 # A fault of ours, not of the event: try again after a pause; an event that keeps
                 # failing goes to dead letters rather than stall its partition.
                 failures += 1
+                self._observer.processing_failed(error)
                 if failures >= self._max_failures:
                     return await self._give_up(partition, prepared, error)
                 log.exception("processing failed; retrying", extra=_where(partition, prepared))

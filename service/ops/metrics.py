@@ -19,6 +19,8 @@ from service.registration import RegistrationObserver
 
 NAMESPACE = "registrar"
 UNKNOWN_FIELD_LABELS = 100
+ERROR_LABELS = 20
+"""Exception class names a processing error is counted by; beyond them, ``other``."""
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TIME_TO_RESULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -114,6 +116,11 @@ class Metrics:
             "dead_letter_failures", "Dead letters that could not be sent (tried again: the partition waits)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.processing_errors = Counter(
+            "processing_errors", "Exceptions on an event's path (a fault of ours, or of the ledger or "
+            "broker beneath it): the event is tried again, then dead-lettered (processing_error)",
+            ["error"], namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.unknown_fields = Counter(
             "unknown_fields", "Fields in invoice-created data the service does not know (ignored), by "
             "path with list indexes as []; beyond 100 paths they count as field=\"other\"", ["field"],
@@ -131,6 +138,7 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
         self._unknown_field_labels: set[str] = set()
+        self._error_labels: set[str] = set()
 
     # registration
     def retry(self, reason: str) -> None:
@@ -182,6 +190,13 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
 
     def dead_letter_failed(self) -> None:
         self._m.dead_letter_failures.inc()
+
+    def processing_failed(self, error: BaseException) -> None:
+        name = type(error).__name__
+        if name not in self._error_labels and len(self._error_labels) >= ERROR_LABELS:
+            name = "other"
+        self._error_labels.add(name)
+        self._m.processing_errors.labels(error=name).inc()
 
     # the broker link
     def broker_up(self, up: bool) -> None:

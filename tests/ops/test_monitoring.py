@@ -158,6 +158,7 @@ def test_dashboard_structure() -> None:
         "registrar_kafka_last_produce_timestamp_seconds",
         "registrar_dead_letter_failures_total",
         "registrar_oldest_unfinished_event_seconds",
+        "registrar_processing_errors_total",
     ],
 )
 def test_dashboard_has_a_panel_for(metric: str) -> None:

@@ -67,11 +67,15 @@ class FailingProcessor:
 class CountingObserver(EngineObserver):
     def __init__(self) -> None:
         self.dead_letters_failed = 0
+        self.processing_errors: list[str] = []
         self.handled_events: list[Handled] = []
         self.oldest: dict[int, float] = {}
 
     def dead_letter_failed(self) -> None:
         self.dead_letters_failed += 1
+
+    def processing_failed(self, error: BaseException) -> None:
+        self.processing_errors.append(type(error).__name__)
 
     def handled(self, handled: Handled, seconds: float) -> None:
         self.handled_events.append(handled)
@@ -245,6 +249,7 @@ async def test_dead_lettering_that_fails_is_retried_until_it_succeeds(
     assert processor.give_up_calls == 3
     assert all(isinstance(error, RuntimeError) for error in processor.given_up_with)
     assert processor.dead_letters == [7]
+    assert observer.processing_errors == ["RuntimeError"] * 3  # each failure counted
     assert observer.dead_letters_failed == 2
     assert observer.handled_events == [DEAD_LETTER]
     assert engine.in_flight == 0  # the slot is released
@@ -423,3 +428,18 @@ async def test_stop_ends_within_drain_and_close_seconds_when_the_broker_is_away(
     assert "the consumer did not leave its group cleanly" in caplog.messages
     assert [operation for operation, _ in link.failures] == ["commit"]
     assert [t for t in asyncio.all_tasks() if t.get_name() == "consumption-engine" and not t.done()] == []
+
+
+async def test_a_fetch_loop_that_ends_unasked_fails_liveness_at_once() -> None:
+    engine = make_engine(FailingProcessor(failing=set()))
+
+    async def ended() -> None:
+        raise SystemError("the loop broke")
+
+    assert engine.loop_failure is None  # never started
+    engine._loop_task = asyncio.create_task(ended())
+    await asyncio.sleep(0)
+    assert engine.loop_failure is not None
+    assert "the loop broke" in engine.loop_failure
+    engine._stopping = True  # a stop asked for it: not a failure
+    assert engine.loop_failure is None
