@@ -28,6 +28,7 @@ from service.circuit import AmiliCircuit, CircuitState
 from service.config import Settings
 from service.domain.transform import TransformDefaults
 from service.kafka.engine import ConsumptionEngine, Processor
+from service.kafka.limits import check_at_start
 from service.kafka.link import BrokerLink
 from service.kafka.pacing import paced_consumer, paced_producer
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
@@ -226,6 +227,7 @@ def build_registrar(
                 # Results finishing together share a produce request (fewer round trips and syscalls).
                 linger_ms=settings.kafka_linger_ms,
                 request_timeout_ms=settings.kafka_request_timeout_ms,
+                max_request_size=settings.kafka_max_request_bytes,
                 client_id=APP_NAME,
                 **consumer_security,
             )
@@ -249,7 +251,11 @@ def build_registrar(
         backoff=backoff,
         observer=observer,
         unknown_fields=settings.unknown_fields,
+        max_event_bytes=settings.max_event_bytes,
     )
+    # No max_partition_fetch_bytes after MAX_EVENT_BYTES: the broker sends a partition's first
+    # batch whole however large it is (fetch v3 on, which aiokafka speaks), so a record over the
+    # fetch size still comes, to be dead-lettered as too_large rather than stall its partition.
     consumer = paced_consumer(
         partial(
             AIOKafkaConsumer,
@@ -280,6 +286,11 @@ def build_registrar(
         observer=observer,
         broker=link,
     )
+
+    async def check_size_limits() -> None:
+        refusals = await check_at_start(settings, consumer_security)
+        if refusals:
+            raise ConfigurationError("; ".join(refusal.line for refusal in refusals))
 
     async def kafka_connected() -> tuple[bool, str]:
         if not link.up:
@@ -316,7 +327,8 @@ def build_registrar(
             ("/readyz", HealthEndpoint(readiness)),
         ],
         logger=logging.getLogger("service.app"),
-        on_startup=[ledger.open],
+        # The size limits first: a start they refuse has opened nothing.
+        on_startup=[check_size_limits, ledger.open],
         after_startup=[link.start, processor.publish_pending, engine.start, freeze_long_lived_objects],
         on_shutdown=[engine.stop],
         after_shutdown=[

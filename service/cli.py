@@ -7,10 +7,46 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from service.config import EmulatorSettings, Settings
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def _refusal_kept(app: ASGIApp, refusal: type[Exception], refused: list[Exception]) -> ASGIApp:
+    """``app``, except that a start refused with ``refusal`` (a ConfigurationError raised by a
+    lifecycle hook: size limits the broker cannot honour) is put in ``refused`` for the caller to
+    report in one line, as it reports one raised while wiring; uvicorn would log the traceback
+    FastStream hands it."""
+
+    async def app_keeping_refusal(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        failed: list[Message] = []
+
+        async def holding_failure(message: Message) -> None:
+            # Held until it is known why: FastStream sends the traceback, then raises.
+            if message["type"] == "lifespan.startup.failed":
+                failed.append(message)
+            else:
+                await send(message)
+
+        try:
+            await app(scope, receive, holding_failure)
+        except refusal as error:
+            refused.append(error)
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
+        finally:
+            if failed and not refused:
+                await send(failed[0])
+
+    return app_keeping_refusal
 
 
 def _run(_: argparse.Namespace) -> int:
@@ -28,14 +64,22 @@ def _run(_: argparse.Namespace) -> int:
         return 2
     # uvicorn serves /metrics, /healthz and /readyz and runs the service in its lifespan; on
     # SIGTERM the lifespan drains events in flight (SHUTDOWN_GRACE_SECONDS) before exiting.
-    uvicorn.run(
-        registrar.app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
+    refused: list[Exception] = []
+    try:
+        uvicorn.run(
+            _refusal_kept(registrar.app, ConfigurationError, refused),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    except SystemExit:
+        if not refused:
+            raise
+    if refused:  # settings the broker cannot honour (service/kafka/limits.py)
+        print(f"amili-registrar: {refused[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -131,6 +131,18 @@ class Settings(BaseSettings):
         ge=1_000,
         description="How long the group waits for a silent consumer before giving its partitions to another",
     )
+    kafka_max_request_bytes: int = Field(
+        default=1_048_576,
+        ge=131_072,
+        description="The producer's max_request_size: the largest result or dead letter it sends; a "
+        "larger dead letter is written truncated",
+    )
+    max_event_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="An inbound record (key, value and headers) larger than this is dead-lettered "
+        "(rule too_large) without being decoded",
+    )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(default="PLAIN")
     kafka_sasl_username: str | None = Field(default=None)
     kafka_sasl_password: SecretStr | None = Field(default=None)
