@@ -146,6 +146,7 @@ class Registrar:
     broker: KafkaBroker
     amili: AmiliClient
     circuit: AmiliCircuit
+    engine: ConsumptionEngine
 
 
 def build_registrar(
@@ -314,10 +315,16 @@ def build_registrar(
         "credentials": credentials_accepted,
         "circuit": circuit_not_open,
     }
+
+    async def consume_loop_running() -> tuple[bool, str]:
+        failure = engine.loop_failure
+        return failure is None, failure or "running"
+
     liveness: dict[str, Check] = {
         "consume_loop": progress_check(
             lambda: engine.last_progress, stale_after_seconds=settings.liveness_stale_seconds
-        )
+        ),
+        "consume_loop_running": consume_loop_running,
     }
     app = AsgiFastStream(
         broker,
@@ -338,4 +345,4 @@ def build_registrar(
             ledger.close,
         ],
     )
-    return Registrar(app=app, broker=broker, amili=amili, circuit=circuit)
+    return Registrar(app=app, broker=broker, amili=amili, circuit=circuit, engine=engine)

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         default="ignore",
         description="Fields in invoice-created data the invoice does not know: ignore = dropped, the "
         "event processed, counted in registrar_unknown_fields_total and named in a debug log; "
-        "reject = the event is dead-lettered (rule data_schema)",
+        "reject = the event gets a rejected result naming each unknown field",
     )
     amili_http_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp", description="HTTP client towards Amili: aiohttp (directly) or httpx (its own pool)"

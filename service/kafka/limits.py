@@ -88,6 +88,9 @@ class Finding:
     refusal: bool
     line: str
     figures: Mapping[str, int | str] = field(default_factory=dict)
+    level: int = logging.WARNING
+    """How a note is logged: a warning when it may surprise, info when it only describes (the
+    default limits truncate dead letters of events near 1 MiB: no warning at every start)."""
     """The line's numbers and topic as log fields: the log's redaction takes long runs of digits
     for phone and id numbers, so a limit of 100 MB or more would not survive in the line itself."""
 
@@ -143,6 +146,7 @@ def check_size_limits(limits: TopicLimits, *, max_event_bytes: int, max_request_
         findings.append(
             Finding(
                 refusal=False,
+                level=logging.INFO,
                 line=f"dead letters of events over {whole_up_to} bytes are written truncated (the value's "
                 f"first {TRUNCATED_VALUE_BYTES} bytes): {tightest}, less than MAX_EVENT_BYTES "
                 f"({max_event_bytes}) plus {DEAD_LETTER_OVERHEAD_BYTES} for the dlq.* headers",
@@ -262,5 +266,5 @@ async def check_at_start(settings: Settings, security: Mapping[str, Any]) -> lis
     refusals = [finding for finding in findings if finding.refusal]
     if not refusals:  # a refused start ends with its one line: notes would only bury it
         for finding in findings:
-            log.warning(finding.line, extra=dict(finding.figures))
+            log.log(finding.level, finding.line, extra=dict(finding.figures))
     return refusals

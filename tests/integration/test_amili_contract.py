@@ -315,14 +315,7 @@ MODEL_RULES = [
         UNKNOWN,
     ),
     rule("unknown-matrix", setting("matrix", 0, "colour", value="red"), "matrix.0.colour", UNKNOWN),
-    # exactly one customer type
-    rule("customer-type-none", without("customer", "is_person"), "customer.is_person", CUSTOMER_TYPE_ISSUE),
-    rule(
-        "customer-type-false",
-        setting("customer", "is_person", value=False),
-        "customer.is_person",
-        CUSTOMER_TYPE_ISSUE,
-    ),
+    # the customer types exclude each other
     rule(
         "customer-type-two",
         setting("customer", "is_company", value=True),
@@ -401,6 +394,15 @@ MODEL_RULES = [
 
 # Rules only Amili can know: the models accept the body; the client reports AmiliRejected.
 AMILI_RULES = [
+    # No customer type at all: the seed makes each flag optional, Amili's documentation wants one;
+    # our models send it and leave the answer to Amili (a rejected result naming data.customer.type).
+    rule("customer-type-none", without("customer", "is_person"), "customer.is_person", CUSTOMER_TYPE_ISSUE),
+    rule(
+        "customer-type-false",
+        setting("customer", "is_person", value=False),
+        "customer.is_person",
+        CUSTOMER_TYPE_ISSUE,
+    ),
     rule(
         "creditor-unknown",
         setting("creditor", value=UNKNOWN_ID),

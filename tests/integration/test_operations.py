@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.bootstrap import build_registrar
 from service.config import DEMO_API_KEY
 from service.devtools.produce import produce
 from service.emulator.app import Emulator
@@ -164,3 +165,21 @@ async def test_prometheus_scrapes_the_running_service_and_health_reflects_its_st
     assert DEMO_API_KEY not in text
     for personal in ("811218-9876", "astrid.lindqvist@example.se", "+46701234567", "Storgatan 12"):
         assert personal not in text
+
+
+async def test_liveness_fails_at_once_when_the_consumption_loop_dies(
+    kafka_bootstrap_servers: str, emulator: tuple[str, Emulator], unique_name: str
+) -> None:
+    amili_url, _ = emulator
+    registrar = build_registrar(settings_for(kafka_bootstrap_servers, amili_url, unique_name))
+    transport = httpx.ASGITransport(app=registrar.app)
+    async with registrar.app, httpx.AsyncClient(transport=transport, base_url="http://registrar") as http:
+        assert (await http.get("/healthz")).status_code == 200
+        loop_task = registrar.engine._loop_task
+        assert loop_task is not None
+        loop_task.cancel()  # as if it had died: nobody asked it to stop
+        await asyncio.sleep(0.05)
+        response = await http.get("/healthz")
+        assert response.status_code == 503
+        assert not response.json()["checks"]["consume_loop_running"]["ok"]
+        assert "cancelled" in response.json()["checks"]["consume_loop_running"]["detail"]
