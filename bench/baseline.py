@@ -22,7 +22,7 @@ import httpx
 from service.domain.outcomes import Rejection
 from service.domain.transform import TransformDefaults, to_registration
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE
-from service.events.contract import decode_invoice_created
+from service.events.contract import InvoiceCreated, decode_invoice_created
 from service.events.record import InboundRecord
 
 RESULT_HEADERS = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
@@ -74,6 +74,7 @@ async def register(
 ) -> tuple[bytes | None, bytes]:
     """POST the event's invoice to Amili; the result record's key and value."""
     created = decode_invoice_created(record)
+    assert isinstance(created, InvoiceCreated), "the baseline sends valid invoices only"
     invoice = created.invoice
     creditor = invoice.creditor or ""
     payload = to_registration(invoice, DEFAULTS)
