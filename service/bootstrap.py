@@ -32,6 +32,13 @@ from service.kafka.limits import check_at_start
 from service.kafka.link import BrokerLink
 from service.kafka.pacing import paced_consumer, paced_producer
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
+from service.kafka.startup import (
+    ClusterWait,
+    StartupRefused,
+    WaitingKafkaBroker,
+    missing_topics,
+    wait_for_cluster,
+)
 from service.ledger.factory import open_ledger
 from service.ops.http import Check, HealthEndpoint, progress_check
 from service.ops.metrics import Metrics, MetricsObserver
@@ -164,8 +171,17 @@ def build_registrar(
     # FastStream runs the application (life cycle, ASGI routes) and documents the topics in the
     # AsyncAPI schema; results and dead letters go through the broker link, consumption through the
     # engine.
-    broker = KafkaBroker(
+    cluster_wait = ClusterWait()
+
+    async def before_connect() -> None:
+        topics = await wait_for_cluster(settings, consumer_security, state=cluster_wait)
+        if not settings.kafka_allow_auto_create_topics and (problem := missing_topics(settings, topics)):
+            raise StartupRefused(problem)
+        await check_size_limits()
+
+    broker = WaitingKafkaBroker(
         settings.kafka_bootstrap_servers,
+        before_connect=before_connect,
         graceful_timeout=settings.shutdown_grace_seconds,
         client_id=APP_NAME,
         logger=logging.getLogger("service.kafka.faststream"),
@@ -294,6 +310,8 @@ def build_registrar(
             raise ConfigurationError("; ".join(refusal.line for refusal in refusals))
 
     async def kafka_connected() -> tuple[bool, str]:
+        if cluster_wait.detail:
+            return False, cluster_wait.detail
         if not link.up:
             return False, f"broker unreachable for {link.down_seconds:.0f}s"
         return engine.connected, "consuming" if engine.connected else "not connected"
@@ -305,6 +323,11 @@ def build_registrar(
     async def credentials_accepted() -> tuple[bool, str]:
         return circuit.authorized, "accepted" if circuit.authorized else "refused by Amili"
 
+    async def amili_configured() -> tuple[bool, str]:
+        # e.g. "POST https://host/prefix/invoice--registrations answered 404: check AMILI_BASE_URL"
+        problem = circuit.config_error
+        return problem is None, problem or "ok"
+
     async def circuit_not_open() -> tuple[bool, str]:
         state = circuit.state
         return state is not CircuitState.OPEN, state.name.lower()
@@ -313,6 +336,7 @@ def build_registrar(
         "kafka": kafka_connected,
         "ledger": ledger_reachable,
         "credentials": credentials_accepted,
+        "amili_config": amili_configured,
         "circuit": circuit_not_open,
     }
 
@@ -334,8 +358,9 @@ def build_registrar(
             ("/readyz", HealthEndpoint(readiness)),
         ],
         logger=logging.getLogger("service.app"),
-        # The size limits first: a start they refuse has opened nothing.
-        on_startup=[check_size_limits, ledger.open],
+        # The broker is waited for, and the topics and their size limits checked, when FastStream
+        # starts it (WaitingKafkaBroker): after the health endpoints answer.
+        on_startup=[ledger.open],
         after_startup=[link.start, processor.publish_pending, engine.start, freeze_long_lived_objects],
         on_shutdown=[engine.stop],
         after_shutdown=[

@@ -4,55 +4,73 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from service.config import EmulatorSettings, Settings
+from service.config import EmulatorSettings, Settings, settings_problems
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-def _refusal_kept(app: ASGIApp, refusal: type[Exception], refused: list[Exception]) -> ASGIApp:
-    """``app``, except that a start refused with ``refusal`` (a ConfigurationError raised by a
-    lifecycle hook: size limits the broker cannot honour) is put in ``refused`` for the caller to
-    report in one line, as it reports one raised while wiring; uvicorn would log the traceback
-    FastStream hands it."""
+def _watched(app: ASGIApp, failures: list[BaseException], stop: Callable[[], None]) -> ASGIApp:
+    """``app``, with the failure of its life cycle kept for the caller to report in one line.
 
-    async def app_keeping_refusal(scope: Scope, receive: Receive, send: Send) -> None:
+    FastStream hands uvicorn the traceback of a start that failed, which uvicorn logs; and a
+    failure after the ASGI start-up (FastStream starts its brokers after it: the wait for the
+    cluster, the topic check) ends FastStream while uvicorn goes on serving. Here either ends in
+    ``failures`` and, after the start-up, ``stop`` ends the server too."""
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return
-        failed: list[Message] = []
+        started = False
+        held: list[Message] = []
 
-        async def holding_failure(message: Message) -> None:
-            # Held until it is known why: FastStream sends the traceback, then raises.
-            if message["type"] == "lifespan.startup.failed":
-                failed.append(message)
-            else:
-                await send(message)
+        async def holding_failures(message: Message) -> None:
+            nonlocal started
+            # A failure message is held until it is known why: FastStream sends it, then raises.
+            if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
+                held.append(message)
+                return
+            started = started or message["type"] == "lifespan.startup.complete"
+            await send(message)
 
         try:
-            await app(scope, receive, holding_failure)
-        except refusal as error:
-            refused.append(error)
-            await send({"type": "lifespan.startup.failed", "message": ""})
+            await app(scope, receive, holding_failures)
+        except Exception as error:
+            failures.append(error)
+            if started:
+                stop()
+            else:
+                await send({"type": "lifespan.startup.failed", "message": ""})
             return
-        finally:
-            if failed and not refused:
-                await send(failed[0])
+        for message in held:
+            await send(message)
 
-    return app_keeping_refusal
+    return watched
+
+
+def _failure_line(error: BaseException) -> str:
+    from service.kafka.startup import describe_error
+
+    # Our own failures say what to do in their text; anything else is named by its class too.
+    if error.__class__.__module__.startswith("service."):
+        return str(error)
+    return describe_error(error)
 
 
 def _run(_: argparse.Namespace) -> int:
     import uvicorn
 
     from service.bootstrap import ConfigurationError, build_registrar
+    from service.kafka.startup import StartupRefused
     from service.ops.logging import configure_logging
 
     settings = Settings()
@@ -64,22 +82,30 @@ def _run(_: argparse.Namespace) -> int:
         return 2
     # uvicorn serves /metrics, /healthz and /readyz and runs the service in its lifespan; on
     # SIGTERM the lifespan drains events in flight (SHUTDOWN_GRACE_SECONDS) before exiting.
-    refused: list[Exception] = []
-    try:
-        uvicorn.run(
-            _refusal_kept(registrar.app, ConfigurationError, refused),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-    except SystemExit:
-        if not refused:
-            raise
-    if refused:  # settings the broker cannot honour (service/kafka/limits.py)
-        print(f"amili-registrar: {refused[0]}", file=sys.stderr)
-        return 2
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    config = uvicorn.Config(
+        _watched(registrar.app, failures, stop),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failures:
+        failure = failures[0]
+        logging.getLogger("service.cli").debug("the service could not go on", exc_info=failure)
+        print(f"amili-registrar: {_failure_line(failure)}", file=sys.stderr)
+        return 2 if isinstance(failure, (ConfigurationError, StartupRefused)) else 1
+    if not server.started:  # the port was taken, say: uvicorn has said why
+        return 1
     return 0
 
 
@@ -128,18 +154,42 @@ def _kafka(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from service.devtools.produce import produce, read_events
+    from aiokafka.errors import KafkaError
 
+    from service.devtools.produce import create_missing_topics, produce, read_events
+
+    # The failure is said once, below; aiokafka would say it again for every connection attempt.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = Settings()
-    events = read_events(args.file)
-    sent = asyncio.run(
-        produce(
-            settings.kafka_bootstrap_servers,
-            args.topic or settings.invoice_created_topic,
-            events,
-            binary=args.binary,
+    try:
+        events = read_events(args.file)
+    except OSError as error:
+        print(f"amili-registrar produce: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # JSONDecodeError included
+        print(f"amili-registrar produce: {args.file} is not JSON or NDJSON: {error}", file=sys.stderr)
+        return 1
+    bootstrap = args.bootstrap or settings.kafka_bootstrap_servers
+    topic = args.topic or settings.invoice_created_topic
+    # The service refuses to start on missing topics (KAFKA_ALLOW_AUTO_CREATE_TOPICS): the topics
+    # it reads and writes are made here, as an operator would make them.
+    topics = {topic: 3, settings.registration_result_topic: 3, settings.dead_letter_topic: 1}
+
+    async def send() -> int:
+        async with asyncio.timeout(args.timeout):
+            for created in await create_missing_topics(bootstrap, topics):
+                print(f"created topic {created}")
+        return await produce(bootstrap, topic, events, binary=args.binary, timeout_seconds=args.timeout)
+
+    try:
+        sent = asyncio.run(send())
+    except (KafkaError, OSError, TimeoutError) as error:
+        reason = str(error) or error.__class__.__name__
+        print(
+            f"amili-registrar produce: Kafka at {bootstrap} did not take the events: {reason}",
+            file=sys.stderr,
         )
-    )
+        return 1
     print(f"sent {sent} event(s)")
     return 0
 
@@ -228,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("file", type=Path, help="a JSON array, a JSON object or NDJSON")
     produce.add_argument("--topic", help="topic (default: INVOICE_CREATED_TOPIC)")
     produce.add_argument("--binary", action="store_true", help="CloudEvents binary mode (ce_* headers)")
+    produce.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
+    produce.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the broker (default 30)"
+    )
     produce.set_defaults(handler=_produce)
 
     demo = commands.add_parser(
@@ -327,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ValidationError as error:
-        print(f"amili-registrar: invalid configuration: {error}", file=sys.stderr)
+        print(f"amili-registrar: invalid configuration: {settings_problems(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

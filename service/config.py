@@ -6,9 +6,11 @@ emulator's carry the prefix ``AMILI_EMULATOR_``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_API_KEY = "demo-api-key"
@@ -22,25 +24,83 @@ def _split_commas(value: object) -> object:
     return value
 
 
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _topic_name(name: str) -> str:
+    # Kafka's own rule (kafka.common.internals.Topic); caught here rather than by a broker that
+    # answers every request for it with an error, ten times a second.
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a Kafka topic name: 1 to 249 of a-z A-Z 0-9 . _ -")
+    return name
+
+
+def _bootstrap_servers(value: str) -> str:
+    servers = [part.strip() for part in value.split(",")]
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(
+                f"{value!r} is not a list of host:port, comma separated (as kafka-0:9092,kafka-1:9092)"
+            )
+    return ",".join(servers)
+
+
+def _base_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} is not an http(s) URL such as https://api.example.com")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as error:
+        raise ValueError(f"{value!r} has an invalid port") from error
+    return value.strip().rstrip("/")
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+TopicName = Annotated[str, AfterValidator(_topic_name)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the environment, in one line naming each variable; the values of
+    secret settings are never repeated."""
+    problems = []
+    for issue in error.errors(include_url=False):
+        name = str(issue["loc"][0]).upper() if issue["loc"] else "settings"
+        message = issue["msg"].removeprefix("Value error, ")
+        shown = ""
+        if "input" in issue and not isinstance(issue["input"], dict) and "is not" not in message:
+            secret = name in _SECRET_SETTINGS
+            shown = f" (got {'[hidden]' if secret else repr(issue['input'])})"
+        problems.append(f"{name}: {message}{shown}")
+    return "; ".join(problems)
+
+
 class Settings(BaseSettings):
     """The service's settings."""
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated"
+    kafka_bootstrap_servers: Annotated[str, AfterValidator(_bootstrap_servers)] = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port comma separated"
     )
-    invoice_created_topic: str = Field(default="invoice-created", description="Topic consumed")
-    registration_result_topic: str = Field(
+    invoice_created_topic: TopicName = Field(default="invoice-created", description="Topic consumed")
+    registration_result_topic: TopicName = Field(
         default="registration-result", description="Topic the outcome of each invoice goes to"
     )
-    dead_letter_topic: str = Field(
+    dead_letter_topic: TopicName = Field(
         default="invoice-created.dead-letter",
         description="Topic for events that cannot be processed, with the reason in headers",
     )
-    consumer_group_id: str = Field(default="amili-registrar", description="Kafka consumer group")
+    consumer_group_id: str = Field(
+        default="amili-registrar", min_length=1, description="Kafka consumer group"
+    )
 
-    amili_base_url: str = Field(
+    amili_base_url: Annotated[str, AfterValidator(_base_url)] = Field(
         default="http://127.0.0.1:8080", description="Base URL of the Amili API (no trailing path)"
     )
     amili_api_key: SecretStr = Field(
@@ -143,11 +203,24 @@ class Settings(BaseSettings):
         description="An inbound record (key, value and headers) larger than this is dead-lettered "
         "(rule too_large) without being decoded",
     )
+    kafka_startup_timeout_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long a start waits for an unreachable broker (retrying, readiness false) "
+        "before the process exits non-zero",
+    )
+    kafka_allow_auto_create_topics: bool = Field(
+        default=False,
+        description="Start although a configured topic does not exist (a broker that creates topics "
+        "on first use); by default a missing topic refuses the start",
+    )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(default="PLAIN")
     kafka_sasl_username: str | None = Field(default=None)
     kafka_sasl_password: SecretStr | None = Field(default=None)
-    http_host: str = Field(default="0.0.0.0", description="Address of the metrics and health endpoints")
-    http_port: int = Field(default=8000, description="Port of /metrics, /healthz and /readyz")
+    http_host: str = Field(
+        default="0.0.0.0", min_length=1, description="Address of the metrics and health endpoints"
+    )
+    http_port: Port = Field(default=8000, description="Port of /metrics, /healthz and /readyz")
     liveness_stale_seconds: float = Field(
         default=120.0, gt=0, description="/healthz fails when the consume loop made no progress for this long"
     )
@@ -156,7 +229,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=15.0, ge=0, description="How long a stop waits for events in flight"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR, in any letter case"
+    )
 
     @property
     def kafka_request_timeout_seconds(self) -> float:
@@ -174,6 +249,11 @@ class Settings(BaseSettings):
         ``max_in_flight``, for those being claimed or waiting for a place and those recording and
         publishing their outcome, so that a place freed is taken at once."""
         return 2 * self.max_in_flight
+
+
+_SECRET_SETTINGS = frozenset(
+    name.upper() for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)
 
 
 class EmulatorSettings(BaseSettings):

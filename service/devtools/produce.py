@@ -6,6 +6,7 @@ is wrapped into a new ``invoice-created`` CloudEvent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -87,6 +88,20 @@ async def create_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -
         await admin.close()
 
 
+async def create_missing_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -> list[str]:
+    """Create those of the topics that do not exist yet; the names of those created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = {topic: count for topic, count in partitions.items() if topic not in existing}
+        if missing:
+            await admin.create_topics([NewTopic(t, n, replication_factor=1) for t, n in missing.items()])
+        return sorted(missing)
+    finally:
+        await admin.close()
+
+
 async def produce(
     bootstrap_servers: str,
     topic: str,
@@ -94,10 +109,25 @@ async def produce(
     *,
     binary: bool = False,
     show_progress: bool = True,
+    timeout_seconds: float | None = None,
+) -> int:
+    """Send ``events`` and wait for the broker to have them all; a broker that has not taken them
+    within ``timeout_seconds`` (if given) is a ``TimeoutError``."""
+    async with asyncio.timeout(timeout_seconds):
+        return await _produce(bootstrap_servers, topic, events, binary=binary, show_progress=show_progress)
+
+
+async def _produce(
+    bootstrap_servers: str,
+    topic: str,
+    events: Sequence[dict[str, Any]],
+    *,
+    binary: bool,
+    show_progress: bool,
 ) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         with Progress(disable=not show_progress, transient=False) as progress:
             task = progress.add_task(f"sending to {topic}", total=len(events))
             for chunk in _chunks(events, 500):

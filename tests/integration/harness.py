@@ -41,6 +41,8 @@ def settings_for(bootstrap: str, amili_url: str, suffix: str, **overrides: Any) 
         # Not the default 0.0.0.0:8000, which any other service on the machine may hold.
         "http_host": "127.0.0.1",
         "http_port": free_port(),
+        # Tests name topics of their own and often start the service before producing to them.
+        "kafka_allow_auto_create_topics": True,
     }
     values.update(overrides)
     return Settings(**values)

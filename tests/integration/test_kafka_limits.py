@@ -113,7 +113,7 @@ async def test_notes_are_logged_against_the_real_broker(
 ) -> None:
     settings = _settings(kafka_bootstrap_servers, unique_name)
     await _create(kafka_bootstrap_servers, {settings.invoice_created_topic: 3 * MiB})
-    caplog.set_level(logging.WARNING, logger="service.kafka.limits")
+    caplog.set_level(logging.INFO, logger="service.kafka.limits")
 
     refusals = await check_at_start(settings, kafka_security(settings)[1])
 

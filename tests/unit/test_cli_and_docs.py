@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 from service.cli import build_parser, main
 from service.config import EmulatorSettings, Settings
+from service.localkafka import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,3 +80,31 @@ def test_the_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second(
     blocks = [block.strip() for block in re.findall(r"```[^\n]*\n(.*?)```", section.group(1), re.S)]
     assert len(blocks) == 2
     assert blocks[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def _produce(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "produce", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LOG_LEVEL": "INFO"},
+    )
+
+
+def test_produce_says_in_one_line_what_went_wrong(tmp_path: Path) -> None:
+    missing = _produce(str(tmp_path / "nope.json"))
+    assert (missing.returncode, missing.stderr.strip().count("\n")) == (1, 0), missing.stderr
+    assert "cannot read" in missing.stderr
+    assert "No such file" in missing.stderr
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a":')
+    broken = _produce(str(bad))
+    assert (broken.returncode, broken.stderr.strip().count("\n")) == (1, 0), broken.stderr
+    assert "is not JSON or NDJSON" in broken.stderr
+
+    away = _produce(str(ROOT / "service/examples/invoices.ndjson"), "--bootstrap", f"127.0.0.1:{free_port()}")
+    assert (away.returncode, away.stderr.strip().count("\n")) == (1, 0), away.stderr
+    assert "did not take the events" in away.stderr
+    assert "Traceback" not in missing.stderr + broken.stderr + away.stderr
