@@ -98,7 +98,11 @@ def _run(_: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's way out of a failed start (or a port it could not bind)
+        if not failures:
+            raise
     if failures:
         failure = failures[0]
         logging.getLogger("service.cli").debug("the service could not go on", exc_info=failure)
