@@ -140,3 +140,21 @@ def test_log_level_is_read_in_any_letter_case() -> None:
     from service.config import Settings
 
     assert Settings(log_level="info").log_level == "INFO"
+
+
+def test_a_ledger_that_cannot_be_reached_is_one_line_and_exit_code_1() -> None:
+    env = {
+        **os.environ,
+        "AMILI_API_KEY": "k",
+        "LEDGER_URL": f"postgresql://registrar:hunter2@127.0.0.1:{free_port()}/registrar",
+        "HTTP_PORT": str(free_port()),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("amili-registrar: ")]
+    assert said == ["amili-registrar: postgres connect: [Errno 111] Connection refused"], done.stderr
+    assert "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
