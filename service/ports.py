@@ -11,7 +11,10 @@ from service.events.record import InboundRecord
 
 
 class AmiliError(Exception):
-    """Base of what the Amili port raises. Messages never carry credentials."""
+    """Base of what the Amili port raises. Messages never carry credentials. ``status`` is the
+    HTTP status Amili answered, when an answer caused it."""
+
+    status: int | None = None
 
 
 class AmiliRejected(AmiliError):
@@ -29,6 +32,18 @@ class AmiliDuplicate(AmiliError):
 
 class AmiliUnauthorized(AmiliError):
     """The credentials were refused (401/403): a problem of ours, not of the invoice."""
+
+
+class AmiliMisconfigured(AmiliError):
+    """The endpoint is not where the service calls it (404/405 on the registrations path, or a
+    400 without validation issues, which our valid JSON never earns): AMILI_BASE_URL or the way to
+    Amili is wrong. A problem of ours, not of the invoice: calls are held back until it is fixed."""
+
+    def __init__(self, method: str, url: str, status: int) -> None:
+        super().__init__(f"{method} {url} answered {status}: check AMILI_BASE_URL")
+        self.method = method
+        self.url = url
+        self.status = status
 
 
 class AmiliUnavailable(AmiliError):

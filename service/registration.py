@@ -16,7 +16,9 @@ Amili, so that the next owner goes on at once instead of waiting for the lease.
 
 Transient failures wait (capped backoff with jitter, ``Retry-After`` honoured) behind the circuit
 breaker, so an outage pauses work instead of failing it; an invoice that keeps failing while Amili
-is otherwise healthy gives up after ``max_attempts`` with a ``failed`` outcome.
+is otherwise healthy gives up after ``max_attempts`` with a ``failed`` outcome. Refused credentials
+and a configuration error (the endpoint answers 404/405/400: a wrong AMILI_BASE_URL) never count
+towards that: the circuit holds every call back until they are over.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from service.domain.field_paths import inbound_field_path
 from service.domain.outcomes import Outcome
 from service.events.contract import AmiliIds, Reason, RegistrationResult
 from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerError, LedgerState
-from service.ports import AmiliDuplicate, AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+from service.ports import (
+    AmiliDuplicate,
+    AmiliMisconfigured,
+    AmiliPort,
+    AmiliRejected,
+    AmiliUnauthorized,
+    AmiliUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +301,16 @@ class InvoiceRegistration:
                     unhealthy_failures += 1
             except AmiliUnauthorized:
                 wait, reason = 0.0, "unauthorized"  # the circuit holds the next attempt back
+            except AmiliMisconfigured:
+                # Amili is called at the wrong place: never the invoice's fault, never its failure.
+                wait, reason = 0.0, "misconfigured"  # the circuit holds the next attempt back
             if unhealthy_failures >= self._policy.max_attempts:
                 self._observer.registration(Outcome.FAILED.value)
                 return self._failed(request, event_id, attempt, reason), attempt, True
             self._observer.retry(reason)
             delay = wait if wait is not None else self._policy.backoff.delay(attempt, self._rng)
-            log.info("amili call failed, retrying", extra={"reason": reason, "attempt": attempt})
+            # Per invoice, so DEBUG: the Amili client and the circuit say what fails, once per change.
+            log.debug("amili call failed, retrying", extra={"reason": reason, "attempt": attempt})
             await self._sleep(delay)
 
     async def _renew(self, request: InvoiceRegistrationRequest) -> bool:

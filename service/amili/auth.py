@@ -18,7 +18,7 @@ import httpx
 import jwt
 from pydantic import SecretStr
 
-from service.ports import AmiliUnauthorized, AmiliUnavailable
+from service.ports import AmiliMisconfigured, AmiliUnauthorized, AmiliUnavailable
 
 EXCHANGE_PATH = "/authenticates/api-code"
 JWT_LIFETIME_SECONDS = 600  # "about 10 minutes" per Amili's documentation
@@ -113,8 +113,14 @@ class ApiCodeTokenProvider:
             raise AmiliUnavailable(f"token exchange failed: {error.__class__.__name__}") from error
         if response.status_code in (401, 403):
             raise AmiliUnauthorized(f"Amili refused the api code's JWT ({response.status_code})")
+        if response.status_code in (404, 405):  # no exchange at this base URL
+            url = response.request.url
+            where = f"{url.scheme}://{url.netloc.decode()}{url.path}"
+            raise AmiliMisconfigured("GET", where, response.status_code)
         if response.status_code != 200:
-            raise AmiliUnavailable(f"token exchange answered HTTP {response.status_code}")
+            unavailable = AmiliUnavailable(f"token exchange answered HTTP {response.status_code}")
+            unavailable.status = response.status_code
+            raise unavailable
         token, lifetime = read_token_answer(response)
         self._current = SecretStr(token)
         self._expires_at = self._clock() + (lifetime if lifetime is not None else self._default_lifetime)

@@ -9,13 +9,20 @@ transport errors are judged once: aiohttp's ``ClientSession`` called directly (`
 the default; httpx's request and response objects cost about as much CPU per call as aiohttp
 itself), or httpx (``transport="httpx"``, or any ``httpx.AsyncBaseTransport`` given, as tests give
 recording ones). The api-code token exchange always goes through httpx: it is rare.
+
+A path that does not exist at the base URL (404/405, or a 400 without validation issues: this
+client always sends valid JSON) is ``AmiliMisconfigured``, never the invoice's rejection. Failed
+calls are logged by ``CallLog``: a line for each kind of failure as it starts, one when calls
+succeed again, a summary a minute in between; never a line per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,12 +38,16 @@ from service.amili.auth import ApiCodeTokenProvider, StaticToken, TokenSource
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.ports import (
     AmiliDuplicate,
+    AmiliError,
+    AmiliMisconfigured,
     AmiliOutcomeUnknown,
     AmiliRateLimited,
     AmiliRejected,
     AmiliUnauthorized,
     AmiliUnavailable,
 )
+
+log = logging.getLogger(__name__)
 
 REGISTRATIONS_PATH = "/invoice--registrations"
 MAX_RESULTS = 100  # the most Amili returns in one page
@@ -65,6 +76,111 @@ class HttpSettings:
     total_timeout_seconds: float = 45.0
     max_connections: int = 200
     transport: Transport = "aiohttp"
+
+
+class CallLog:
+    """Says when calls to Amili fail, in bounded lines (as the broker link does for Kafka).
+
+    - The first failure of a kind (``HTTP 503``, ``ReadTimeout``, ``ClientConnectorError``...):
+      one WARNING with the kind, host, method and path. Each kind is announced once until calls
+      succeed again, and then again only ``summary_seconds`` after it last was (a flapping
+      failure is left to the summary).
+    - The first success after an announced failure: one WARNING, with how long calls failed and
+      how many did, by kind.
+    - In between, at most one summary every ``summary_seconds`` (N calls failed, by kind), written
+      by the next call that ends after it is due.
+
+    Never the key, the query (it names the invoice) nor a body. Refused credentials and a
+    configuration error are counted here but said by the circuit, once per change.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        summary_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        url = URL(base_url.rstrip("/"))
+        self.host = url.host_port_subcomponent or ""
+        self.prefix = url.path.rstrip("/")
+        self._summary_seconds = summary_seconds
+        self._clock = clock
+        self._announced: dict[str, float] = {}
+        self._told: set[str] = set()  # the kinds announced since calls last succeeded
+        self._failing_since: float | None = None  # the first announced failure not yet followed by a success
+        self._counts: Counter[str] = Counter()  # failures since the last line that reported them
+        self._counting_since: float | None = None
+
+    def failed(self, method: str, path: str, error: AmiliError, *, announce: bool = True) -> None:
+        now = self._clock()
+        kind = failure_kind(error)
+        self._counts[kind] += 1
+        if self._counting_since is None:
+            self._counting_since = now
+        last = self._announced.get(kind)
+        if announce and kind not in self._told and (last is None or now - last >= self._summary_seconds):
+            self._announced[kind] = now
+            self._told.add(kind)
+            if self._failing_since is None:
+                self._failing_since = now
+            log.warning(
+                "amili call failed",
+                extra={
+                    "error": kind,
+                    "host": self.host,
+                    "method": method,
+                    "path": self.prefix + path,
+                    "reason": str(error),
+                },
+            )
+            return
+        self._summarise(now)
+
+    def succeeded(self) -> None:
+        if self._failing_since is None and self._counting_since is None:
+            return  # the usual case: nothing to say, no clock read
+        now = self._clock()
+        if self._failing_since is None:
+            self._summarise(now)
+            return
+        log.warning(
+            "amili calls succeed again",
+            extra={
+                "host": self.host,
+                "failing_seconds": round(now - self._failing_since, 1),
+                "failed": sum(self._counts.values()),
+                "by_error": dict(self._counts),
+            },
+        )
+        self._failing_since = None
+        self._told.clear()
+        self._counts.clear()
+        self._counting_since = None
+
+    def _summarise(self, now: float) -> None:
+        since = self._counting_since
+        if since is None or now - since < self._summary_seconds:
+            return
+        log.warning(
+            "amili calls still failing" if self._failing_since is not None else "amili calls failed",
+            extra={
+                "host": self.host,
+                "seconds": round(now - since, 1),
+                "failed": sum(self._counts.values()),
+                "by_error": dict(self._counts),
+            },
+        )
+        self._counts.clear()
+        self._counting_since = None
+
+
+def failure_kind(error: AmiliError) -> str:
+    """What failed, in a word: the status Amili answered, else the transport error's class."""
+    if error.status is not None:
+        return f"HTTP {error.status}"
+    cause = error.__cause__
+    return cause.__class__.__name__ if cause is not None else error.__class__.__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +350,14 @@ class AmiliClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         observe: RequestObserver | None = None,
+        call_log: CallLog | None = None,
     ) -> None:
         self._settings = settings or HttpSettings()
         self._observe = observe
         base_url = base_url.rstrip("/")
+        self._log = call_log or CallLog(base_url)
+        # Where calls go, as a configuration error names it: no user info, no query.
+        self._location = f"{URL(base_url).scheme}://{self._log.host}{self._log.prefix}"
         http: httpx.AsyncClient | None = None
         self._sender: _Sender
         if transport is None and self._settings.transport == "aiohttp":
@@ -276,19 +396,36 @@ class AmiliClient:
             await self._exchange_http.aclose()
 
     async def register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
+        try:
+            receipt = await self._register(request)
+        except (AmiliRejected, AmiliDuplicate):
+            self._log.succeeded()  # Amili answered as it should
+            raise
+        except AmiliError as error:
+            self._failed("POST", REGISTRATIONS_PATH, error)
+            raise
+        self._log.succeeded()
+        return receipt
+
+    async def _register(self, request: InvoiceRegistrationRequest) -> InvoiceRegistrationReceipt:
         answer = await self._send(
             "register", "POST", REGISTRATIONS_PATH, body=request.wire_json(), mutating=True
         )
         if answer.status in (200, 201):
             # Stored, most likely, but unreadable: the look-up will tell.
-            return _receipt(_json_body(answer, unreadable=AmiliOutcomeUnknown))
+            return _receipt(_json_body(answer, unreadable=AmiliOutcomeUnknown), answer.status)
         if answer.status == 409:
             raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
-        if answer.status in (400, 422):
+        if answer.status == 422 or (answer.status == 400 and _has_issues(answer)):
+            # 422 is Eve's validation error (400 where Eve is configured so: it names the issues).
             issues = _issues(answer)
             if any("not unique" in message for path, message in issues.items() if path == "invoice_number"):
                 raise AmiliDuplicate("Amili already holds this invoice number for the creditor")
             raise AmiliRejected(answer.status, issues)
+        if answer.status in (400, 404, 405):
+            # No such endpoint here, or a 400 without issues, which Eve gives a body that is not
+            # JSON: ours always is, so something between us and Amili is not what we think.
+            raise self._misconfigured("POST", REGISTRATIONS_PATH, answer.status)
         raise _unexpected(answer, mutating=True)
 
     async def find_registration(
@@ -302,12 +439,27 @@ class AmiliClient:
         self, creditor: str, invoice_number: str
     ) -> list[InvoiceRegistrationReceipt]:
         """Every registration Amili holds for this invoice, walking all pages, oldest first."""
+        try:
+            found = await self._find_registrations(creditor, invoice_number)
+        except AmiliError as error:
+            self._failed("GET", REGISTRATIONS_PATH, error)
+            raise
+        self._log.succeeded()
+        return found
+
+    async def _find_registrations(
+        self, creditor: str, invoice_number: str
+    ) -> list[InvoiceRegistrationReceipt]:
         where = json.dumps({"creditor": creditor, "invoice_number": invoice_number}, separators=(",", ":"))
         found: list[InvoiceRegistrationReceipt] = []
         page = 1
         while True:
             params = {"where": where, "max_results": str(MAX_RESULTS), "page": str(page), "sort": "_created"}
             answer = await self._send("find", "GET", REGISTRATIONS_PATH, params=params, mutating=False)
+            if answer.status in (404, 405):
+                # A look-up that finds nothing is an empty ``_items`` (Eve): a 404 means that the
+                # path itself does not exist.
+                raise self._misconfigured("GET", REGISTRATIONS_PATH, answer.status)
             if answer.status != 200:
                 raise _unexpected(answer, mutating=False)
             body = _json_body(answer, unreadable=AmiliUnavailable)
@@ -335,12 +487,32 @@ class AmiliClient:
             page += 1
 
     async def get_registration(self, registration_id: str) -> InvoiceRegistrationReceipt | None:
+        try:
+            found = await self._get_registration(registration_id)
+        except AmiliError as error:
+            self._failed("GET", f"{REGISTRATIONS_PATH}/{{id}}", error)
+            raise
+        self._log.succeeded()
+        return found
+
+    async def _get_registration(self, registration_id: str) -> InvoiceRegistrationReceipt | None:
         answer = await self._send("get", "GET", f"{REGISTRATIONS_PATH}/{registration_id}", mutating=False)
         if answer.status == 404:
-            return None
+            return None  # no such registration (an item's 404 cannot tell a wrong base URL apart)
+        if answer.status == 405:
+            raise self._misconfigured("GET", f"{REGISTRATIONS_PATH}/{{id}}", answer.status)
         if answer.status != 200:
             raise _unexpected(answer, mutating=False)
-        return _receipt(_json_body(answer, unreadable=AmiliUnavailable))
+        return _receipt(_json_body(answer, unreadable=AmiliUnavailable), answer.status)
+
+    def _misconfigured(self, method: str, path: str, status: int) -> AmiliMisconfigured:
+        return AmiliMisconfigured(method, self._location + path, status)
+
+    def _failed(self, method: str, path: str, error: AmiliError) -> None:
+        # Refused credentials and a configuration error are counted here, but said by the circuit
+        # (once per change, at ERROR): they hold every call back until they are over.
+        held = isinstance(error, AmiliUnauthorized | AmiliMisconfigured)
+        self._log.failed(method, path, error, announce=not held)
 
     async def _send(
         self,
@@ -360,7 +532,11 @@ class AmiliClient:
             if renewed is not None:
                 answer = await self._attempt(endpoint, method, path, renewed, mutating, body, params)
         if answer.status in (401, 403):
-            raise AmiliUnauthorized(f"Amili refused the credentials ({answer.status})")
+            refused = AmiliUnauthorized(
+                f"{method} {self._location}{path}: Amili refused the credentials ({answer.status})"
+            )
+            refused.status = answer.status
+            raise refused
         return answer
 
     async def _attempt(
@@ -401,16 +577,31 @@ def _json_body(answer: _Answer, *, unreadable: type[AmiliUnavailable]) -> Any:
     try:
         return json.loads(answer.content)
     except (ValueError, RecursionError):  # not JSON, or nested past what Python can read
-        raise unreadable(f"Amili answered HTTP {answer.status} without a JSON body") from None
+        error = unreadable(f"Amili answered HTTP {answer.status} without a JSON body")
+    error.status = answer.status
+    raise error
 
 
-def _receipt(body: Any) -> InvoiceRegistrationReceipt:
+def _receipt(body: Any, status: int | None = None) -> InvoiceRegistrationReceipt:
     try:
         return InvoiceRegistrationReceipt.model_validate(body)
     except ValidationError as error:
         problems = error.error_count()
     # Raised outside the handler, so no exception in the chain quotes the answer's personal data.
-    raise AmiliUnavailable(f"Amili answered a registration this client cannot read ({problems} problems)")
+    unreadable = AmiliUnavailable(
+        f"Amili answered a registration this client cannot read ({problems} problems)"
+    )
+    unreadable.status = status
+    raise unreadable
+
+
+def _has_issues(answer: _Answer) -> bool:
+    """Whether the answer names validation issues (Eve's ``_issues``), as a rejection does."""
+    try:
+        body = json.loads(answer.content)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and isinstance(body.get("_issues"), dict) and bool(body["_issues"])
 
 
 def _issues(answer: _Answer) -> dict[str, str]:
@@ -459,9 +650,13 @@ def _retry_after(answer: _Answer) -> float | None:
 def _unexpected(answer: _Answer, *, mutating: bool) -> AmiliUnavailable:
     status = answer.status
     reason = f"Amili answered HTTP {status}"
+    error: AmiliUnavailable
     if status == 429:
-        return AmiliRateLimited(reason, retry_after=_retry_after(answer))
-    if mutating and status >= 500:
+        error = AmiliRateLimited(reason, retry_after=_retry_after(answer))
+    elif mutating and status >= 500:
         # A 5xx on a POST may come from a gateway after the registration was stored.
-        return AmiliOutcomeUnknown(reason)
-    return AmiliUnavailable(reason, retry_after=_retry_after(answer) if status == 503 else None)
+        error = AmiliOutcomeUnknown(reason)
+    else:
+        error = AmiliUnavailable(reason, retry_after=_retry_after(answer) if status == 503 else None)
+    error.status = status
+    return error

@@ -67,6 +67,11 @@ class Metrics:
             "amili_auth_ok", "1 while Amili accepts the credentials, 0 after it refused them",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.config_ok = Gauge(
+            "amili_config_ok", "1 unless Amili answered 404/405/400 at the registrations path "
+            "(a wrong AMILI_BASE_URL: consumption paused until it answers as it should)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.time_to_result = Histogram(
             "event_to_result_seconds", "From the inbound event's time to its result being published",
             namespace=NAMESPACE, registry=r, buckets=_TIME_TO_RESULT_BUCKETS,
@@ -127,6 +132,7 @@ class Metrics:
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.auth_ok.set(1)
+        self.config_ok.set(1)
         self.kafka_broker_up.set(1)
         for operation in ("produce", "commit", "connect", "probe"):
             self.kafka_errors.labels(operation)
@@ -218,3 +224,4 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
     def circuit_changed(self, circuit: AmiliCircuit) -> None:
         self._m.circuit_state.set(int(circuit.state))
         self._m.auth_ok.set(1 if circuit.authorized else 0)
+        self._m.config_ok.set(1 if circuit.config_error is None else 0)

@@ -38,13 +38,14 @@ from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSe
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
 from service.domain.transform import TransformDefaults, to_registration
-from service.emulator.app import BAD_REQUEST, INSERTION_FAILURE, Emulator
+from service.emulator.app import INSERTION_FAILURE, Emulator
 from service.emulator.faults import FaultConfig, Faults
 from service.emulator.server import serve_emulator
 from service.localkafka import free_port
 from service.ports import (
     AmiliDuplicate,
     AmiliError,
+    AmiliMisconfigured,
     AmiliOutcomeUnknown,
     AmiliRateLimited,
     AmiliRejected,
@@ -687,16 +688,18 @@ class Expected:
 UNAVAILABLE = Expected(AmiliUnavailable)
 UNKNOWN_OUTCOME = Expected(AmiliOutcomeUnknown, outcome_unknown=True)
 UNAUTHORIZED = Expected(AmiliUnauthorized)
+MISCONFIGURED = Expected(AmiliMisconfigured)  # the path is wrong: AMILI_BASE_URL
 RATE_LIMITED = Expected(AmiliRateLimited, retry_after=1.0)
 
 
 @pytest.mark.parametrize(
     ("status", "on_post", "on_get"),
     [
-        (400, Expected(AmiliRejected, issues={"_error": BAD_REQUEST}), UNAVAILABLE),
+        (400, MISCONFIGURED, UNAVAILABLE),  # no _issues: our JSON is valid, the way to Amili is not
         (401, UNAUTHORIZED, UNAUTHORIZED),
         (403, UNAUTHORIZED, UNAUTHORIZED),
-        (404, UNAVAILABLE, UNAVAILABLE),
+        (404, MISCONFIGURED, MISCONFIGURED),  # a look-up that finds nothing is an empty _items
+        (405, MISCONFIGURED, MISCONFIGURED),
         (409, Expected(AmiliDuplicate), UNAVAILABLE),
         (422, Expected(AmiliRejected, issues={"_error": "Error"}), UNAVAILABLE),
         (429, RATE_LIMITED, RATE_LIMITED),

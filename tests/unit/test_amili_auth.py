@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from service.amili.auth import ApiCodeTokenProvider, read_token_answer
 from service.amili.client import AmiliClient, ApiCodeCredentials
-from service.ports import AmiliUnauthorized
+from service.ports import AmiliMisconfigured, AmiliUnauthorized
 
 
 def key_pair(algorithm: str) -> tuple[str, str]:
@@ -94,6 +94,19 @@ async def test_a_refused_jwt_is_unauthorized() -> None:
         with pytest.raises(AmiliUnauthorized) as caught:
             await client.find_registration("c", "1")
     assert "BEGIN" not in str(caught.value)
+
+
+async def test_no_exchange_at_the_base_url_is_a_configuration_error() -> None:
+    private, _ = key_pair("ES256")
+    credentials = ApiCodeCredentials("code-1", SecretStr(private), "ES256")
+    not_here = httpx.MockTransport(lambda _: httpx.Response(404, json={"_status": "ERR"}))
+    async with AmiliClient("http://amili/wrong", credentials, transport=not_here) as client:
+        with pytest.raises(AmiliMisconfigured) as caught:
+            await client.find_registration("c", "1")
+    assert (
+        str(caught.value)
+        == "GET http://amili/wrong/authenticates/api-code answered 404: check AMILI_BASE_URL"
+    )
 
 
 async def test_a_token_is_renewed_before_its_stated_lifetime_ends() -> None:

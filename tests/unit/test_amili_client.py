@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from aiohttp.client_reqrep import ConnectionKey
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
-from service.amili.client import AmiliClient, AnswerUnreadable, HttpSettings, Transport
+from service.amili.client import AmiliClient, AnswerUnreadable, CallLog, HttpSettings, Transport
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import DEMO_API_KEY, EmulatorSettings
 from service.emulator.app import Emulator
 from service.ports import (
     AmiliDuplicate,
+    AmiliMisconfigured,
     AmiliOutcomeUnknown,
     AmiliRateLimited,
     AmiliRejected,
@@ -364,3 +366,208 @@ async def test_json_nested_past_what_python_reads_is_unreadable_not_a_crash() ->
         with pytest.raises(AmiliRejected) as rejected:
             await amili.register(REQUEST)
     assert list(rejected.value.issues) in (["_error"], ["a" + ".a" * 899])
+
+
+# A wrong base URL is a configuration error, never the invoice's rejection --------------------------
+
+EVE_NOT_FOUND = {"_status": "ERR", "_error": {"code": 404, "message": "The requested URL was not found"}}
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, EVE_NOT_FOUND),
+        (405, {"_status": "ERR", "_error": {"code": 405, "message": "The method is not allowed"}}),
+        (400, {"_status": "ERR", "_error": {"code": 400, "message": "The browser (or proxy) sent ..."}}),
+        (400, None),  # a proxy's page, not JSON
+    ],
+)
+async def test_404_405_and_a_400_without_issues_on_post_are_a_configuration_error(
+    status: int, body: object
+) -> None:
+    answer = httpx.Response(status, json=body) if body is not None else httpx.Response(status, text="<html>")
+    amili = AmiliClient(
+        "https://user:pw@amili.example:8443/wrong/",
+        SecretStr(DEMO_API_KEY),
+        transport=scripted(lambda _: answer),
+    )
+    async with amili:
+        with pytest.raises(AmiliMisconfigured) as caught:
+            await amili.register(REQUEST)
+    assert str(caught.value) == (
+        f"POST https://amili.example:8443/wrong/invoice--registrations answered {status}: "
+        "check AMILI_BASE_URL"
+    )
+    assert caught.value.status == status
+
+
+def answering(status: int, body: object) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _: httpx.Response(status, json=body)
+
+
+async def test_a_400_or_422_naming_issues_stays_the_invoices_rejection() -> None:
+    body = {"_status": "ERR", "_issues": {"customer": {"name": "required field"}}}
+    for status in (400, 422):
+        async with client(scripted(answering(status, body))) as amili:
+            with pytest.raises(AmiliRejected) as caught:
+                await amili.register(REQUEST)
+        assert caught.value.issues == {"customer.name": "required field"}
+
+
+async def test_a_404_on_the_look_up_is_a_configuration_error_and_on_an_item_not_found() -> None:
+    async with client(scripted(lambda _: httpx.Response(404, json=EVE_NOT_FOUND))) as amili:
+        with pytest.raises(AmiliMisconfigured) as caught:
+            await amili.find_registration("674dbeb208847b9501cc9138", "INV-1")
+        assert (
+            str(caught.value) == "GET http://amili/invoice--registrations answered 404: check AMILI_BASE_URL"
+        )
+        assert await amili.get_registration("f" * 24) is None  # an item's 404 is "no such registration"
+    async with client(scripted(lambda _: httpx.Response(405, json=EVE_NOT_FOUND))) as amili:
+        with pytest.raises(AmiliMisconfigured):
+            await amili.find_registration("674dbeb208847b9501cc9138", "INV-1")
+
+
+async def test_the_emulator_under_a_wrong_path_prefix_is_a_configuration_error() -> None:
+    amili = AmiliClient("http://amili/api/v1", SecretStr(DEMO_API_KEY), transport=emulator_transport())
+    async with amili:
+        with pytest.raises(AmiliMisconfigured) as posted:
+            await amili.register(REQUEST)
+        with pytest.raises(AmiliMisconfigured) as looked_up:
+            await amili.find_registration(REQUEST.creditor, REQUEST.invoice_number)
+    assert "POST http://amili/api/v1/invoice--registrations answered 404" in str(posted.value)
+    assert "GET http://amili/api/v1/invoice--registrations answered 404" in str(looked_up.value)
+
+
+# Failed calls are logged in bounded lines --------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def call_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "service.amili.client"]
+
+
+class Scripted:
+    """Answers each request as ``answer`` says at the time."""
+
+    def __init__(self) -> None:
+        self.answer: Callable[[httpx.Request], httpx.Response] = lambda _: httpx.Response(503)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        return self.answer(request)
+
+
+def logged_client(script: Scripted, clock: FakeClock) -> AmiliClient:
+    return AmiliClient(
+        "http://amili.example/base",
+        SecretStr(DEMO_API_KEY),
+        transport=scripted(script),
+        call_log=CallLog("http://amili.example/base", clock=clock),
+    )
+
+
+async def test_an_outage_logs_a_line_as_it_starts_a_summary_a_minute_and_a_line_as_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock, script = FakeClock(), Scripted()
+    async with logged_client(script, clock) as amili:
+        for i in range(1000):  # 1000 failed calls over 125 s
+            clock.now += 0.125
+            if i == 500:
+                script.answer = lambda _: httpx.Response(502)
+            if i == 700:
+
+                def refuse(request: httpx.Request) -> httpx.Response:
+                    raise httpx.ConnectError("refused", request=request)
+
+                script.answer = refuse
+            call = amili.register(REQUEST) if i % 2 else amili.find_registrations(REQUEST.creditor, "INV-1")
+            with pytest.raises(AmiliUnavailable):
+                await call
+        script.answer = lambda _: httpx.Response(201, json=receipt_body())
+        await amili.register(REQUEST)
+        await amili.register(REQUEST)
+    lines = call_lines(caplog)
+    assert [(r.levelname, r.getMessage(), r.__dict__.get("error")) for r in lines] == [
+        ("WARNING", "amili call failed", "HTTP 503"),
+        ("WARNING", "amili calls still failing", None),  # 60 s after the first
+        ("WARNING", "amili call failed", "HTTP 502"),
+        ("WARNING", "amili call failed", "ConnectError"),
+        ("WARNING", "amili calls still failing", None),  # 60 s after the last summary
+        ("WARNING", "amili calls succeed again", None),
+    ]
+    first, summary, _, _, _, recovered = lines
+    assert (first.__dict__["host"], first.__dict__["method"], first.__dict__["path"]) == (
+        "amili.example",
+        "GET",
+        "/base/invoice--registrations",
+    )
+    assert summary.__dict__["by_error"] == {"HTTP 503": 481}
+    # Every failure is counted in exactly one summary or in the line that ends the outage.
+    assert sum(line.__dict__.get("failed", 0) for line in lines) == 1000
+    assert recovered.__dict__["by_error"] == {"ConnectError": 38}
+    assert recovered.__dict__["failing_seconds"] == 124.9
+    text = " ".join(f"{r.getMessage()} {r.__dict__}" for r in lines)
+    assert DEMO_API_KEY not in text
+    assert REQUEST.invoice_number not in text  # the look-up's query names the invoice
+    assert REQUEST.customer.name not in text
+
+
+async def test_a_flapping_failure_is_left_to_the_summary(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    clock, script = FakeClock(), Scripted()
+    async with logged_client(script, clock) as amili:
+        for i in range(1000):  # every other call fails, over 125 s
+            clock.now += 0.125
+            if i % 2:
+                script.answer = lambda _: httpx.Response(201, json=receipt_body())
+                await amili.register(REQUEST)
+            else:
+                script.answer = lambda _: httpx.Response(503)
+                with pytest.raises(AmiliUnavailable):
+                    await amili.register(REQUEST)
+    lines = call_lines(caplog)
+    # The failure told and its end, then again only a minute after it last was told (the failures
+    # in between are counted in the next line that ends one): 6 lines for 500 failures in 125 s.
+    assert [r.getMessage() for r in lines] == ["amili call failed", "amili calls succeed again"] * 3
+    told = sum(line.__dict__.get("failed", 0) for line in lines)
+    assert 450 < told < 500  # the failures since the last line wait for the next one
+
+
+async def test_refused_credentials_and_a_wrong_path_are_left_to_the_circuit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock, script = FakeClock(), Scripted()
+    async with logged_client(script, clock) as amili:
+        for status, error in ((401, AmiliUnauthorized), (404, AmiliMisconfigured)):
+            script.answer = answering(status, EVE_NOT_FOUND)
+            for _ in range(100):
+                clock.now += 1
+                with pytest.raises(error):
+                    await amili.register(REQUEST)
+    summaries = call_lines(caplog)
+    assert [r.getMessage() for r in summaries] == [
+        "amili calls failed",
+        "amili calls failed",
+        "amili calls failed",
+    ]
+    assert summaries[0].__dict__["by_error"] == {"HTTP 401": 61}
+    assert summaries[1].__dict__["by_error"] == {"HTTP 401": 39, "HTTP 404": 22}
+
+
+def receipt_body() -> dict[str, str]:
+    return {
+        "_id": "a" * 24,
+        "_invoice": "b" * 24,
+        "_case": "c" * 24,
+        "_ocr_number": "d" * 24,
+        "ocr_number_ocr": "20251852687013699044",
+    }

@@ -21,7 +21,7 @@ from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
 from service.ledger.base import ClaimStatus, LedgerError, LedgerState
 from service.ops.metrics import Metrics, MetricsObserver
-from service.ports import AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+from service.ports import AmiliMisconfigured, AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from service.processing import InvoiceProcessor, ProcessingObserver
 from service.registration import (
     Backoff,
@@ -357,6 +357,33 @@ async def test_refused_credentials_never_reject_or_dead_letter(world: World, eve
     handled = await world.processor.process(structured_record(event))
     assert handled.outcome is Outcome.REGISTERED
     assert world.dead_letters.letters == []
+
+
+async def test_a_configuration_error_never_rejects_fails_or_dead_letters(event: dict[str, Any]) -> None:
+    world = World(max_attempts=2, threshold=1)
+    wrong_path = AmiliMisconfigured("POST", "http://amili/wrong/invoice--registrations", 404)
+    for _ in range(6):  # far more than max_attempts
+        world.amili.fail_next(wrong_path)
+    metrics = Metrics()
+    world.processor = InvoiceProcessor(
+        registration=world.registration(observer=MetricsObserver(metrics)),
+        ledger=world.ledger,
+        results=world.results,
+        dead_letters=world.dead_letters,
+        defaults=TransformDefaults(account=ACCOUNT, creditor=CREDITOR),
+        clock=world.clock,
+        backoff=BACKOFF,
+        sleep=world.sleep,
+    )
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED  # the circuit held it until the endpoint answered
+    assert handled.attempts == 7
+    assert world.dead_letters.letters == []
+    assert [data["outcome"] for data in (world.data(i) for i in range(len(world.results.published)))] == [
+        "registered"
+    ]
+    assert metrics.registry.get_sample_value("registrar_retries_total", {"reason": "misconfigured"}) == 6
+    assert world.circuit.config_error is None
 
 
 async def test_a_ledger_outage_pauses_the_invoice(world: World, event: dict[str, Any]) -> None:
