@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +80,12 @@ class ProcessingObserver:
 
     def dead_letter(self, rule: str) -> None: ...
 
-    def result_published(self, outcome: str, event_time: datetime | None) -> None: ...
+    def result_published(
+        self, outcome: str, event_time: datetime | None, since_taken: float | None = None
+    ) -> None:
+        """A result went out: ``event_time`` is the inbound event's own ``time`` (the producer's
+        clock), ``since_taken`` the seconds since the engine took its record from Kafka (``None``
+        for a result published again after a restart, or a record not from the engine)."""
 
     def ledger_error(self, operation: str) -> None: ...
 
@@ -184,11 +190,11 @@ class InvoiceProcessor:
                 reasons=[Reason.from_violation(v) for v in payload.violations],
             )
             # Not recorded: a corrected invoice under the same number must still be registrable.
-            await self._publish(result, event.time)
+            await self._publish(result, event.time, record.taken_at)
             return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice_number)
 
         decision = await self._registration.register(payload, event_id=event.id, warnings=prepared.warnings)
-        await self._publish(decision.result, event.time)
+        await self._publish(decision.result, event.time, record.taken_at)
         if decision.recorded and not decision.already_published:
             self._mark_published_later(decision.result)
         dead_letter_rule = None
@@ -229,10 +235,13 @@ class InvoiceProcessor:
                 await self._mark_published(result)
                 published += 1
 
-    async def _publish(self, result: RegistrationResult, event_time: datetime | None) -> None:
+    async def _publish(
+        self, result: RegistrationResult, event_time: datetime | None, taken_at: float | None = None
+    ) -> None:
         event = result_event(result, time=self._clock())
         await self._results.publish_result(event, result_key(result.creditor, result.invoice_number))
-        self._observer.result_published(result.outcome, event_time)
+        since_taken = None if taken_at is None else max(0.0, time.monotonic() - taken_at)
+        self._observer.result_published(result.outcome, event_time, since_taken)
 
     def _mark_published_later(self, result: RegistrationResult) -> None:
         """Mark the result published without holding up its event: the mark waits for a ledger

@@ -14,7 +14,7 @@ from service.emulator.server import serve_emulator
 from service.localkafka import free_port
 from tests.ci import under_ci
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.ledger"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.ledger", "tests.fixtures.prometheus"]
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ class InboundRecord:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
     timestamp_ms: int | None = None
+    taken_at: float | None = field(default=None, compare=False)
+    """When the consumption engine took the record (``time.monotonic()``); ``None`` elsewhere."""
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:

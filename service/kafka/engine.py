@@ -144,7 +144,7 @@ def outcome_label(handled: Handled) -> str:
     return handled.outcome.value if handled.outcome is not None else "dead_lettered"
 
 
-def to_inbound_record(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
+def to_inbound_record(record: ConsumerRecord[bytes, bytes], taken_at: float | None = None) -> InboundRecord:
     return InboundRecord(
         topic=record.topic,
         partition=record.partition,
@@ -153,6 +153,7 @@ def to_inbound_record(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
         value=record.value,
         headers=tuple((key, value or b"") for key, value in record.headers),
         timestamp_ms=record.timestamp,
+        taken_at=taken_at,
     )
 
 
@@ -317,7 +318,7 @@ class ConsumptionEngine:
             now = time.monotonic()
             for raw in records:
                 progress.take(raw.offset, now)
-                self._admit(partition, self._processor.prepare(to_inbound_record(raw)))
+                self._admit(partition, self._processor.prepare(to_inbound_record(raw, now)))
 
     def _loop_error(self, error: Exception) -> None:
         self._loop_errors += 1

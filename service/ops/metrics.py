@@ -5,13 +5,16 @@ No label carries an invoice number or any other unbounded value.
 
 from __future__ import annotations
 
+import platform
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.circuit import AmiliCircuit
+from service.domain.outcomes import Outcome
 from service.kafka.engine import EngineObserver, outcome_label
 from service.kafka.link import LinkObserver
 from service.processing import Handled, ProcessingObserver
@@ -22,7 +25,31 @@ UNKNOWN_FIELD_LABELS = 100
 ERROR_LABELS = 20
 """Exception class names a processing error is counted by; beyond them, ``other``."""
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_TIME_TO_RESULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_TIME_TO_RESULT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_EVENT_AGE_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
+
+# The finite label values known in advance: each series exists at 0 from the start, so that a rate,
+# an alert or a panel sees the first event (a counter born with it has no earlier sample to rise
+# from) and shows 0 rather than nothing. ``other`` stands for the bounded labels' overflow.
+EVENT_OUTCOMES = (*(outcome.value for outcome in Outcome), "dead_lettered")
+REGISTRATION_OUTCOMES = (*(outcome.value for outcome in Outcome), "adopted")
+RETRY_REASONS = ("unavailable", "rate_limited", "outcome_unknown", "unauthorized", "misconfigured")
+DEAD_LETTER_RULES = (
+    "too_large", "empty", "undecodable", "json", "attribute", "content_type", "cloudevents_attributes",
+    "type", "data_schema", "gave_up", "processing_error",
+)  # fmt: skip
+LEDGER_OPERATIONS = ("claim", "renew", "finish", "release", "mark_published")
+KAFKA_OPERATIONS = ("produce", "commit", "connect", "probe")
+AMILI_ENDPOINTS = ("register", "find", "get")
+AMILI_STATUS_CLASSES = ("2xx", "4xx", "5xx", "timeout", "error")
+OVERFLOW_LABEL = "other"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass
@@ -73,8 +100,15 @@ class Metrics:
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.time_to_result = Histogram(
-            "event_to_result_seconds", "From the inbound event's time to its result being published",
+            "time_to_result_seconds",
+            "From the engine taking the inbound record from Kafka to its result being published",
             namespace=NAMESPACE, registry=r, buckets=_TIME_TO_RESULT_BUCKETS,
+        )  # fmt: skip
+        self.event_age_at_result = Histogram(
+            "event_age_at_result_seconds",
+            "From the inbound event's own time (the producer's clock) to its result being published: "
+            "includes the time it waited in Kafka, and any skew of the producer's clock",
+            namespace=NAMESPACE, registry=r, buckets=_EVENT_AGE_BUCKETS,
         )  # fmt: skip
         self.results_published = Counter(
             "results_published", "registration-result events published, by outcome", ["outcome"],
@@ -131,11 +165,42 @@ class Metrics:
             "path with list indexes as []; beyond 100 paths they count as field=\"other\"", ["field"],
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.build_info = Gauge(
+            "build_info", "Always 1: the service's version and its runtime's, as labels",
+            ["version", "python", "faststream", "aiokafka"], namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.build_info.labels(
+            _version("amili-registrar"),
+            platform.python_version(),
+            _version("faststream"),
+            _version("aiokafka"),
+        ).set(1)
         self.auth_ok.set(1)
         self.config_ok.set(1)
         self.kafka_broker_up.set(1)
-        for operation in ("produce", "commit", "connect", "probe"):
+        self._label_known_values()
+
+    def _label_known_values(self) -> None:
+        """Create each known label value's series at 0 (see ``EVENT_OUTCOMES`` and the others)."""
+        for outcome in EVENT_OUTCOMES:
+            self.events_consumed.labels(outcome)
+        for outcome in REGISTRATION_OUTCOMES:
+            self.registrations.labels(outcome)
+        for outcome in Outcome:
+            self.results_published.labels(outcome.value)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        for rule in DEAD_LETTER_RULES:
+            self.dead_letters.labels(rule)
+        for operation in LEDGER_OPERATIONS:
+            self.ledger_errors.labels(operation)
+        for operation in KAFKA_OPERATIONS:
             self.kafka_errors.labels(operation)
+        for endpoint in AMILI_ENDPOINTS:
+            for status_class in AMILI_STATUS_CLASSES:
+                self.amili_request_duration.labels(endpoint, status_class)
+        self.processing_errors.labels(error=OVERFLOW_LABEL)
+        self.unknown_fields.labels(OVERFLOW_LABEL)
 
 
 class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, LinkObserver):
@@ -163,10 +228,14 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
     def dead_letter(self, rule: str) -> None:
         self._m.dead_letters.labels(rule).inc()
 
-    def result_published(self, outcome: str, event_time: datetime | None) -> None:
+    def result_published(
+        self, outcome: str, event_time: datetime | None, since_taken: float | None = None
+    ) -> None:
         self._m.results_published.labels(outcome).inc()
+        if since_taken is not None:
+            self._m.time_to_result.observe(since_taken)
         if event_time is not None:
-            self._m.time_to_result.observe(max(0.0, (datetime.now(UTC) - event_time).total_seconds()))
+            self._m.event_age_at_result.observe(max(0.0, (datetime.now(UTC) - event_time).total_seconds()))
 
     def unknown_fields(self, paths: tuple[str, ...]) -> None:
         for path in paths:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,7 @@ from service.bootstrap import build_registrar
 from service.config import DEMO_API_KEY
 from service.devtools.produce import produce
 from service.emulator.app import Emulator
-from service.localkafka import free_port
-from tests.ci import skip_or_fail
+from tests.fixtures.prometheus import query
 from tests.integration.harness import (
     numbered,
     read_topic,
@@ -31,56 +27,6 @@ from tests.integration.harness import (
 )
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        skip_or_fail("no prometheus server (Debian's prometheus package; make ops-tools installs it)")
-    return found
-
-
-@pytest.fixture
-def prometheus(prometheus_binary: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A Prometheus server on loopback; the test writes the scrape target into its file_sd file."""
-    targets = tmp_path / "targets.json"
-    targets.write_text("[]")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: amili-registrar\n"
-        f"    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n"
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}", targets
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-async def query(prometheus_url: str, expression: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=prometheus_url) as http:
-        try:
-            response = await http.get("/api/v1/query", params={"query": expression})
-        except httpx.TransportError:
-            return []
-    if response.status_code != 200:
-        return []
-    result: list[dict[str, Any]] = response.json()["data"]["result"]
-    return result
 
 
 async def test_prometheus_scrapes_the_running_service_and_health_reflects_its_state(
