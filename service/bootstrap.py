@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
-from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from prometheus_client import make_asgi_app
 from pydantic import SecretStr
@@ -185,7 +184,6 @@ def build_registrar(
         graceful_timeout=settings.shutdown_grace_seconds,
         client_id=APP_NAME,
         logger=logging.getLogger("service.kafka.faststream"),
-        middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=APP_NAME)],
         security=broker_security,
     )
     broker.publisher(

@@ -89,7 +89,7 @@ def dashboard_expressions() -> list[str]:
 def test_promtool_check_rules(promtool: str) -> None:
     result = run([promtool, "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout
 
 
 def test_promtool_test_rules(promtool: str) -> None:
@@ -107,6 +107,7 @@ def test_alerts_are_documented() -> None:
         "AmiliRegistrarNoProgress",
         "AmiliRegistrarCircuitOpen",
         "AmiliRegistrarAuthenticationFailing",
+        "AmiliRegistrarAmiliMisconfigured",
         "AmiliRegistrarDeadLetters",
         "AmiliRegistrarKafkaUnreachable",
         "AmiliRegistrarDeadLetteringFailing",
