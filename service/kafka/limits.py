@@ -88,11 +88,10 @@ class Finding:
     refusal: bool
     line: str
     figures: Mapping[str, int | str] = field(default_factory=dict)
+    """The line's numbers and topic as log fields too, for queries over the logs."""
     level: int = logging.WARNING
     """How a note is logged: a warning when it may surprise, info when it only describes (the
     default limits truncate dead letters of events near 1 MiB: no warning at every start)."""
-    """The line's numbers and topic as log fields: the log's redaction takes long runs of digits
-    for phone and id numbers, so a limit of 100 MB or more would not survive in the line itself."""
 
 
 def check_size_limits(limits: TopicLimits, *, max_event_bytes: int, max_request_bytes: int) -> list[Finding]:
