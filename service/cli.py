@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from service.config import EmulatorSettings, Settings, settings_problems
+from service.operator.errors import OperatorError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -377,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no 5xx, hangs or 429 at the emulator (its latency stays)",
     )
     chaos.set_defaults(handler=_chaos)
+
+    from service.operator import register as register_operator_commands
+
+    register_operator_commands(commands)
     return parser
 
 
@@ -387,5 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"amili-registrar: invalid configuration: {settings_problems(error)}", file=sys.stderr)
         return 2
+    except OperatorError as error:
+        print(f"amili-registrar {args.command}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
