@@ -42,7 +42,7 @@ _MATRIX_ITEM: _Mapping = {
     "custom_column_data": "custom_columns",
     "extra_rows": "extra_rows",
 }
-_REFERENCES = (
+REFERENCE_FIELDS = (
     "reference_number",
     "payout_reference",
     "your_contact",
@@ -69,7 +69,7 @@ _TOP_LEVEL: _Mapping = {
     "case_settings": "case_settings",
     "labels": "labels",
     "start_flow": "start_flow",
-    **{name: f"references.{name}" for name in _REFERENCES},
+    **{name: f"references.{name}" for name in REFERENCE_FIELDS},
 }
 
 

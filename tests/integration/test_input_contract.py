@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.bootstrap import build_registrar
+from service.devtools.produce import create_topics
 from service.emulator.app import Emulator
 from tests.integration.harness import (
     committed,
@@ -126,12 +126,7 @@ async def test_every_case_ends_as_the_routing_rule_says(
 ) -> None:
     amili_url, amili = emulator
     settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name, id_number_check="warn")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(settings.invoice_created_topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    await create_topics(kafka_bootstrap_servers, {settings.invoice_created_topic: PARTITIONS})
     template = copy.deepcopy(sample_events[0])
     all_cases = cases(template)
     async with kafka_producer(kafka_bootstrap_servers) as producer:

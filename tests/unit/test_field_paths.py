@@ -7,21 +7,16 @@ import pytest
 from pydantic import BaseModel
 
 from service.amili.models import InvoiceRegistrationRequest
-from service.domain.field_paths import NOT_SENT, inbound_field_path, seed_field_rows, seed_field_table
+from service.domain.field_paths import (
+    NOT_SENT,
+    REFERENCE_FIELDS,
+    inbound_field_path,
+    seed_field_rows,
+    seed_field_table,
+)
 from service.domain.invoice import Invoice
 from service.domain.transform import TransformDefaults, to_registration
 from service.events.schemas import FIELD_MAPPING_DOC, field_mapping_document
-
-_REFERENCES = (
-    "reference_number",
-    "payout_reference",
-    "your_contact",
-    "your_reference",
-    "our_reference",
-    "your_additional_reference",
-    "order_reference",
-    "contract_reference",
-)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +110,7 @@ def _full_event_data(customer_type: str) -> dict[str, Any]:
         "headline": "h",
         "body_text": "b",
         "debt_description": "d",
-        "references": {name: name for name in _REFERENCES},
+        "references": {name: name for name in REFERENCE_FIELDS},
         "custom_column_headlines": ["c"],
         "labels": ["l"],
         "preferred_distribution": "email",
