@@ -161,6 +161,7 @@ def _kafka(args: argparse.Namespace) -> int:
 def _produce(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
+    from service.bootstrap import kafka_security
     from service.devtools.produce import create_missing_topics, produce, read_events
 
     # The failure is said once, below; aiokafka would say it again for every connection attempt.
@@ -179,12 +180,16 @@ def _produce(args: argparse.Namespace) -> int:
     # The service refuses to start on missing topics (KAFKA_ALLOW_AUTO_CREATE_TOPICS): the topics
     # it reads and writes are made here, as an operator would make them.
     topics = {topic: 3, settings.registration_result_topic: 3, settings.dead_letter_topic: 1}
+    # The service's own connection settings: KAFKA_SECURITY_PROTOCOL, TLS, SASL.
+    _, security = kafka_security(settings)
 
     async def send() -> int:
         async with asyncio.timeout(args.timeout):
-            for created in await create_missing_topics(bootstrap, topics):
+            for created in await create_missing_topics(bootstrap, topics, security=security):
                 print(f"created topic {created}")
-        return await produce(bootstrap, topic, events, binary=args.binary, timeout_seconds=args.timeout)
+        return await produce(
+            bootstrap, topic, events, binary=args.binary, timeout_seconds=args.timeout, security=security
+        )
 
     try:
         sent = asyncio.run(send())
@@ -278,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     produce = commands.add_parser(
         "produce",
         help="send events from a JSON or NDJSON file",
-        description="Send invoice-created events (CloudEvents, or bare invoices to wrap) to Kafka.",
+        description="Send invoice-created events (CloudEvents, or bare invoices to wrap) to Kafka, "
+        "connecting as the service does (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, TLS).",
     )
     produce.add_argument("file", type=Path, help="a JSON array, a JSON object or NDJSON")
     produce.add_argument("--topic", help="topic (default: INVOICE_CREATED_TOPIC)")

@@ -75,10 +75,13 @@ def encode(event: dict[str, Any], *, binary: bool) -> tuple[bytes, Headers]:
     return json.dumps(event.get("data")).encode(), headers
 
 
-async def create_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -> None:
+async def create_topics(
+    bootstrap_servers: str, partitions: Mapping[str, int], *, security: Mapping[str, Any] | None = None
+) -> None:
     """Create each topic with its number of partitions (replication factor 1), so that the first
-    produce and subscribe need no auto-creation (and log no errors)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    produce and subscribe need no auto-creation (and log no errors). ``security`` is aiokafka's
+    connection options (``kafka_security(settings)``: protocol, TLS context, SASL)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(security or {}))
     await admin.start()
     try:
         await admin.create_topics(
@@ -88,9 +91,11 @@ async def create_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -
         await admin.close()
 
 
-async def create_missing_topics(bootstrap_servers: str, partitions: Mapping[str, int]) -> list[str]:
+async def create_missing_topics(
+    bootstrap_servers: str, partitions: Mapping[str, int], *, security: Mapping[str, Any] | None = None
+) -> list[str]:
     """Create those of the topics that do not exist yet; the names of those created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(security or {}))
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -110,11 +115,15 @@ async def produce(
     binary: bool = False,
     show_progress: bool = True,
     timeout_seconds: float | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> int:
     """Send ``events`` and wait for the broker to have them all; a broker that has not taken them
-    within ``timeout_seconds`` (if given) is a ``TimeoutError``."""
+    within ``timeout_seconds`` (if given) is a ``TimeoutError``. ``security`` as for
+    ``create_topics``."""
     async with asyncio.timeout(timeout_seconds):
-        return await _produce(bootstrap_servers, topic, events, binary=binary, show_progress=show_progress)
+        return await _produce(
+            bootstrap_servers, topic, events, binary=binary, show_progress=show_progress, security=security
+        )
 
 
 async def _produce(
@@ -124,8 +133,11 @@ async def _produce(
     *,
     binary: bool,
     show_progress: bool,
+    security: Mapping[str, Any] | None = None,
 ) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True, **(security or {})
+    )
     try:
         await producer.start()
         with Progress(disable=not show_progress, transient=False) as progress:
