@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +13,7 @@ from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistration
 from service.domain.checksums import luhn_check_digit
 from service.events.cloudevents import CloudEvent
 from service.events.record import InboundRecord
-from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
 from service.ledger.claims import decide_claim
 from service.ports import AmiliDuplicate, AmiliError
 
@@ -204,3 +204,44 @@ class FakeLedger:
 
     async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None:
         return self.entries.get((creditor, invoice_number))
+
+    async def unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int = 100, after: InvoiceKey | None = None
+    ) -> list[LedgerEntry]:
+        self._maybe_fail()
+
+        def lapsed(entry: LedgerEntry) -> bool:
+            return entry.claimed_at is None or entry.claimed_at + lease <= now
+
+        return self._page(
+            lambda e: e.state is LedgerState.FAILED or (e.state is LedgerState.IN_FLIGHT and lapsed(e)),
+            limit,
+            after,
+        )
+
+    async def final_entries(
+        self,
+        *,
+        creditor: str | None = None,
+        updated_since: datetime | None = None,
+        updated_until: datetime | None = None,
+        limit: int = 100,
+        after: InvoiceKey | None = None,
+    ) -> list[LedgerEntry]:
+        self._maybe_fail()
+        return self._page(
+            lambda e: (
+                e.state.is_final
+                and (creditor is None or e.creditor == creditor)
+                and (updated_since is None or e.updated_at >= updated_since)
+                and (updated_until is None or e.updated_at < updated_until)
+            ),
+            limit,
+            after,
+        )
+
+    def _page(
+        self, wanted: Callable[[LedgerEntry], bool], limit: int, after: InvoiceKey | None
+    ) -> list[LedgerEntry]:
+        keys = sorted(k for k, e in self.entries.items() if wanted(e) and (after is None or k > after))
+        return [self.entries[key] for key in keys[:limit]]

@@ -18,6 +18,10 @@ class LedgerError(Exception):
     """The ledger could not be read or written (the database is down, a constraint failed...)."""
 
 
+InvoiceKey = tuple[str, str]
+"""``(creditor, invoice_number)``: what a record is known by, and the order of pages."""
+
+
 class LedgerState(StrEnum):
     IN_FLIGHT = "in_flight"
     REGISTERED = "registered"
@@ -131,3 +135,26 @@ class Ledger(Protocol):
         """Final records whose result has not been published yet, oldest first."""
 
     async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None: ...
+
+    # -- for the operator commands (reconcile, results republish): pages in key order
+
+    async def unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int = 100, after: InvoiceKey | None = None
+    ) -> list[LedgerEntry]:
+        """Records a reconciliation may settle: ``in_flight`` whose claim a ``claim`` at ``now``
+        would take over (claimed by no one, or ``claimed_at + lease <= now``), and ``failed``; at
+        most ``limit``, in ``(creditor, invoice_number)`` order, after the key ``after``."""
+
+    async def final_entries(
+        self,
+        *,
+        creditor: str | None = None,
+        updated_since: datetime | None = None,
+        updated_until: datetime | None = None,
+        limit: int = 100,
+        after: InvoiceKey | None = None,
+    ) -> list[LedgerEntry]:
+        """Records in a final state, of ``creditor`` when given, updated at or after
+        ``updated_since`` and before ``updated_until`` when given; at most ``limit``, in
+        ``(creditor, invoice_number)`` order, after the key ``after`` (a page's order does not
+        change when a record of it is marked published meanwhile)."""

@@ -12,6 +12,7 @@ Every driver error becomes ``LedgerError``; its message never contains the DSN's
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
 from service.ledger.claims import decide_claim, utc
 
 T = TypeVar("T")
@@ -326,6 +327,56 @@ class PostgresLedger:
             ),
         )
         return None if row is None else _entry(row)
+
+    async def unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int = 100, after: InvoiceKey | None = None
+    ) -> list[LedgerEntry]:
+        condition = "(state = 'in_flight' AND (claimed_at IS NULL OR claimed_at <= {}) OR state = 'failed')"
+        return await self._page("unsettled", [condition], [utc(now) - lease], limit, after)
+
+    async def final_entries(
+        self,
+        *,
+        creditor: str | None = None,
+        updated_since: datetime | None = None,
+        updated_until: datetime | None = None,
+        limit: int = 100,
+        after: InvoiceKey | None = None,
+    ) -> list[LedgerEntry]:
+        conditions: list[str] = ["state <> 'in_flight'"]
+        parameters: list[object] = []
+        if creditor is not None:
+            conditions.append("creditor = {}")
+            parameters.append(creditor)
+        if updated_since is not None:
+            conditions.append("updated_at >= {}")
+            parameters.append(utc(updated_since))
+        if updated_until is not None:
+            conditions.append("updated_at < {}")
+            parameters.append(utc(updated_until))
+        return await self._page("final_entries", conditions, parameters, limit, after)
+
+    async def _page(
+        self,
+        operation: str,
+        conditions: list[str],
+        parameters: list[object],
+        limit: int,
+        after: InvoiceKey | None,
+    ) -> list[LedgerEntry]:
+        """The records meeting every condition (each ``{}`` one parameter, in order), in key order
+        after ``after``: by the primary key, so a page costs the rows it passes."""
+        if after is not None:
+            conditions = [*conditions, "(creditor, invoice_number) > ({}, {})"]
+            parameters = [*parameters, *after]
+        placeholders = (f"${number}" for number in itertools.count(1))
+        where = " AND ".join(c.format(*itertools.islice(placeholders, c.count("{}"))) for c in conditions)
+        query = (
+            f"SELECT {_COLUMNS} FROM ledger_entries WHERE {where}"
+            f" ORDER BY creditor, invoice_number LIMIT {next(placeholders)}"
+        )
+        rows = await self._guard(operation, lambda: self._require().fetch(query, *parameters, limit))
+        return [_entry(row) for row in rows]
 
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn, conn.transaction():

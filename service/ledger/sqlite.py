@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
 from service.ledger.claims import decide_claim, utc
 
 T = TypeVar("T")
@@ -224,6 +224,52 @@ class SqliteLedger:
                 f"SELECT {_COLUMNS} FROM ledger_entries WHERE {_KEY}", (creditor, invoice_number)
             ).fetchone()
             return None if row is None else _entry(row)
+
+        return await self._run(work)
+
+    async def unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int = 100, after: InvoiceKey | None = None
+    ) -> list[LedgerEntry]:
+        lapsed = _text(utc(now) - lease)
+        condition = "(state = 'in_flight' AND (claimed_at IS NULL OR claimed_at <= ?) OR state = 'failed')"
+        return await self._page([condition], [lapsed], limit, after)
+
+    async def final_entries(
+        self,
+        *,
+        creditor: str | None = None,
+        updated_since: datetime | None = None,
+        updated_until: datetime | None = None,
+        limit: int = 100,
+        after: InvoiceKey | None = None,
+    ) -> list[LedgerEntry]:
+        conditions, parameters = ["state <> 'in_flight'"], []
+        if creditor is not None:
+            conditions.append("creditor = ?")
+            parameters.append(creditor)
+        if updated_since is not None:
+            conditions.append("updated_at >= ?")
+            parameters.append(_text(utc(updated_since)))
+        if updated_until is not None:
+            conditions.append("updated_at < ?")
+            parameters.append(_text(utc(updated_until)))
+        return await self._page(conditions, parameters, limit, after)
+
+    async def _page(
+        self, conditions: list[str], parameters: list[str], limit: int, after: InvoiceKey | None
+    ) -> list[LedgerEntry]:
+        """The records meeting every condition, in key order after ``after``: by the primary key,
+        so a page costs the rows it passes, however large the ledger."""
+        if after is not None:
+            conditions = [*conditions, "(creditor, invoice_number) > (?, ?)"]
+            parameters = [*parameters, *after]
+        query = (
+            f"SELECT {_COLUMNS} FROM ledger_entries WHERE {' AND '.join(conditions)}"
+            " ORDER BY creditor, invoice_number LIMIT ?"
+        )
+
+        def work(conn: sqlite3.Connection) -> list[LedgerEntry]:
+            return [_entry(row) for row in conn.execute(query, (*parameters, limit)).fetchall()]
 
         return await self._run(work)
 
