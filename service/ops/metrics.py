@@ -40,7 +40,7 @@ DEAD_LETTER_RULES = (
 )  # fmt: skip
 LEDGER_OPERATIONS = ("claim", "renew", "finish", "release", "mark_published")
 KAFKA_OPERATIONS = ("produce", "commit", "connect", "probe")
-AMILI_ENDPOINTS = ("register", "find", "get")
+AMILI_ENDPOINTS = ("register", "find", "get", "case")
 AMILI_STATUS_CLASSES = ("2xx", "4xx", "5xx", "timeout", "error")
 OVERFLOW_LABEL = "other"
 
