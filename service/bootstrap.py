@@ -71,6 +71,17 @@ def amili_credentials(settings: Settings) -> SecretStr | ApiCodeCredentials:
     return settings.amili_api_key
 
 
+def amili_http_settings(settings: Settings) -> HttpSettings:
+    """The HTTP client's settings towards Amili, for the service and the operator commands."""
+    return HttpSettings(
+        connect_timeout_seconds=settings.amili_connect_timeout_seconds,
+        read_timeout_seconds=settings.amili_read_timeout_seconds,
+        total_timeout_seconds=settings.amili_total_timeout_seconds,
+        max_connections=settings.amili_max_connections,
+        transport=settings.amili_http_transport,
+    )
+
+
 def kafka_security(settings: Settings) -> tuple[BaseSecurity | None, dict[str, Any]]:
     """The connection security for FastStream's broker and for aiokafka's clients."""
     protocol = settings.kafka_security_protocol
@@ -199,13 +210,7 @@ def build_registrar(
     amili = AmiliClient(
         settings.amili_base_url,
         credentials,
-        HttpSettings(
-            connect_timeout_seconds=settings.amili_connect_timeout_seconds,
-            read_timeout_seconds=settings.amili_read_timeout_seconds,
-            total_timeout_seconds=settings.amili_total_timeout_seconds,
-            max_connections=settings.amili_max_connections,
-            transport=settings.amili_http_transport,
-        ),
+        amili_http_settings(settings),
         observe=observer.amili_request,
     )
     ledger = open_ledger(settings.ledger_url.get_secret_value())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +31,10 @@ class _TopicPublisher:
         await self._link.send(self._topic, value=value, key=key, headers=headers)
 
 
+RESULT_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+"""The headers of a result record: structured-mode CloudEvents."""
+
+
 class KafkaResultPublisher(_TopicPublisher):
     """Publishes structured-mode CloudEvents.
 
@@ -38,10 +42,8 @@ class KafkaResultPublisher(_TopicPublisher):
     encoding) costs more CPU than the rest of the send, and the result event carries its own id.
     """
 
-    _HEADERS: ClassVar[list[tuple[str, bytes]]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
-
     async def publish_result(self, event: CloudEvent, key: bytes) -> None:
-        await self._send(key=key, value=event.to_structured(), headers=self._HEADERS)
+        await self._send(key=key, value=event.to_structured(), headers=RESULT_HEADERS)
 
 
 DEAD_LETTER_REASON_MAX_LENGTH = 2000

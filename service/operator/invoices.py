@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from service.amili.client import AmiliClient, HttpSettings
+from service.amili.client import AmiliClient
 from service.amili.models import InvoiceRegistrationReceipt
 from service.config import Settings
 from service.domain.checksums import is_valid_ocr
@@ -55,7 +55,7 @@ PAGE = 100
 @contextlib.asynccontextmanager
 async def amili_client(settings: Settings) -> AsyncIterator[AmiliClient]:
     """Amili's client as the service builds it (base URL, API key or api code, timeouts)."""
-    from service.bootstrap import ConfigurationError, amili_credentials
+    from service.bootstrap import ConfigurationError, amili_credentials, amili_http_settings
 
     try:
         credentials = amili_credentials(settings)
@@ -64,13 +64,7 @@ async def amili_client(settings: Settings) -> AsyncIterator[AmiliClient]:
     client = AmiliClient(
         settings.amili_base_url,
         credentials,
-        HttpSettings(
-            connect_timeout_seconds=settings.amili_connect_timeout_seconds,
-            read_timeout_seconds=settings.amili_read_timeout_seconds,
-            total_timeout_seconds=settings.amili_total_timeout_seconds,
-            max_connections=settings.amili_max_connections,
-            transport=settings.amili_http_transport,
-        ),
+        amili_http_settings(settings),
     )
     # The client logs failing calls for the service's log; the command says what failed, once.
     logger = logging.getLogger("service.amili.client")

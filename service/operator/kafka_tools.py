@@ -284,19 +284,22 @@ class RecordFetcher:
 
 @contextlib.asynccontextmanager
 async def producer(settings: Settings, *, max_request_size: int) -> AsyncIterator[AIOKafkaProducer]:
-    """A started producer as the service's (all replicas acknowledge, idempotent)."""
+    """A started producer as the service's (all replicas acknowledge, idempotent). One that fails
+    to start is stopped too, so that aiokafka has no "Unclosed AIOKafkaProducer" to add to the
+    command's one line."""
     started = AIOKafkaProducer(
         acks="all",
         enable_idempotence=True,
         max_request_size=max_request_size,
         **security_options(settings),
     )
-    async with asyncio.timeout(settings.kafka_request_timeout_seconds + 5):
-        await started.start()
     try:
+        async with asyncio.timeout(settings.kafka_request_timeout_seconds + 5):
+            await started.start()
         yield started
     finally:
-        await started.stop()
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            await started.stop()
 
 
 async def create_topic(settings: Settings, topic: str, *, configs: Mapping[str, str]) -> bool:

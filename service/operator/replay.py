@@ -244,20 +244,14 @@ async def replay(
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from service.bootstrap import kafka_security
+    from service.operator.kafka_tools import security_options
 
-    _, security = kafka_security(settings)
     bootstrap, topic, group = (
         settings.kafka_bootstrap_servers,
         settings.invoice_created_topic,
         settings.consumer_group_id,
     )
-    common: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "client_id": "amili-registrar-replay",
-        "request_timeout_ms": settings.kafka_request_timeout_ms,
-        **security,
-    }
+    common: dict[str, Any] = {**security_options(settings), "client_id": "amili-registrar-replay"}
     admin = AIOKafkaAdminClient(**common)
     reader = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **common)
     try:

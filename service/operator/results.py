@@ -24,20 +24,19 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from service.config import Settings
-from service.events.cloudevents import STRUCTURED_CONTENT_TYPE, CloudEvent
+from service.events.cloudevents import CloudEvent
 from service.events.contract import RegistrationResult, result_event, result_key
+from service.kafka.publishing import RESULT_HEADERS
 from service.ledger.base import InvoiceKey, Ledger, LedgerEntry, LedgerError
 from service.ledger.factory import open_ledger
 from service.ledger.sqlite import SqliteLedger
 from service.operator.errors import OperatorError
-from service.operator.kafka_tools import kafka_errors, progress, quiet_aiokafka, security_options
+from service.operator.kafka_tools import kafka_errors, producer, progress, quiet_aiokafka
 from service.operator.output import show
 
-RESULT_HEADERS = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
 """The headers of a result record, as ``KafkaResultPublisher`` writes them."""
 PAGE = 500
 """Ledger records read at once, and results sent before their acknowledgements are awaited."""
@@ -125,23 +124,10 @@ class ResultProducer:
 
 @contextlib.asynccontextmanager
 async def result_producer(settings: Settings) -> AsyncIterator[ResultProducer]:
-    """A ``ResultProducer``, started (use it under ``quiet_aiokafka()``). Not kafka_tools'
-    ``producer``: a producer that fails to start is stopped here too, so that aiokafka has no
-    "Unclosed AIOKafkaProducer" to add to the command's one line."""
-    started = AIOKafkaProducer(
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=settings.kafka_max_request_bytes,
-        **security_options(settings),
-    )
-    try:
-        with kafka_errors(settings, "cannot connect"):
-            async with asyncio.timeout(settings.kafka_request_timeout_seconds + 5):
-                await started.start()
-        yield ResultProducer(settings, started)
-    finally:
-        with contextlib.suppress(KafkaError, OSError, TimeoutError):
-            await started.stop()
+    """A ``ResultProducer``, started (use it under ``quiet_aiokafka()``)."""
+    with kafka_errors(settings, "cannot connect"):
+        async with producer(settings, max_request_size=settings.kafka_max_request_bytes) as started:
+            yield ResultProducer(settings, started)
 
 
 def stored_result(entry: LedgerEntry) -> RegistrationResult:
