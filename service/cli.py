@@ -163,9 +163,8 @@ def _produce(args: argparse.Namespace) -> int:
 
     from service.bootstrap import kafka_security
     from service.devtools.produce import create_missing_topics, produce, read_events
+    from service.operator.kafka_tools import quiet_aiokafka
 
-    # The failure is said once, below; aiokafka would say it again for every connection attempt.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = Settings()
     try:
         events = read_events(args.file)
@@ -191,8 +190,10 @@ def _produce(args: argparse.Namespace) -> int:
             bootstrap, topic, events, binary=args.binary, timeout_seconds=args.timeout, security=security
         )
 
+    # The failure is said once, below; aiokafka would say it again for every connection attempt.
     try:
-        sent = asyncio.run(send())
+        with quiet_aiokafka():
+            sent = asyncio.run(send())
     except (KafkaError, OSError, TimeoutError) as error:
         reason = str(error) or error.__class__.__name__
         print(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -350,13 +349,13 @@ def _table_title(report: ReplayReport, *, dry_run: bool) -> str:
 def _run(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
+    from service.operator.kafka_tools import quiet_aiokafka
+
     settings = Settings()
     try:
         start = parse_from(args.from_)
     except ValueError as error:
         raise OperatorError(str(error)) from None
-    # The failure is said once, in one line; aiokafka would say it again for every attempt.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     async def run() -> ReplayReport:
         async with asyncio.timeout(args.timeout + args.wait):
@@ -364,8 +363,10 @@ def _run(args: argparse.Namespace) -> int:
                 settings, start, partition=args.partition, dry_run=args.dry_run, wait_seconds=args.wait
             )
 
+    # The failure is said once, in one line; aiokafka would say it again for every attempt.
     try:
-        report = asyncio.run(run())
+        with quiet_aiokafka():
+            report = asyncio.run(run())
     except (KafkaError, OSError, TimeoutError) as error:
         reason = str(error) or error.__class__.__name__
         raise OperatorError(f"Kafka at {settings.kafka_bootstrap_servers}: {reason}") from None
