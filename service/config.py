@@ -334,6 +334,28 @@ class EmulatorSettings(BaseSettings):
     fault_seed: int | None = Field(
         default=None, description="Seed of the fault injector's random generator (reproducible runs)"
     )
+    # Capacity model (overload): the rate limit answers first, then the capacity queue
+    capacity: int = Field(
+        default=0,
+        ge=0,
+        description="API requests worked on at once; the others wait in FIFO order, the injected "
+        "latency spent holding a place (throughput at most capacity / latency); 0: no limit",
+    )
+    rate_limit: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests per second allowed per API key (access tokens: per api code), counted "
+        "in fixed windows; over it 429 at once with X-RateLimit-*; 0: no limit",
+    )
+    rate_limit_window_seconds: int = Field(
+        default=1,
+        ge=1,
+        description="The rate limit's window, aligned on the epoch clock; each allows "
+        "max(1, round(rate_limit * window)) requests",
+    )
+    rate_limit_retry_after: bool = Field(
+        default=True, description="Whether the rate limit's 429s carry Retry-After"
+    )
 
     _split = field_validator(
         "api_keys", "accounts", "creditors", "inactive_accounts", "inactive_creditors", mode="before"
