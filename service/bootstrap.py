@@ -26,6 +26,8 @@ from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
 from service.circuit import AmiliCircuit, CircuitState
 from service.config import Settings
 from service.domain.transform import TransformDefaults
+from service.flow.control import AmiliFlow, FlowObserver
+from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings
 from service.kafka.engine import ConsumptionEngine, Processor
 from service.kafka.limits import check_at_start
 from service.kafka.link import BrokerLink
@@ -166,6 +168,26 @@ class Registrar:
     engine: ConsumptionEngine
 
 
+def amili_flow(settings: Settings, observer: FlowObserver | None = None) -> AmiliFlow:
+    """The flow control towards Amili the settings ask for. The initial and lowest limits are
+    taken within ``MAX_IN_FLIGHT``, so that a small ``MAX_IN_FLIGHT`` needs no other setting."""
+    limit: FixedLimit | AdaptiveLimit
+    if settings.amili_concurrency == "fixed":
+        limit = FixedLimit(settings.max_in_flight)
+    else:
+        initial = min(settings.amili_initial_limit, settings.max_in_flight)
+        limit = AdaptiveLimit(
+            LimitSettings(
+                initial=initial,
+                minimum=min(settings.amili_min_limit, initial),
+                maximum=settings.max_in_flight,
+                algorithm=settings.amili_limit_algorithm,
+                tolerance=settings.amili_latency_tolerance,
+            )
+        )
+    return AmiliFlow(limit, observer=observer)
+
+
 def build_registrar(
     settings: Settings,
     *,
@@ -207,10 +229,13 @@ def build_registrar(
         title="dead-letter",
         description="Events that cannot be processed, untouched, with dlq.* headers saying why",
     )
+    flow = amili_flow(settings, observer)
+    observer.watch_flow(flow)
     amili = AmiliClient(
         settings.amili_base_url,
         credentials,
         amili_http_settings(settings),
+        flow=flow,
         observe=observer.amili_request,
     )
     ledger = open_ledger(settings.ledger_url.get_secret_value())
@@ -236,6 +261,7 @@ def build_registrar(
             longest_attempt=timedelta(seconds=settings.longest_amili_attempt_seconds),
         ),
         observer=observer,
+        places=flow.gate,
     )
     link = BrokerLink(
         paced_producer(
@@ -296,7 +322,8 @@ def build_registrar(
         consumer=consumer,
         topic=settings.invoice_created_topic,
         processor=around_processor(processor) if around_processor else processor,
-        max_events=settings.max_events_held,
+        max_events=max(settings.max_events_held, settings.max_events_running),
+        max_active=settings.max_events_running,
         # An Amili outage and a Kafka outage alike pause consumption until they are over.
         accepting=lambda: circuit.accepting and link.up,
         drain_seconds=shutdown.drain_seconds,

@@ -31,6 +31,7 @@ from enum import IntEnum
 from service.ports import (
     AmiliDuplicate,
     AmiliMisconfigured,
+    AmiliRateLimited,
     AmiliRejected,
     AmiliUnauthorized,
     AmiliUnavailable,
@@ -126,6 +127,11 @@ class AmiliCircuit:
             raise
         except AmiliMisconfigured as error:
             await self._record(success=False, probe=probe, misconfigured=error)
+            raise
+        except AmiliRateLimited:
+            # Amili is up and asks for less: the rate budget and the limit slow down, the circuit
+            # stays as it is (a probe refused so does not close it either).
+            await self._record(success=None, probe=probe)
             raise
         except AmiliUnavailable as error:
             await self._record(success=False, probe=probe, failure=error)

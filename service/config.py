@@ -153,6 +153,31 @@ class Settings(BaseSettings):
         ge=1,
         description="Invoices at Amili at once in one instance, each from its first call to its final answer",
     )
+    amili_concurrency: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description="How many invoices may be at Amili at once: adaptive = learnt from Amili's latency "
+        "and 429s, between AMILI_MIN_LIMIT and MAX_IN_FLIGHT; fixed = always MAX_IN_FLIGHT",
+    )
+    amili_limit_algorithm: Literal["gradient", "aimd"] = Field(
+        default="gradient", description="How the adaptive limit moves (docs/performance.md compares them)"
+    )
+    amili_initial_limit: int = Field(
+        default=32, ge=1, description="The adaptive limit at start (at most MAX_IN_FLIGHT)"
+    )
+    amili_min_limit: int = Field(
+        default=2, ge=1, description="The adaptive limit never goes below this (at most the initial limit)"
+    )
+    amili_latency_tolerance: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="Latency up to this many times the lowest measured is not taken for Amili's congestion",
+    )
+    max_events_held: int = Field(
+        default=10_000,
+        ge=1,
+        description="Events one instance reads ahead and holds unfinished (about 2 KB each while they "
+        "wait): how far another creditor's events can be behind a backlog and still be handled in turn",
+    )
     max_attempts: int = Field(
         default=10,
         ge=1,
@@ -244,10 +269,10 @@ class Settings(BaseSettings):
         return 2 * self.amili_total_timeout_seconds
 
     @property
-    def max_events_held(self) -> int:
-        """Events one instance takes from Kafka and holds unfinished: as many again as
-        ``max_in_flight``, for those being claimed or waiting for a place and those recording and
-        publishing their outcome, so that a place freed is taken at once."""
+    def max_events_running(self) -> int:
+        """Events one instance handles at once: as many again as ``max_in_flight``, for those being
+        claimed or waiting for a place and those recording and publishing their outcome, so that a
+        place freed is taken at once."""
         return 2 * self.max_in_flight
 
 

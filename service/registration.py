@@ -7,8 +7,9 @@
    The same invoice number with a different fingerprint ends as a conflict, with nothing overwritten.
 4. The outcome is written to the ledger before its result is published.
 
-At most ``max_in_flight`` invoices are at Amili at once, each from its first call to Amili's final
-answer (retries included). The claim before and the recording of the outcome after happen outside
+At most so many invoices are at Amili at once (the flow's limit, adaptive or ``max_in_flight``),
+each from its first call to Amili's final answer (retries included), taking their places in turn of
+their creditors (``service.flow``). The claim before and the recording of the outcome after happen outside
 that window, so an invoice never holds a place towards Amili while it waits for the ledger's disk;
 a claim with less of its lease left than an attempt can last is renewed before the POST. An event
 abandoned (by a rebalance or a stop that ran out of time) gives back a fresh claim it never took to
@@ -39,11 +40,13 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.field_paths import inbound_field_path
 from service.domain.outcomes import Outcome
 from service.events.contract import AmiliIds, Reason, RegistrationResult
+from service.flow.fair import FairGate
 from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerError, LedgerState
 from service.ports import (
     AmiliDuplicate,
     AmiliMisconfigured,
     AmiliPort,
+    AmiliRateLimited,
     AmiliRejected,
     AmiliUnauthorized,
     AmiliUnavailable,
@@ -139,6 +142,7 @@ class InvoiceRegistration:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         observer: RegistrationObserver | None = None,
+        places: FairGate | None = None,
     ) -> None:
         self._amili = amili
         self._ledger = ledger
@@ -149,7 +153,8 @@ class InvoiceRegistration:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._observer = observer or RegistrationObserver()
-        self._slots = asyncio.Semaphore(self._policy.max_in_flight)
+        max_in_flight = self._policy.max_in_flight
+        self._places = places if places is not None else FairGate(lambda: max_in_flight)
         self._in_flight = 0
 
     @property
@@ -157,9 +162,9 @@ class InvoiceRegistration:
         return self._in_flight
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """A place in the window of invoices at Amili (waits for one to be free)."""
-        async with self._slots:
+    async def _slot(self, creditor: str) -> AsyncIterator[None]:
+        """A place in the window of invoices at Amili (waits for one, in turn of its creditor)."""
+        async with self._places.place(creditor):
             self._in_flight += 1
             self._observer.registrations_in_flight(self._in_flight)
             try:
@@ -204,7 +209,7 @@ class InvoiceRegistration:
                 continue
             posting = _Posting()
             try:
-                async with self._slot():
+                async with self._slot(creditor):
                     if self._aged(claim) and not await self._renew(request):
                         continue  # it waited so long for a place that its claim lapsed: claim again
                     result, attempts, gave_up = await self._attempt(
@@ -291,6 +296,14 @@ class InvoiceRegistration:
             except AmiliRejected as rejected:
                 self._observer.registration(Outcome.REJECTED.value)
                 return self._rejected(request, event_id, rejected), attempt, False
+            except AmiliRateLimited as limited:
+                # Amili asks for less, not the invoice's failure: it waits and never gives up for it.
+                # Without Retry-After, a first backoff's pause, never longer: the rate budget
+                # already holds every call back until Amili's window ends.
+                wait = limited.retry_after
+                if wait is None:
+                    wait = self._policy.backoff.delay(1, self._rng)
+                reason = "rate_limited"
             except AmiliUnavailable as unavailable:
                 look_up_first = look_up_first or unavailable.outcome_unknown
                 wait = unavailable.retry_after

@@ -19,11 +19,12 @@ succeed again, a summary a minute in between; never a line per call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -36,6 +37,8 @@ from yarl import URL
 
 from service.amili.auth import ApiCodeTokenProvider, StaticToken, TokenSource
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
+from service.flow.budget import RateLimitAnswer
+from service.flow.control import AmiliFlow, Call
 from service.ports import (
     AmiliDuplicate,
     AmiliError,
@@ -351,9 +354,11 @@ class AmiliClient:
         transport: httpx.AsyncBaseTransport | None = None,
         observe: RequestObserver | None = None,
         call_log: CallLog | None = None,
+        flow: AmiliFlow | None = None,
     ) -> None:
         self._settings = settings or HttpSettings()
         self._observe = observe
+        self._flow = flow
         base_url = base_url.rstrip("/")
         self._log = call_log or CallLog(base_url)
         # Where calls go, as a configuration error names it: no user info, no query.
@@ -552,15 +557,32 @@ class AmiliClient:
         headers = {"x-api-key": token.get_secret_value()}
         if body is not None:
             headers["content-type"] = "application/json"
+        async with self._flow.call() if self._flow is not None else _unmetered() as call:
+            return await self._timed(endpoint, method, path, headers, mutating, body, params, call)
+
+    async def _timed(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        mutating: bool,
+        body: bytes | None,
+        params: Mapping[str, str] | None,
+        call: Call,
+    ) -> _Answer:
         started = time.perf_counter()
         status_class = "error"
         try:
             async with asyncio.timeout(self._settings.total_timeout_seconds):
                 answer = await self._sender.send(method, path, headers, params, body)
             status_class = f"{answer.status // 100}xx"
+            call.answered(answer.status, rate_limit_answer(answer.headers, answer.status))
             return answer
         except (TimeoutError, httpx.TransportError, aiohttp.ClientError) as error:
             status_class = "timeout" if isinstance(error, TimeoutError | httpx.TimeoutException) else "error"
+            if status_class == "timeout":
+                call.timeout()
             if self._sender.never_sent(error):
                 raise AmiliUnavailable(
                     f"{method} {path}: no connection ({error.__class__.__name__})"
@@ -631,8 +653,51 @@ def _issues(answer: _Answer) -> dict[str, str]:
     return flat or {"_error": f"HTTP {answer.status}"}
 
 
+@contextlib.asynccontextmanager
+async def _unmetered() -> AsyncIterator[Call]:
+    yield Call()
+
+
+EPOCH_THRESHOLD = 1_000_000_000
+"""An ``X-RateLimit-Reset`` above this is a moment (seconds since the epoch, as GitHub sends it);
+below, seconds from now (as the IETF RateLimit draft counts)."""
+
+
+def rate_limit_answer(headers: Mapping[str, str], status: int) -> RateLimitAnswer:
+    """What an answer's ``X-RateLimit-*`` (and a 429's ``Retry-After``) say; unreadable values
+    count as unsaid."""
+    limit = _header_number(headers, "x-ratelimit-limit")
+    remaining = _header_number(headers, "x-ratelimit-remaining")
+    reset = _header_number(headers, "x-ratelimit-reset")
+    if limit is None and remaining is None and reset is None and status != 429:
+        return RateLimitAnswer()
+    resets_at = None
+    if reset is not None:
+        resets_at = reset if reset > EPOCH_THRESHOLD else time.time() + reset
+    return RateLimitAnswer(
+        limit=None if limit is None else int(limit),
+        remaining=None if remaining is None else int(remaining),
+        resets_at=resets_at,
+        retry_after=_retry_after_value(headers.get("retry-after")) if status == 429 else None,
+    )
+
+
+def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number >= 0 and number == number and number != float("inf") else None
+
+
 def _retry_after(answer: _Answer) -> float | None:
-    value = answer.headers.get("retry-after")
+    return _retry_after_value(answer.headers.get("retry-after"))
+
+
+def _retry_after_value(value: str | None) -> float | None:
     if value is None:
         return None
     try:

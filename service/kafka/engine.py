@@ -3,10 +3,14 @@
 FastStream's subscribers process one event at a time per consumer (or one consumer per partition),
 and commit either too early or everything at once, so the engine is built on aiokafka directly:
 
-- Up to ``max_events`` events are held at once, across partitions and within one partition (how
-  many of them may be registering with Amili at a time is the processor's own limit; the rest wait
-  for a place there or are finishing). Events with the same ordering key (creditor + invoice
-  number) run one after another, in order.
+- Up to ``max_events`` events are held at once, across partitions and within one partition, and
+  up to ``max_active`` of them are handled at a time (how many of those may be registering with
+  Amili is the processor's own limit; the rest wait for a place there or are finishing). Events with
+  the same ordering key (creditor + invoice number) run one after another, in order.
+- Fair order: held events ready to run start in turn of their creditors (``FairQueue``), so that
+  a creditor's backlog read ahead takes no more than its share of the running events while
+  another creditor's events wait; how far the engine reads ahead (``max_events``) is how far
+  behind a backlog another creditor's events can be and still overtake it.
 - Per partition the committed offset is the lowest offset not yet finished: never past an
   unfinished event, whatever finishes first.
 - Backpressure: at the limit of events held nothing more is taken; when the window stays full for
@@ -47,14 +51,17 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from service.events.record import InboundRecord
+from service.flow.fair import FairQueue
 from service.kafka.link import BROKER_ERRORS
-from service.processing import Handled, Prepared
+from service.processing import Handled, Prepared, Route
 from service.registration import Backoff
 
 log = logging.getLogger(__name__)
 
 
 class Processor(Protocol):
+    def route(self, record: InboundRecord) -> Route: ...
+
     def prepare(self, record: InboundRecord) -> Prepared: ...
 
     async def handle(self, prepared: Prepared) -> Handled: ...
@@ -135,6 +142,15 @@ class PartitionProgress:
         return len(self.pending)
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An event taken and not yet started: its record (decoded only when it starts) and route."""
+
+    partition: TopicPartition
+    record: InboundRecord
+    route: Route
+
+
 def _where(partition: TopicPartition, prepared: Prepared) -> dict[str, object]:
     return {"topic": partition.topic, "partition": partition.partition, "offset": prepared.record.offset}
 
@@ -165,6 +181,7 @@ class ConsumptionEngine:
         topic: str,
         processor: Processor,
         max_events: int = 256,
+        max_active: int | None = None,
         accepting: Callable[[], bool] = lambda: True,
         commit_interval_seconds: float = 1.0,
         drain_seconds: float = 15.0,
@@ -182,6 +199,7 @@ class ConsumptionEngine:
         self._topic = topic
         self._processor = processor
         self._max_events = max_events
+        self._max_active = max_events if max_active is None else min(max_active, max_events)
         # Near the limit, slots are refilled a batch at a time: one fetch per freed slot would
         # cost a poll (and a pause and resume) per event.
         self._refill_batch = max(1, min(16, max_events // 8))
@@ -201,7 +219,9 @@ class ConsumptionEngine:
         self._rng = random.Random()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
-        self._chains: dict[str, deque[tuple[TopicPartition, Prepared]]] = {}
+        self._chains: dict[str, deque[_Held]] = {}
+        self._ready: FairQueue[_Held] = FairQueue()
+        self._active = 0
         self._revoking: set[TopicPartition] = set()
         self._in_flight = 0
         self._slots_freed = asyncio.Event()
@@ -212,7 +232,13 @@ class ConsumptionEngine:
 
     @property
     def in_flight(self) -> int:
+        """Events held: taken from Kafka and not yet finished (running or waiting to run)."""
         return self._in_flight
+
+    @property
+    def active(self) -> int:
+        """Events being handled now."""
+        return self._active
 
     @property
     def loop_failure(self) -> str | None:
@@ -245,6 +271,7 @@ class ConsumptionEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         self._revoking |= set(self._progress)
+        self._abandon_ready(lambda _: True)
         loop = asyncio.get_running_loop()
         closed_by = loop.time() + self._drain_seconds + self._close_seconds
         await self._drain(list(self._progress), commit_seconds=self._close_seconds / 2)
@@ -318,7 +345,8 @@ class ConsumptionEngine:
             now = time.monotonic()
             for raw in records:
                 progress.take(raw.offset, now)
-                self._admit(partition, self._processor.prepare(to_inbound_record(raw, now)))
+                record = to_inbound_record(raw, now)
+                self._admit(_Held(partition, record, self._processor.route(record)))
 
     def _loop_error(self, error: Exception) -> None:
         self._loop_errors += 1
@@ -340,29 +368,55 @@ class ConsumptionEngine:
             self._full_since = now
         return now - self._full_since >= self._pause_after
 
-    def _admit(self, partition: TopicPartition, prepared: Prepared) -> None:
+    def _admit(self, held: _Held) -> None:
         self._in_flight += 1
         self._observer.in_flight(self._in_flight)
-        chain = self._chains.get(prepared.ordering_key)
+        chain = self._chains.get(held.route.ordering_key)
         if chain is not None:  # an earlier event of this invoice is still running: queue behind it
-            chain.append((partition, prepared))
+            chain.append(held)
             return
-        self._chains[prepared.ordering_key] = deque()
-        self._spawn(partition, prepared)
+        self._chains[held.route.ordering_key] = deque()
+        self._ready.push(held.route.creditor, held)
+        self._dispatch()
 
-    def _spawn(self, partition: TopicPartition, prepared: Prepared) -> None:
-        task = asyncio.create_task(self._handle(partition, prepared))
+    def _owned(self, partition: TopicPartition) -> bool:
+        return partition in self._progress and partition not in self._revoking
+
+    def _dispatch(self) -> None:
+        """Start ready events, in turn of their creditors, while fewer than ``max_active`` run."""
+        while self._ready and self._active < self._max_active:
+            held = self._ready.pop()
+            if not self._owned(held.partition):  # revoked while it waited: abandoned
+                self._release()
+                self._next_in_chain(held.route.ordering_key)
+                continue
+            self._active += 1
+            self._spawn(held)
+
+    def _abandon_ready(self, which: Callable[[TopicPartition], bool]) -> None:
+        """Events of partitions given up that had not started: dropped, with what queued behind them."""
+        for held in self._ready.remove(lambda item: which(item.partition)):
+            self._release()
+            self._next_in_chain(held.route.ordering_key)
+        self._dispatch()
+
+    def _spawn(self, held: _Held) -> None:
+        partition = held.partition
+        task = asyncio.create_task(self._handle(held))
         self._tasks.setdefault(partition, set()).add(task)
         task.add_done_callback(self._tasks[partition].discard)
 
-    async def _handle(self, partition: TopicPartition, prepared: Prepared) -> None:
+    async def _handle(self, held: _Held) -> None:
         started = time.monotonic()
+        partition = held.partition
         try:
+            prepared = self._processor.prepare(held.record)
             handled = await self._outcome(partition, prepared)
         except Exception:
-            # Unreachable by design (_outcome ends every event); were it reached, the event stays
-            # unfinished: its partition's commits stop there, visibly, and it is redelivered.
-            log.exception("an event could not be ended", extra={"offset": prepared.record.offset})
+            # Unreachable by design (prepare and _outcome end every event); were it reached, the
+            # event stays unfinished: its partition's commits stop there, visibly, and it is
+            # redelivered.
+            log.exception("an event could not be ended", extra={"offset": held.record.offset})
         else:
             seconds = time.monotonic() - started
             self._observer.handled(handled, seconds)
@@ -370,12 +424,14 @@ class ConsumptionEngine:
                 self._log_handled(partition, prepared, handled, seconds)
             progress = self._progress.get(partition)
             if progress is not None:
-                progress.finish(prepared.record.offset)
+                progress.finish(held.record.offset)
         finally:
             # Finished, or cancelled (by a drain) wherever it was, even asleep between retries:
             # the slot is freed and what queued behind it goes on if its partition is still ours.
+            self._active -= 1
             self._release()
-            self._next_in_chain(prepared.ordering_key)
+            self._next_in_chain(held.route.ordering_key)
+            self._dispatch()
 
     async def _outcome(self, partition: TopicPartition, prepared: Prepared) -> Handled:
         failures = 0
@@ -433,11 +489,13 @@ class ConsumptionEngine:
         self._observer.progress()
 
     def _next_in_chain(self, key: str) -> None:
+        """The next event of an invoice whose previous one ended becomes ready (in its creditor's
+        turn, behind what that creditor already has ready)."""
         chain = self._chains.get(key)
         while chain:
-            partition, prepared = chain.popleft()
-            if partition in self._progress and partition not in self._revoking:
-                self._spawn(partition, prepared)
+            held = chain.popleft()
+            if self._owned(held.partition):
+                self._ready.push(held.route.creditor, held)
                 return
             self._release()  # its partition was revoked: abandoned
         self._chains.pop(key, None)
@@ -513,6 +571,7 @@ class ConsumptionEngine:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._revoking |= revoked
+        self._abandon_ready(lambda partition: partition in revoked)
         try:
             if revoked:
                 await self._drain(list(revoked))

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.circuit import AmiliCircuit
 from service.domain.outcomes import Outcome
+from service.flow.control import AmiliFlow, FlowObserver
 from service.kafka.engine import EngineObserver, outcome_label
 from service.kafka.link import LinkObserver
 from service.processing import Handled, ProcessingObserver
@@ -78,12 +79,12 @@ class Metrics:
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.events_in_flight = Gauge(
-            "events_in_flight", "Events taken from Kafka and not yet finished (at most twice MAX_IN_FLIGHT)",
+            "events_in_flight", "Events taken from Kafka and not yet finished (at most MAX_EVENTS_HELD)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.registrations_in_flight = Gauge(
             "registrations_in_flight",
-            "Invoices at Amili, each from its first call to Amili's final answer (at most MAX_IN_FLIGHT)",
+            "Invoices at Amili, each from its first call to Amili's final answer (at most the limit)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.circuit_state = Gauge(
@@ -165,6 +166,27 @@ class Metrics:
             "path with list indexes as []; beyond 100 paths they count as field=\"other\"", ["field"],
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.amili_concurrency_limit = Gauge(
+            "amili_concurrency_limit", "Invoices allowed at Amili at once now (at most MAX_IN_FLIGHT)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.amili_min_latency = Gauge(
+            "amili_min_latency_seconds", "Lowest Amili call latency measured lately, the adaptive limit's "
+            "reference (NaN until measured)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.amili_rate_limited = Counter(
+            "amili_rate_limited", "Amili calls answered 429 (rate limited)", namespace=NAMESPACE, registry=r
+        )
+        self.amili_rate_budget_wait = Counter(
+            "amili_rate_budget_wait_seconds", "Time calls waited for Amili's rate budget (X-RateLimit-*, "
+            "Retry-After) before going out",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.registrations_waiting = Gauge(
+            "registrations_waiting", "Invoices waiting for a place at Amili (in turn of their creditors)",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.build_info = Gauge(
             "build_info", "Always 1: the service's version and its runtime's, as labels",
             ["version", "python", "faststream", "aiokafka"], namespace=NAMESPACE, registry=r,
@@ -203,7 +225,7 @@ class Metrics:
         self.unknown_fields.labels(OVERFLOW_LABEL)
 
 
-class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, LinkObserver):
+class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, LinkObserver, FlowObserver):
     """Feeds the metrics from the hooks of the core and the engine."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -285,6 +307,20 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
 
     def kafka_error(self, operation: str) -> None:
         self._m.kafka_errors.labels(operation).inc()
+
+    # the flow towards Amili
+    def rate_limited(self) -> None:
+        self._m.amili_rate_limited.inc()
+
+    def budget_waited(self, seconds: float) -> None:
+        self._m.amili_rate_budget_wait.inc(seconds)
+
+    def watch_flow(self, flow: AmiliFlow) -> None:
+        self._m.amili_concurrency_limit.set_function(lambda: flow.limit)
+        self._m.amili_min_latency.set_function(
+            lambda: flow.min_latency if flow.min_latency is not None else float("nan")
+        )
+        self._m.registrations_waiting.set_function(lambda: flow.gate.waiting)
 
     # the Amili client and the circuit
     def amili_request(self, endpoint: str, status_class: str, seconds: float) -> None:

@@ -12,7 +12,7 @@ from service.devtools.produce import produce
 from service.emulator.app import Emulator
 from service.events.record import InboundRecord
 from service.kafka.engine import Processor
-from service.processing import Handled, Prepared
+from service.processing import Handled, Prepared, Route
 from tests.integration.harness import committed_offset, read_topic, settings_for
 
 pytestmark = pytest.mark.kafka
@@ -25,6 +25,9 @@ class StopsBeforeCommit:
     def __init__(self, inner: Processor) -> None:
         self.inner = inner
         self.handled = asyncio.Event()
+
+    def route(self, record: InboundRecord) -> Route:
+        return self.inner.route(record)
 
     def prepare(self, record: InboundRecord) -> Prepared:
         return self.inner.prepare(record)

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from service.devtools.produce import create_topics
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
-from service.processing import Handled, Prepared
+from service.processing import Handled, Prepared, Route
 from tests.integration.harness import committed, kafka_producer, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -34,6 +34,9 @@ class StandInProcessor:
         self.running = 0
         self.most_running = 0
         self.block: dict[tuple[int, int], asyncio.Event] = {}
+
+    def route(self, record: InboundRecord) -> Route:
+        return Route((record.key or b"").decode(), "")
 
     def prepare(self, record: InboundRecord) -> Prepared:
         return Prepared(record, (record.key or b"").decode())

@@ -21,8 +21,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from service.domain.outcomes import Outcome
 from service.events.record import InboundRecord
-from service.kafka.engine import ConsumptionEngine, EngineObserver
-from service.processing import Handled, Prepared
+from service.kafka.engine import ConsumptionEngine, EngineObserver, _Held
+from service.processing import Handled, Prepared, Route
 from service.registration import Backoff
 
 TOPIC = "invoices"
@@ -43,6 +43,9 @@ class FailingProcessor:
         self.given_up_with: list[BaseException] = []
         self.dead_letters: list[int] = []
         self.hang = asyncio.Event()  # set: every handle hangs (an event that never finishes)
+
+    def route(self, record: InboundRecord) -> Route:
+        return Route((record.key or b"").decode(), "")
 
     def prepare(self, record: InboundRecord) -> Prepared:
         return Prepared(record, (record.key or b"").decode())
@@ -239,7 +242,7 @@ async def test_dead_lettering_that_fails_is_retried_until_it_succeeds(
     await engine.on_assigned({TP})
     # As the fetch loop takes a record: its offset taken, the event admitted.
     engine._progress[TP].take(7)
-    engine._admit(TP, processor.prepare(record(7)))
+    engine._admit(_Held(TP, record(7), processor.route(record(7))))
     assert engine.in_flight == 1
     (task,) = engine._tasks[TP]
 

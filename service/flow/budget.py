@@ -1,0 +1,106 @@
+"""Amili's rate limit, learnt from its answers: one budget of calls for every call of an instance,
+so that it stops sending before it is refused.
+
+When Amili limits the rate, each answer says how many calls its window allows
+(``X-RateLimit-Limit``), how many are left in it (``-Remaining``) and when it ends (``-Reset``); a
+429 may add ``Retry-After``. The budget
+
+- holds the calls left in the current window: what Amili last said, less the calls sent since
+  that answer's call (Amili had not counted them yet);
+- gives the full allowance again when the window ends, until an answer says otherwise;
+- lets nothing go after a 429 until ``Retry-After`` has passed, or else the window's end;
+- never holds anything back while Amili sends none of those headers.
+
+Replicas sharing one API key read the same ``Remaining``: each stops when the shared allowance is
+spent, and none needs to know of the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CLOSED_WITHOUT_RESET_SECONDS = 1.0
+"""How long a 429 that names no moment to come back holds calls back."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitAnswer:
+    """What one answer said of the rate limit (each part ``None`` when it did not say)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    resets_at: float | None = None
+    """When the window ends, on the budget's clock (seconds since the epoch)."""
+    retry_after: float | None = None
+    """Seconds to wait, from a 429's ``Retry-After``."""
+
+    @property
+    def says_anything(self) -> bool:
+        return not (self.limit is None and self.remaining is None and self.resets_at is None)
+
+
+class RateBudget:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._allowance: int | None = None
+        self._left: int | None = None
+        self._resets_at: float | None = None
+        self._closed_until = 0.0
+        self._sent = 0
+
+    @property
+    def left(self) -> int | None:
+        """Calls left in the current window (``None``: no limit known)."""
+        return self._left
+
+    def wait_seconds(self) -> float:
+        """How long the next call must wait (0: it may go now)."""
+        now = self._clock()
+        if now < self._closed_until:
+            return self._closed_until - now
+        self._roll(now)
+        if self._left is None or self._left > 0 or self._resets_at is None:
+            return 0.0
+        return self._resets_at - now
+
+    def take(self) -> int:
+        """A call goes now: counted against the window. Returns its ticket, for ``learn``."""
+        self._roll(self._clock())
+        if self._left is not None:
+            self._left = max(0, self._left - 1)
+        self._sent += 1
+        return self._sent
+
+    def learn(self, answer: RateLimitAnswer, *, ticket: int, refused: bool) -> None:
+        """What the answer to the call with ``ticket`` said; ``refused``: it was a 429."""
+        now = self._clock()
+        if refused:
+            until = answer.retry_after if answer.retry_after is not None else None
+            if until is not None:
+                self._closed_until = max(self._closed_until, now + until)
+            elif answer.resets_at is not None and answer.resets_at > now:
+                self._closed_until = max(self._closed_until, answer.resets_at)
+            else:
+                self._closed_until = max(self._closed_until, now + CLOSED_WITHOUT_RESET_SECONDS)
+        if not answer.says_anything:
+            return
+        if answer.limit is not None:
+            self._allowance = answer.limit
+        if answer.resets_at is not None and answer.resets_at <= now:
+            return  # about a window already over
+        if answer.remaining is None:
+            return
+        sent_since = self._sent - ticket
+        told = max(0, answer.remaining - sent_since)
+        same_window = answer.resets_at is None or answer.resets_at == self._resets_at
+        self._left = min(self._left, told) if same_window and self._left is not None else told
+        if answer.resets_at is not None:
+            self._resets_at = answer.resets_at
+
+    def _roll(self, now: float) -> None:
+        """A window that has ended gives way to a new one with the full allowance."""
+        if self._resets_at is not None and now >= self._resets_at:
+            self._resets_at = None
+            self._left = self._allowance

@@ -1,0 +1,126 @@
+"""The flow towards Amili of one instance: the limit of invoices at Amili at once (adaptive or
+fixed), the rate budget every call waits on, and the fair gate invoices take their place through.
+
+The Amili client opens a ``call()`` around each request and reports how it ended; the
+registration takes a ``place(creditor)`` around each attempt. Both are wired by the composition
+root, one ``AmiliFlow`` per instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from service.flow.budget import RateBudget, RateLimitAnswer
+from service.flow.fair import FairGate
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Limit(Protocol):
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def min_latency(self) -> float | None: ...
+
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None: ...
+
+
+class FlowObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def rate_limited(self) -> None: ...
+
+    def budget_waited(self, seconds: float) -> None: ...
+
+
+class Call:
+    """One request's report: how it ended."""
+
+    __slots__ = ("answered_status", "rate", "timed_out")
+
+    def __init__(self) -> None:
+        self.answered_status: int | None = None
+        self.rate = RateLimitAnswer()
+        self.timed_out = False
+
+    def answered(self, status: int, rate: RateLimitAnswer) -> None:
+        self.answered_status = status
+        self.rate = rate
+
+    def timeout(self) -> None:
+        self.timed_out = True
+
+
+class AmiliFlow:
+    def __init__(
+        self,
+        limit: Limit,
+        *,
+        budget: RateBudget | None = None,
+        observer: FlowObserver | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = limit
+        self._budget = budget if budget is not None else RateBudget()
+        self._observer = observer or FlowObserver()
+        self._sleep = sleep
+        self._clock = clock
+        self._calls = 0
+        self.gate = FairGate(lambda: self._limit.limit)
+
+    @property
+    def limit(self) -> int:
+        return self._limit.limit
+
+    @property
+    def min_latency(self) -> float | None:
+        return self._limit.min_latency
+
+    @property
+    def calls_in_flight(self) -> int:
+        return self._calls
+
+    def place(self, creditor: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place among the invoices at Amili, taken in turn of its creditor."""
+        return self.gate.place(creditor)
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[Call]:
+        """Wait for the rate budget, then time the request made inside the block."""
+        started = self._clock()
+        waited = 0.0
+        while (wait := self._budget.wait_seconds()) > 0:
+            waited += wait
+            await self._sleep(wait)
+        if waited:
+            self._observer.budget_waited(waited)
+        ticket = self._budget.take()
+        self._calls += 1
+        call = Call()
+        try:
+            yield call
+        finally:
+            self._calls -= 1
+            self._ended(call, ticket, self._clock() - started)
+
+    def _ended(self, call: Call, ticket: int, seconds: float) -> None:
+        status = call.answered_status
+        in_flight = self._calls + 1
+        if call.timed_out:
+            self._limit.sample(seconds, in_flight=in_flight, dropped=True)
+            return
+        if status is None:
+            return  # no answer (no connection, say): the circuit's concern, not a measure of load
+        refused = status == 429
+        self._budget.learn(call.rate, ticket=ticket, refused=refused)
+        if refused:
+            self._observer.rate_limited()
+            self._limit.sample(seconds, in_flight=in_flight, dropped=True)
+        elif status < 500:
+            self._limit.sample(seconds, in_flight=in_flight)

@@ -1,0 +1,167 @@
+"""The adaptive limit of calls at Amili at once, learnt from latency and refusals.
+
+Little's law: the calls Amili can work on at once are its throughput times its latency. A call
+beyond that only waits, in Amili's queue (latency grows, throughput does not) or for a refusal
+(429). So the limit is found from what the calls measure, a window of samples at a time:
+
+- the **minimum latency** is the lowest window average over the last ``min_latency_seconds``: what
+  a call costs when nothing queues (a sliding minimum, so that a lasting change of Amili's own
+  speed is learnt within that time);
+- **gradient** (the default, after ``bench/adaptive.py``): ``limit * clamp(tolerance * minimum /
+  latency, ½, 1) + √limit``, smoothed. While latency stays within ``tolerance`` times the minimum
+  the limit grows by √limit a window; past it, it shrinks in proportion to the excess, and settles
+  where the two balance. Netflix's concurrency-limits (Gradient) and Envoy's adaptive concurrency
+  filter work this way;
+- **aimd**: one more a window while latency stays within ``tolerance`` times the minimum, else
+  times ``backoff`` (TCP's congestion avoidance, Netflix's AIMD limit);
+- either way, a window with a refusal (429) or a timeout multiplies the limit by ``backoff``;
+- the limit grows only while it is used (at least half of it in flight), so that an instance with
+  little to do never claims a limit it has not tried; ``minimum ≤ limit ≤ maximum`` always.
+
+A sample's latency is the whole wait of a call, the wait for the rate budget included: when
+Amili's rate limit is what bounds throughput, that wait grows and the limit shrinks towards rate
+times latency, so that invoices wait for a place in the fair order instead of behind the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Algorithm = Literal["gradient", "aimd"]
+ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    initial: int = 32
+    minimum: int = 2
+    maximum: int = 128
+    algorithm: Algorithm = "gradient"
+    tolerance: float = 2.0
+    """Latency up to this many times the minimum is not taken for congestion."""
+    backoff: float = 0.9
+    """What the limit is multiplied by after a refusal or a timeout (and by aimd on congestion)."""
+    smoothing: float = 0.2
+    """How much of the gradient's new value is taken at each window."""
+    window_seconds: float = 0.1
+    """A window lasts at least this long, and at least twice the minimum latency."""
+    window_samples: int = 10
+    """...and holds at least this many samples (a refusal closes it at once)."""
+    min_latency_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minimum <= self.initial <= self.maximum:
+            raise ValueError(
+                f"the limits must satisfy 1 <= minimum ({self.minimum}) <= initial ({self.initial}) "
+                f"<= maximum ({self.maximum})"
+            )
+        if self.tolerance < 1:
+            raise ValueError("tolerance must be at least 1")
+        if not 0 < self.backoff < 1:
+            raise ValueError("backoff must be between 0 and 1")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}")
+
+
+class FixedLimit:
+    """The limit that never moves (``AMILI_CONCURRENCY=fixed``): ``MAX_IN_FLIGHT``, as before."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def min_latency(self) -> float | None:
+        return None
+
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
+        return None
+
+
+class AdaptiveLimit:
+    def __init__(self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._limit = float(settings.initial)
+        self._started = clock()
+        self._total = 0.0
+        self._count = 0
+        self._dropped = False
+        self._most_in_flight = 0
+        # (when, window average), averages increasing from the front: the front is the minimum.
+        self._minima: deque[tuple[float, float]] = deque()
+        self.windows = 0
+
+    @property
+    def limit(self) -> int:
+        return max(self._settings.minimum, min(self._settings.maximum, int(self._limit)))
+
+    @property
+    def min_latency(self) -> float | None:
+        return self._minima[0][1] if self._minima else None
+
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
+        """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
+        ``dropped``: it was refused (429) or timed out."""
+        if dropped:
+            self._dropped = True
+        else:
+            self._total += seconds
+            self._count += 1
+        self._most_in_flight = max(self._most_in_flight, in_flight)
+        now = self._clock()
+        if not self._dropped and (
+            now - self._started < self._window_length() or self._count < self._settings.window_samples
+        ):
+            return
+        self._close_window(now)
+
+    def _window_length(self) -> float:
+        minimum = self.min_latency
+        return max(self._settings.window_seconds, 2 * minimum if minimum is not None else 0.0)
+
+    def _close_window(self, now: float) -> None:
+        settings = self._settings
+        average = self._total / self._count if self._count else None
+        if average is not None:
+            self._remember(now, average)
+        minimum = self.min_latency
+        limit = self._limit
+        if self._dropped:
+            limit *= settings.backoff
+        elif average is not None and minimum is not None:
+            used = self._most_in_flight * 2 >= self.limit
+            congested = average > settings.tolerance * minimum
+            if settings.algorithm == "aimd":
+                if congested:
+                    limit *= settings.backoff
+                elif used:
+                    limit += 1
+            else:
+                gradient = max(0.5, min(1.0, settings.tolerance * minimum / average))
+                if gradient < 1.0:
+                    target = limit * gradient + math.sqrt(limit)
+                    limit = (1 - settings.smoothing) * limit + settings.smoothing * target
+                elif used:
+                    limit += math.sqrt(limit)  # unsmoothed: from 32 to 128 in about 11 windows
+        self._limit = max(float(settings.minimum), min(float(settings.maximum), limit))
+        self._started = now
+        self._total, self._count, self._dropped, self._most_in_flight = 0.0, 0, False, 0
+        self.windows += 1
+
+    def _remember(self, now: float, average: float) -> None:
+        minima = self._minima
+        while minima and minima[-1][1] >= average:
+            minima.pop()
+        minima.append((now, average))
+        horizon = now - self._settings.min_latency_seconds
+        while len(minima) > 1 and minima[0][0] < horizon:
+            minima.popleft()
