@@ -42,7 +42,7 @@ class LimitSettings:
     minimum: int = 2
     maximum: int = 128
     algorithm: Algorithm = "gradient"
-    tolerance: float = 2.0
+    tolerance: float = 1.5
     """Latency up to this many times the minimum is not taken for congestion."""
     backoff: float = 0.9
     """What the limit is multiplied by after a refusal or a timeout (and by aimd on congestion)."""

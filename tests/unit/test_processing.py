@@ -14,14 +14,21 @@ from typing import Any
 import pytest
 
 from service.amili.models import InvoiceRegistrationRequest
-from service.circuit import AmiliCircuit
+from service.circuit import AmiliCircuit, CircuitState
 from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults, to_registration
 from service.ledger.base import ClaimStatus, LedgerError, LedgerState
 from service.ops.metrics import Metrics, MetricsObserver
-from service.ports import AmiliMisconfigured, AmiliPort, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
+from service.ports import (
+    AmiliMisconfigured,
+    AmiliPort,
+    AmiliRateLimited,
+    AmiliRejected,
+    AmiliUnauthorized,
+    AmiliUnavailable,
+)
 from service.processing import InvoiceProcessor, ProcessingObserver
 from service.registration import (
     Backoff,
@@ -216,6 +223,19 @@ async def test_transient_failures_wait_and_retry(world: World, event: dict[str, 
     assert 0.5 <= world.sleep.waits[0] <= 1.0
     assert world.sleep.waits[1] == 7.0  # Retry-After is honoured
     assert world.ledger.entries[(CREDITOR, "DEMO-1001")].attempts == 3  # renewed before each retry
+
+
+async def test_rate_limits_never_give_an_invoice_up_nor_open_the_circuit(event: dict[str, Any]) -> None:
+    world = World(max_attempts=2, threshold=2)
+    for _ in range(6):  # three times max_attempts, three times the circuit's threshold
+        world.amili.fail_next(AmiliRateLimited("HTTP 429"))
+    world.amili.fail_next(AmiliRateLimited("HTTP 429", retry_after=3.0))
+    handled = await world.processor.process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert handled.attempts == 8
+    assert world.circuit.state is CircuitState.CLOSED
+    assert all(0.5 <= wait <= 1.0 for wait in world.sleep.waits[:6])  # a first backoff, never longer
+    assert world.sleep.waits[6] == 3.0
 
 
 async def test_timeout_after_amili_stored_is_reconciled_without_a_second_post(

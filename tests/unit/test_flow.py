@@ -1,0 +1,408 @@
+"""Flow control towards Amili on a simulated clock: the adaptive limit, the rate budget, the fair
+queue and gate, and how the flow reads each call."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+from service.amili.client import rate_limit_answer
+from service.flow.budget import RateBudget, RateLimitAnswer
+from service.flow.control import AmiliFlow, FlowObserver
+from service.flow.fair import FairGate, FairQueue
+from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run_windows(
+    limit: AdaptiveLimit,
+    clock: Clock,
+    latency: float,
+    *,
+    windows: int,
+    in_flight: int | None = None,
+    dropped_every: int = 0,
+) -> list[int]:
+    """Feed ``windows`` windows of 20 samples of ``latency``; the limit after each."""
+    seen = []
+    for window in range(windows):
+        for sample in range(20):
+            clock.advance(0.1 / 20 + 0.0001)
+            dropped = bool(dropped_every) and sample == 0 and window % dropped_every == 0
+            limit.sample(latency, in_flight=limit.limit if in_flight is None else in_flight, dropped=dropped)
+        seen.append(limit.limit)
+    return seen
+
+
+SETTINGS = LimitSettings(initial=20, minimum=2, maximum=128, window_seconds=0.1, window_samples=10)
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_the_limit_rises_while_latency_stays_at_its_minimum(algorithm: str) -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, algorithm=algorithm), clock)
+    seen = run_windows(limit, clock, 0.05, windows=30)
+    assert seen == sorted(seen)
+    assert seen[-1] > 20
+    assert limit.min_latency == pytest.approx(0.05)
+    if algorithm == "gradient":
+        assert seen[15] == 128  # √limit a window: to the top within about a dozen windows
+
+
+def test_the_gradient_limit_reaches_the_maximum_and_stays_within_it() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(SETTINGS, clock)
+    assert max(run_windows(limit, clock, 0.05, windows=60)) == 128
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_rising_latency_lowers_the_limit_to_its_minimum_at_most(algorithm: str) -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, algorithm=algorithm, initial=64), clock)
+    run_windows(limit, clock, 0.05, windows=3)
+    before = limit.limit
+    seen = run_windows(limit, clock, 0.5, windows=200)  # ten times the minimum: congested
+    assert seen[0] < before
+    # aimd ends at the minimum; the gradient where halving and √limit balance (4), never below
+    assert seen[-1] == (2 if algorithm == "aimd" else 4)
+    assert min(seen) >= 2
+
+
+def test_the_gradient_settles_where_latency_is_near_its_tolerance() -> None:
+    """A server of capacity 32 at 50 ms: a call waits in its queue beyond 32 in flight."""
+    clock = Clock()
+    limit = AdaptiveLimit(SETTINGS, clock)
+    seen = []
+    for _ in range(300):
+        in_flight = limit.limit
+        latency = 0.05 * max(1.0, in_flight / 32)  # Little's law past the capacity
+        for _ in range(20):
+            clock.advance(0.1 / 20 + 0.0001)
+            limit.sample(latency, in_flight=in_flight)
+        seen.append(limit.limit)
+    settled = seen[100:]
+    # Full use, and latency below twice the minimum (tolerance 1.5 plus the √limit allowance).
+    assert min(settled) >= 32
+    assert max(settled) <= 2 * 32
+
+
+def test_a_refusal_lowers_the_limit_at_once_by_the_backoff() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(LimitSettings(initial=50, minimum=2, maximum=128, backoff=0.5), clock)
+    limit.sample(0.05, in_flight=50, dropped=True)  # a refusal closes the window at once
+    assert limit.limit == 25
+    limit.sample(0.05, in_flight=25, dropped=True)
+    assert limit.limit == 12
+
+
+def test_timeouts_and_429s_lower_the_limit_even_at_minimum_latency() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(SETTINGS, clock)
+    run_windows(limit, clock, 0.05, windows=20)
+    high = limit.limit
+    seen = run_windows(limit, clock, 0.05, windows=20, dropped_every=1)
+    assert seen[-1] < high / 4
+
+
+def test_an_unused_limit_does_not_grow() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(SETTINGS, clock)
+    seen = run_windows(limit, clock, 0.05, windows=30, in_flight=3)  # far below half the limit
+    assert set(seen) == {20}
+
+
+def test_the_minimum_latency_is_forgotten_after_its_horizon() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(LimitSettings(initial=20, min_latency_seconds=5.0), clock)
+    run_windows(limit, clock, 0.05, windows=5)
+    assert limit.min_latency == pytest.approx(0.05)
+    run_windows(limit, clock, 0.2, windows=80)  # Amili became slower for good: 8 s of it
+    assert limit.min_latency == pytest.approx(0.2)
+
+
+def test_no_samples_no_window() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(SETTINGS, clock)
+    for _ in range(5):  # fewer than window_samples however long it takes
+        clock.advance(10)
+        limit.sample(0.05, in_flight=20)
+    assert limit.windows == 0
+    assert limit.limit == 20
+
+
+def test_settings_refuse_inconsistent_bounds() -> None:
+    with pytest.raises(ValueError, match="minimum"):
+        LimitSettings(initial=200, maximum=128)
+    with pytest.raises(ValueError, match="tolerance"):
+        LimitSettings(tolerance=0.5)
+
+
+def test_the_fixed_limit_never_moves() -> None:
+    fixed = FixedLimit(128)
+    fixed.sample(10.0, in_flight=128, dropped=True)
+    assert fixed.limit == 128
+    assert fixed.min_latency is None
+
+
+# the rate budget ----------------------------------------------------------------------------------
+
+
+def test_without_rate_headers_the_budget_holds_nothing_back() -> None:
+    budget = RateBudget(Clock())
+    for _ in range(1000):
+        assert budget.wait_seconds() == 0
+        budget.learn(RateLimitAnswer(), ticket=budget.take(), refused=False)
+    assert budget.left is None
+
+
+def test_the_budget_stops_before_the_allowance_is_spent_and_opens_at_the_reset() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    ticket = budget.take()
+    budget.learn(RateLimitAnswer(limit=5, remaining=4, resets_at=1_001.0), ticket=ticket, refused=False)
+    for _ in range(4):
+        assert budget.wait_seconds() == 0
+        budget.take()
+    assert budget.wait_seconds() == pytest.approx(1.0)  # the fifth would be refused: wait for the reset
+    clock.advance(1.0)
+    assert budget.wait_seconds() == 0
+    assert budget.left == 5  # the full allowance of the new window
+
+
+def test_calls_sent_after_an_answered_one_count_against_what_it_said() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    first = budget.take()
+    for _ in range(3):
+        budget.take()  # sent before the first answer came
+    budget.learn(RateLimitAnswer(limit=10, remaining=5, resets_at=1_001.0), ticket=first, refused=False)
+    assert budget.left == 2
+
+
+def test_other_replicas_spending_the_allowance_show_in_remaining() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    budget.learn(
+        RateLimitAnswer(limit=100, remaining=90, resets_at=1_001.0), ticket=budget.take(), refused=False
+    )
+    budget.learn(
+        RateLimitAnswer(limit=100, remaining=0, resets_at=1_001.0), ticket=budget.take(), refused=False
+    )
+    assert budget.wait_seconds() == pytest.approx(1.0)
+
+
+def test_a_429_closes_the_budget_for_retry_after() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    answer = RateLimitAnswer(limit=10, remaining=0, resets_at=1_001.0, retry_after=3.0)
+    budget.learn(answer, ticket=budget.take(), refused=True)
+    assert budget.wait_seconds() == pytest.approx(3.0)
+    clock.advance(3.0)
+    assert budget.wait_seconds() == 0
+
+
+def test_a_429_without_retry_after_waits_for_the_reset_or_a_second() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    budget.learn(
+        RateLimitAnswer(limit=10, remaining=0, resets_at=1_000.4), ticket=budget.take(), refused=True
+    )
+    assert budget.wait_seconds() == pytest.approx(0.4)
+    clock.advance(1.0)
+    budget.learn(RateLimitAnswer(), ticket=budget.take(), refused=True)
+    assert budget.wait_seconds() == pytest.approx(1.0)
+
+
+def test_an_answer_about_a_window_already_over_changes_nothing() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    budget.learn(RateLimitAnswer(limit=10, remaining=0, resets_at=999.0), ticket=budget.take(), refused=False)
+    assert budget.wait_seconds() == 0
+
+
+def test_rate_headers_are_read_as_epoch_or_delta_and_garbage_is_ignored() -> None:
+    epoch = rate_limit_answer(
+        {"x-ratelimit-limit": "300", "x-ratelimit-remaining": "7", "x-ratelimit-reset": "2000000000"}, 200
+    )
+    assert epoch == RateLimitAnswer(limit=300, remaining=7, resets_at=2_000_000_000.0)
+    delta = rate_limit_answer({"x-ratelimit-reset": "2", "retry-after": "5"}, 429)
+    assert delta.resets_at is not None
+    assert delta.resets_at > 1_000_000_000
+    assert delta.retry_after == 5.0
+    assert rate_limit_answer({"x-ratelimit-limit": "many", "retry-after": "5"}, 200) == RateLimitAnswer()
+    assert rate_limit_answer({}, 200) == RateLimitAnswer()
+
+
+# the fair queue and gate --------------------------------------------------------------------------
+
+
+def test_the_fair_queue_takes_creditors_in_turn_and_each_in_order() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for number in range(5):
+        queue.push("big", f"big-{number}")
+    queue.push("small", "small-0")
+    queue.push("small", "small-1")
+    queue.push("other", "other-0")
+    taken = [queue.pop() for _ in range(len(queue))]
+    assert taken == ["big-0", "small-0", "other-0", "big-1", "small-1", "big-2", "big-3", "big-4"]
+    assert len(queue) == 0
+    assert queue.keys == 0
+
+
+def test_a_creditor_arriving_late_waits_one_turn_at_most() -> None:
+    queue: FairQueue[int] = FairQueue()
+    for number in range(10_000):
+        queue.push("backlog", number)
+    queue.pop()
+    queue.push("late", -1)
+    assert [queue.pop(), queue.pop()] == [1, -1]
+
+
+def test_removing_items_keeps_the_rest_in_order() -> None:
+    queue: FairQueue[tuple[str, int]] = FairQueue()
+    for creditor in ("a", "b"):
+        for number in range(3):
+            queue.push(creditor, (creditor, number))
+    removed = queue.remove(lambda item: item[0] == "a" or item[1] == 1)
+    assert sorted(removed) == [("a", 0), ("a", 1), ("a", 2), ("b", 1)]
+    assert [queue.pop() for _ in range(len(queue))] == [("b", 0), ("b", 2)]
+
+
+async def test_the_gate_hands_freed_places_round_robin() -> None:
+    gate = FairGate(lambda: 1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.place("first"):
+            await release.wait()
+
+    async def waiter(creditor: str, number: int) -> None:
+        async with gate.place(creditor):
+            order.append(f"{creditor}-{number}")
+            await asyncio.sleep(0)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    tasks = [asyncio.create_task(waiter("big", n)) for n in range(4)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(waiter("small", 0)))
+    await asyncio.sleep(0)
+    assert gate.waiting == 5
+    release.set()
+    await asyncio.gather(first, *tasks)
+    assert order == ["big-0", "small-0", "big-1", "big-2", "big-3"]
+    assert gate.taken == 0
+
+
+async def test_the_gate_follows_a_changing_limit_and_survives_cancelled_waiters() -> None:
+    limit = [2]
+    gate = FairGate(lambda: limit[0])
+    inside = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def worker(creditor: str) -> None:
+        nonlocal inside, most
+        async with gate.place(creditor):
+            inside += 1
+            most = max(most, inside)
+            await release.wait()
+            inside -= 1
+
+    tasks = [asyncio.create_task(worker(f"c{n % 3}")) for n in range(10)]
+    await asyncio.sleep(0.01)
+    assert inside == 2
+    assert gate.waiting == 8
+    tasks[5].cancel()  # a waiter abandoned (a rebalance)
+    await asyncio.sleep(0.01)
+    limit[0] = 6  # the limit grew: waiters come in at the next change of places
+    async with gate.place("c9"):
+        pass
+    await asyncio.sleep(0.01)
+    assert inside == 6
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert most == 6
+    assert gate.taken == 0
+    assert gate.waiting == 0
+
+
+# the flow as the client reports to it ---------------------------------------------------------------
+
+
+class Recorder(FlowObserver):
+    def __init__(self) -> None:
+        self.refusals = 0
+        self.waited = 0.0
+
+    def rate_limited(self) -> None:
+        self.refusals += 1
+
+    def budget_waited(self, seconds: float) -> None:
+        self.waited += seconds
+
+
+class SpyLimit:
+    def __init__(self) -> None:
+        self.samples: list[tuple[bool, int]] = []
+
+    @property
+    def limit(self) -> int:
+        return 10
+
+    @property
+    def min_latency(self) -> float | None:
+        return None
+
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
+        self.samples.append((dropped, in_flight))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1_000.0)
+
+
+async def test_the_flow_samples_answers_and_refusals_and_waits_for_the_budget(clock: Clock) -> None:
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.advance(seconds)
+
+    spy, recorder = SpyLimit(), Recorder()
+    flow = AmiliFlow(spy, budget=RateBudget(clock), observer=recorder, sleep=sleep, clock=clock)
+    async with flow.call() as call:
+        assert flow.calls_in_flight == 1
+        call.answered(201, RateLimitAnswer(limit=2, remaining=0, resets_at=clock.now + 0.5))
+    async with flow.call() as call:  # waits half a second for the window to end first
+        call.answered(429, RateLimitAnswer(retry_after=2.0))
+    async with flow.call() as call:  # refused: waits Retry-After
+        call.answered(503, RateLimitAnswer())
+    async with flow.call() as call:
+        call.timeout()
+    async with flow.call():
+        pass  # no answer at all (no connection)
+    assert sleeps == [0.5, 2.0]
+    assert recorder.refusals == 1
+    assert recorder.waited == pytest.approx(2.5)
+    assert spy.samples == [(False, 1), (True, 1), (True, 1)]  # the 503 and the unanswered are no measure
+    assert flow.calls_in_flight == 0
+
+
+def _with(settings: LimitSettings, **changes: Any) -> LimitSettings:
+    return dataclasses.replace(settings, **changes)
