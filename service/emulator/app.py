@@ -4,7 +4,8 @@ API routes (``x-api-key`` required, faults applied):
   POST /invoice--registrations, GET /invoice--registrations[/{id}], GET /invoices[/{id}],
   GET /cases[/{id}], GET /authenticates/api-code (the JWT in ``x-api-key``; see ``auth.py``).
 Admin routes (no key, no faults): GET/DELETE /_admin/registrations, GET/PUT/PATCH /_admin/faults,
-  GET/DELETE /_admin/tokens, and GET /openapi.json (the document of all of them, see ``openapi.py``).
+  GET/DELETE /_admin/load, GET/DELETE /_admin/tokens, and GET /openapi.json (the document of all of
+  them, see ``openapi.py``).
 
 Errors are Eve's: ``{"_status": "ERR", "_error": {"code", "message"}}``, plus ``_issues`` for 422.
 """
@@ -86,7 +87,7 @@ class Emulator:
         self.auth = Authenticator(
             settings.api_keys, settings.api_code_keys, settings.access_token_lifetime_seconds, clock
         )
-        self.faults = Faults(FaultConfig.from_settings(settings))
+        self.faults = Faults(FaultConfig.from_settings(settings), clock=clock, client_of=self.auth.client_of)
 
     def app(self) -> Starlette:
         guarded = self._guarded
@@ -101,6 +102,7 @@ class Emulator:
                 Route("/authenticates/api-code", self.exchange_api_code, methods=["GET"]),
                 Route("/_admin/registrations", self.admin_registrations, methods=["GET", "DELETE"]),
                 Route("/_admin/faults", self.admin_faults, methods=["GET", "PUT", "PATCH"]),
+                Route("/_admin/load", self.admin_load, methods=["GET", "DELETE"]),
                 Route("/_admin/tokens", self.admin_tokens, methods=["GET", "DELETE"]),
                 Route("/openapi.json", self.openapi, methods=["GET"]),
             ],
@@ -233,6 +235,14 @@ class Emulator:
                 return error(422, "Invalid fault configuration", _pydantic_issues(invalid))
             self.faults.replace(config, reseed=request.method == "PUT" or "fault_seed" in changes)
         return JSONResponse(self.faults.config.model_dump())
+
+    async def admin_load(self, request: Request) -> Response:
+        """The load on the API since start or the last DELETE: requests, rate-limited 429s, requests
+        in service and queued now, and the maxima of those two. DELETE counts from 0 again."""
+        if request.method == "DELETE":
+            self.faults.reset_load()
+            return Response(status_code=204)
+        return JSONResponse(self.faults.load())
 
     async def admin_tokens(self, request: Request) -> Response:
         """Access tokens issued by the exchange: GET counts the live ones, DELETE revokes them all."""

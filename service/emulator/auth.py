@@ -16,10 +16,15 @@ answered 200 with
 default, sets it]. A missing, malformed, badly signed or expired JWT, or one for an unknown api code,
 is answered 401 in Eve's shape. Issued tokens live in memory: a restarted emulator has forgotten
 them, as a client must expect of any token (it exchanges again after a 401).
+
+Who a caller is, for the rate limit (``client_of``): a static key is its own client, named by a
+digest of it; an access token is its api code's, and so is a JWT sent to the exchange (the api code
+it names, unverified); anything else (no key, an unknown one) is one client, ``unknown``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -76,6 +81,17 @@ class IssuedToken:
         return {"_status": "OK", "access_token": self.access_token, "expires_in": self.expires_in}
 
 
+@dataclass(frozen=True)
+class _Token:
+    expires_at: float
+    api_code: str
+
+
+def key_digest(api_key: str) -> str:
+    """A name for the client of a key that does not give the key away."""
+    return "key:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
+
+
 class Authenticator:
     def __init__(
         self,
@@ -87,7 +103,7 @@ class Authenticator:
         self._static = frozenset(api_keys)
         self._lifetime = token_lifetime_seconds
         self._clock = clock
-        self._tokens: dict[str, float] = {}  # access token -> when it expires
+        self._tokens: dict[str, _Token] = {}  # access token -> when it expires, whose it is
         self._keys: dict[str, RegisteredKey] = {}
         for api_code, source in api_code_keys.items():
             try:
@@ -99,8 +115,21 @@ class Authenticator:
     def accepts(self, api_key: str) -> bool:
         if api_key in self._static:
             return True
-        expires_at = self._tokens.get(api_key)
-        return expires_at is not None and self._clock() < expires_at
+        issued = self._tokens.get(api_key)
+        return issued is not None and self._clock() < issued.expires_at
+
+    def client_of(self, api_key: str) -> str:
+        """Who sends requests with this ``x-api-key``, as a name that does not give the key away."""
+        if api_key in self._static:
+            return key_digest(api_key)
+        issued = self._tokens.get(api_key)
+        if issued is not None:
+            return f"api_code:{issued.api_code}"
+        try:
+            api_code = jwt.decode(api_key, options={"verify_signature": False}).get("api_code")
+        except jwt.PyJWTError:
+            api_code = None
+        return f"api_code:{api_code}" if isinstance(api_code, str) else "unknown"
 
     def exchange(self, token: str) -> IssuedToken:
         """An access token for a valid JWT of a registered api code; AuthError otherwise."""
@@ -110,8 +139,7 @@ class Authenticator:
         except jwt.PyJWTError as error:
             raise AuthError("The JWT cannot be read") from error
         api_code = unverified.get("api_code")
-        registered = self._keys.get(api_code) if isinstance(api_code, str) else None
-        if registered is None:
+        if not isinstance(api_code, str) or (registered := self._keys.get(api_code)) is None:
             raise AuthError("The JWT's api_code is not registered")
         if header.get("alg") not in registered.algorithms:
             raise AuthError("The JWT is not signed with an algorithm of the api code's key")
@@ -137,17 +165,17 @@ class Authenticator:
             raise AuthError("The JWT has expired")
         if not_before > now:
             raise AuthError("The JWT is not valid yet")
-        return self._issue(now)
+        return self._issue(now, api_code)
 
-    def _issue(self, now: float) -> IssuedToken:
-        self._tokens = {token: expiry for token, expiry in self._tokens.items() if expiry > now}
+    def _issue(self, now: float, api_code: str) -> IssuedToken:
+        self._tokens = {token: issued for token, issued in self._tokens.items() if issued.expires_at > now}
         access_token = secrets.token_urlsafe(32)
-        self._tokens[access_token] = now + self._lifetime
+        self._tokens[access_token] = _Token(now + self._lifetime, api_code)
         return IssuedToken(access_token, self._lifetime)
 
     def active_tokens(self) -> int:
         now = self._clock()
-        return sum(expiry > now for expiry in self._tokens.values())
+        return sum(issued.expires_at > now for issued in self._tokens.values())
 
     def revoke_all(self) -> None:
         self._tokens.clear()
