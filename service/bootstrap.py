@@ -166,6 +166,7 @@ class Registrar:
     amili: AmiliClient
     circuit: AmiliCircuit
     engine: ConsumptionEngine
+    flow: AmiliFlow
 
 
 def amili_flow(settings: Settings, observer: FlowObserver | None = None) -> AmiliFlow:
@@ -400,4 +401,4 @@ def build_registrar(
             ledger.close,
         ],
     )
-    return Registrar(app=app, broker=broker, amili=amili, circuit=circuit, engine=engine)
+    return Registrar(app=app, broker=broker, amili=amili, circuit=circuit, engine=engine, flow=flow)

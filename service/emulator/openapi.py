@@ -254,6 +254,24 @@ def _schemas() -> Schema:
         "Error": _error_schema(False),
         "ValidationError": _error_schema(True),
         "FaultConfig": fault_config,
+        "Load": {
+            "type": "object",
+            "description": "The load on the API since start or the last DELETE /_admin/load",
+            "properties": {
+                "requests": {"type": "integer", "minimum": 0, "description": "API requests"},
+                "rate_limited": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Of those, answered 429 by the rate limit",
+                },
+                "in_service": {"type": "integer", "minimum": 0, "description": "Worked on now"},
+                "queued": {"type": "integer", "minimum": 0, "description": "Waiting for a place now"},
+                "max_in_service": {"type": "integer", "minimum": 0},
+                "max_queued": {"type": "integer", "minimum": 0},
+            },
+            "required": ["requests", "rate_limited", "in_service", "queued", "max_in_service", "max_queued"],
+            "additionalProperties": False,
+        },
         "RegistrationCounts": {
             "type": "object",
             "properties": {
@@ -498,6 +516,22 @@ def _paths() -> Schema:
                     ("put", "Replace the configuration (fields left out take their defaults)"),
                     ("patch", "Change the fields given"),
                 )
+            },
+        },
+        "/_admin/load": {
+            "get": {
+                "tags": ["admin"],
+                "summary": "The load on the API: requests, rate-limited 429s, in service and queued",
+                "operationId": "getLoad",
+                "security": no_key,
+                "responses": {"200": _json(_ref("Load"), "The counts")},
+            },
+            "delete": {
+                "tags": ["admin"],
+                "summary": "Count from zero again",
+                "operationId": "resetLoad",
+                "security": no_key,
+                "responses": {"204": {"description": "Reset"}},
             },
         },
         "/_admin/tokens": {

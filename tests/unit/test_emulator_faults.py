@@ -227,6 +227,10 @@ def test_faults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         "fail_next_count": 3,
         "fail_next_status": 429,
         "fault_seed": 42,
+        "capacity": 0,
+        "rate_limit": 0.0,
+        "rate_limit_window_seconds": 1,
+        "rate_limit_retry_after": True,
     }
 
 
