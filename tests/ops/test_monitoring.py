@@ -89,7 +89,7 @@ def dashboard_expressions() -> list[str]:
 def test_promtool_check_rules(promtool: str) -> None:
     result = run([promtool, "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 17 rules found" in result.stdout
+    assert "SUCCESS: 18 rules found" in result.stdout
 
 
 def test_promtool_test_rules(promtool: str) -> None:
@@ -118,6 +118,7 @@ def test_alerts_are_documented() -> None:
         "AmiliRegistrarConflicts",
         "AmiliRegistrarAmiliErrors",
         "AmiliRegistrarAmiliSlow",
+        "AmiliRegistrarAmiliRateLimited",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
