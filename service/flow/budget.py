@@ -7,7 +7,8 @@ When Amili limits the rate, each answer says how many calls its window allows
 
 - holds the calls left in the current window: what Amili last said, less the calls sent since
   that answer's call (Amili had not counted them yet);
-- gives the full allowance again when the window ends, until an answer says otherwise;
+- gives the full allowance again when the window ends, for a window as long as the last one
+  (the shortest seen between two resets), until an answer says otherwise;
 - lets nothing go after a 429 until ``Retry-After`` has passed, or else the window's end;
 - never holds anything back while Amili sends none of those headers.
 
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 
 CLOSED_WITHOUT_RESET_SECONDS = 1.0
 """How long a 429 that names no moment to come back holds calls back."""
+DEFAULT_WINDOW_SECONDS = 1.0
+"""How long Amili's window is taken to be until two answers of consecutive windows tell."""
+LONGEST_WINDOW_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,7 @@ class RateBudget:
         self._resets_at: float | None = None
         self._closed_until = 0.0
         self._sent = 0
+        self._window: float | None = None  # learnt: the shortest time seen between two resets
 
     @property
     def left(self) -> int | None:
@@ -97,10 +102,19 @@ class RateBudget:
         same_window = answer.resets_at is None or answer.resets_at == self._resets_at
         self._left = min(self._left, told) if same_window and self._left is not None else told
         if answer.resets_at is not None:
+            if (
+                self._resets_at is not None
+                and 0 < answer.resets_at - self._resets_at <= LONGEST_WINDOW_SECONDS
+            ):
+                between = answer.resets_at - self._resets_at
+                self._window = between if self._window is None else min(self._window, between)
             self._resets_at = answer.resets_at
 
     def _roll(self, now: float) -> None:
-        """A window that has ended gives way to a new one with the full allowance."""
+        """A window that has ended gives way to the next, with the full allowance and the same
+        length (until an answer tells otherwise): when more calls wait than the window allows, only
+        the allowance goes, the others wait for the next reset instead of being refused."""
         if self._resets_at is not None and now >= self._resets_at:
-            self._resets_at = None
+            window = self._window or DEFAULT_WINDOW_SECONDS
+            self._resets_at += window * (1 + int((now - self._resets_at) // window))
             self._left = self._allowance

@@ -204,6 +204,25 @@ def test_other_replicas_spending_the_allowance_show_in_remaining() -> None:
     assert budget.wait_seconds() == pytest.approx(1.0)
 
 
+def test_more_callers_than_the_allowance_wait_for_the_next_windows() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    budget.learn(
+        RateLimitAnswer(limit=3, remaining=2, resets_at=1_000.5), ticket=budget.take(), refused=False
+    )
+    budget.learn(RateLimitAnswer(limit=3, remaining=2, resets_at=1_001.5), ticket=0, refused=False)
+    clock.now = 1_001.5  # the window of 1 s (learnt from two resets) ends: 3 calls may go
+    gone = 0
+    while budget.wait_seconds() == 0:
+        budget.take()
+        gone += 1
+    assert gone == 3
+    assert budget.wait_seconds() == pytest.approx(1.0)  # the others wait for the next reset
+    clock.advance(10.3)  # idle windows pass
+    assert budget.wait_seconds() == 0
+    assert budget.left == 3
+
+
 def test_a_429_closes_the_budget_for_retry_after() -> None:
     clock = Clock(1_000.0)
     budget = RateBudget(clock)
@@ -396,10 +415,10 @@ async def test_the_flow_samples_answers_and_refusals_and_waits_for_the_budget(cl
     async with flow.call() as call:
         call.timeout()
     async with flow.call():
-        pass  # no answer at all (no connection)
-    assert sleeps == [0.5, 2.0]
+        pass  # no answer at all (no connection): the window's allowance of 2 was spent first
+    assert sleeps == [0.5, 2.0, 1.0]
     assert recorder.refusals == 1
-    assert recorder.waited == pytest.approx(2.5)
+    assert recorder.waited == pytest.approx(3.5)
     assert spy.samples == [(False, 1), (True, 1), (True, 1)]  # the 503 and the unanswered are no measure
     assert flow.calls_in_flight == 0
 
