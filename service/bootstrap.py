@@ -26,6 +26,7 @@ from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
 from service.circuit import AmiliCircuit, CircuitState
 from service.config import Settings
 from service.domain.transform import TransformDefaults
+from service.flow.budget import RateBudget
 from service.flow.control import AmiliFlow, FlowObserver
 from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings
 from service.kafka.engine import ConsumptionEngine, Processor
@@ -186,7 +187,7 @@ def amili_flow(settings: Settings, observer: FlowObserver | None = None) -> Amil
                 tolerance=settings.amili_latency_tolerance,
             )
         )
-    return AmiliFlow(limit, observer=observer)
+    return AmiliFlow(limit, budget=RateBudget() if settings.amili_rate_budget else None, observer=observer)
 
 
 def build_registrar(

@@ -172,6 +172,11 @@ class Settings(BaseSettings):
         ge=1.0,
         description="Latency up to this many times the lowest measured is not taken for Amili's congestion",
     )
+    amili_rate_budget: bool = Field(
+        default=True,
+        description="Keep to the rate limit Amili announces in X-RateLimit-* (calls wait for the "
+        "window's reset instead of being refused); false: only 429s slow the instance down",
+    )
     max_events_held: int = Field(
         default=10_000,
         ge=1,

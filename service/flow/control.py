@@ -67,7 +67,7 @@ class AmiliFlow:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limit = limit
-        self._budget = budget if budget is not None else RateBudget()
+        self._budget = budget  # None: no budget, only 429s slow calls down
         self._observer = observer or FlowObserver()
         self._sleep = sleep
         self._clock = clock
@@ -94,13 +94,14 @@ class AmiliFlow:
     async def call(self) -> AsyncIterator[Call]:
         """Wait for the rate budget, then time the request made inside the block."""
         started = self._clock()
+        budget = self._budget
         waited = 0.0
-        while (wait := self._budget.wait_seconds()) > 0:
+        while budget is not None and (wait := budget.wait_seconds()) > 0:
             waited += wait
             await self._sleep(wait)
         if waited:
             self._observer.budget_waited(waited)
-        ticket = self._budget.take()
+        ticket = budget.take() if budget is not None else 0
         self._calls += 1
         call = Call()
         try:
@@ -118,7 +119,8 @@ class AmiliFlow:
         if status is None:
             return  # no answer (no connection, say): the circuit's concern, not a measure of load
         refused = status == 429
-        self._budget.learn(call.rate, ticket=ticket, refused=refused)
+        if self._budget is not None:
+            self._budget.learn(call.rate, ticket=ticket, refused=refused)
         if refused:
             self._observer.rate_limited()
             self._limit.sample(seconds, in_flight=in_flight, dropped=True)

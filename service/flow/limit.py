@@ -4,9 +4,12 @@ Little's law: the calls Amili can work on at once are its throughput times its l
 beyond that only waits, in Amili's queue (latency grows, throughput does not) or for a refusal
 (429). So the limit is found from what the calls measure, a window of samples at a time:
 
-- the **minimum latency** is the lowest window average over the last ``min_latency_seconds``: what
-  a call costs when nothing queues (a sliding minimum, so that a lasting change of Amili's own
-  speed is learnt within that time);
+- the **minimum latency** is the lowest window average: what a call costs when nothing queues.
+  A window near it (within 10%) confirms it; when none has for ``min_latency_seconds`` (Amili has
+  been saturated all along, or became slower for good), the limit drops to its minimum until the
+  calls under way have drained, and the next window measures the minimum afresh (as TCP BBR's
+  ProbeRTT does): one probe of a few tenths of a second at most every ``min_latency_seconds``,
+  only while Amili is congested;
 - **gradient** (the default, after ``bench/adaptive.py``): ``limit * clamp(tolerance * minimum /
   latency, ½, 1) + √limit``, smoothed. While latency stays within ``tolerance`` times the minimum
   the limit grows by √limit a window; past it, it shrinks in proportion to the excess, and settles
@@ -27,12 +30,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 Algorithm = Literal["gradient", "aimd"]
+CONFIRMS_MINIMUM = 1.1
+"""A window whose average latency is within this factor of the minimum shows it still holds."""
+PROBE_GIVE_UP_SECONDS = 5.0
+FIRST_PROBE_SECONDS = 5.0
 ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
 
 
@@ -96,17 +102,22 @@ class AdaptiveLimit:
         self._count = 0
         self._dropped = False
         self._most_in_flight = 0
-        # (when, window average), averages increasing from the front: the front is the minimum.
-        self._minima: deque[tuple[float, float]] = deque()
+        self._min_latency: float | None = None
+        self._min_seen_at = 0.0
+        self._probe_started: float | None = None
+        self._limit_before_probe = self._limit
         self.windows = 0
+        self.probes = 0
 
     @property
     def limit(self) -> int:
+        if self._probe_started is not None:
+            return self._settings.minimum
         return max(self._settings.minimum, min(self._settings.maximum, int(self._limit)))
 
     @property
     def min_latency(self) -> float | None:
-        return self._minima[0][1] if self._minima else None
+        return self._min_latency
 
     def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
         """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
@@ -129,11 +140,32 @@ class AdaptiveLimit:
         return max(self._settings.window_seconds, 2 * minimum if minimum is not None else 0.0)
 
     def _close_window(self, now: float) -> None:
-        settings = self._settings
         average = self._total / self._count if self._count else None
+        if self._probe_started is not None:
+            self._probing(now, average)
+        else:
+            self._adapt(now, average)
+        self._started = now
+        self._total, self._count, self._dropped, self._most_in_flight = 0.0, 0, False, 0
+        self.windows += 1
+
+    def _adapt(self, now: float, average: float | None) -> None:
+        settings = self._settings
+        minimum = self._min_latency
         if average is not None:
-            self._remember(now, average)
-        minimum = self.min_latency
+            if minimum is None:
+                # The first window may have queued already (a start above Amili's capacity, the
+                # connections being opened): unless confirmed, measured again after a few seconds.
+                self._min_latency = average
+                self._min_seen_at = now - max(0.0, settings.min_latency_seconds - FIRST_PROBE_SECONDS)
+            elif average < minimum:
+                self._min_latency, self._min_seen_at = average, now
+            elif average <= CONFIRMS_MINIMUM * minimum:
+                self._min_seen_at = now  # still reachable: the minimum holds
+            elif now - self._min_seen_at > settings.min_latency_seconds:
+                self._start_probe(now)
+                return
+            minimum = self._min_latency
         limit = self._limit
         if self._dropped:
             limit *= settings.backoff
@@ -153,15 +185,24 @@ class AdaptiveLimit:
                 elif used:
                     limit += math.sqrt(limit)  # unsmoothed: from 32 to 128 in about 11 windows
         self._limit = max(float(settings.minimum), min(float(settings.maximum), limit))
-        self._started = now
-        self._total, self._count, self._dropped, self._most_in_flight = 0.0, 0, False, 0
-        self.windows += 1
 
-    def _remember(self, now: float, average: float) -> None:
-        minima = self._minima
-        while minima and minima[-1][1] >= average:
-            minima.pop()
-        minima.append((now, average))
-        horizon = now - self._settings.min_latency_seconds
-        while len(minima) > 1 and minima[0][0] < horizon:
-            minima.popleft()
+    def _start_probe(self, now: float) -> None:
+        """The minimum has not been seen for ``min_latency_seconds``: Amili may have become slower
+        for good, or the minimum was measured while Amili was already queueing. Measure it again
+        with the fewest calls in flight, for as long as the calls under way take to drain and one
+        window more."""
+        self._probe_started = now
+        self._limit_before_probe = self._limit
+        self.probes += 1
+
+    def _probing(self, now: float, average: float | None) -> None:
+        assert self._probe_started is not None
+        drained = self._most_in_flight <= self._settings.minimum
+        if average is not None and drained:
+            self._min_latency, self._min_seen_at = average, now
+        elif now - self._probe_started < PROBE_GIVE_UP_SECONDS:
+            return  # the calls from before the probe are still under way
+        else:
+            self._min_seen_at = now  # never drained (Amili hangs?): try again a horizon later
+        self._probe_started = None
+        self._limit = self._limit_before_probe

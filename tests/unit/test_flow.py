@@ -93,7 +93,10 @@ def test_the_gradient_settles_where_latency_is_near_its_tolerance() -> None:
             clock.advance(0.1 / 20 + 0.0001)
             limit.sample(latency, in_flight=in_flight)
         seen.append(limit.limit)
-    settled = seen[100:]
+    assert limit.probes == 1  # the minimum unconfirmed for 30 s: measured again at the lowest limit
+    assert limit.min_latency == pytest.approx(0.05)
+    settled = [value for value in seen[100:] if value != SETTINGS.minimum]  # the probe's windows aside
+    assert len(settled) >= len(seen[100:]) - 3
     # Full use, and latency below twice the minimum (tolerance 1.5 plus the √limit allowance).
     assert min(settled) >= 32
     assert max(settled) <= 2 * 32
@@ -131,6 +134,35 @@ def test_the_minimum_latency_is_forgotten_after_its_horizon() -> None:
     assert limit.min_latency == pytest.approx(0.05)
     run_windows(limit, clock, 0.2, windows=80)  # Amili became slower for good: 8 s of it
     assert limit.min_latency == pytest.approx(0.2)
+
+
+def test_a_minimum_measured_while_amili_queued_is_corrected_by_a_probe() -> None:
+    """Started above Amili's capacity of 16: every call queues, the minimum is taken too high."""
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, initial=32, min_latency_seconds=5.0), clock)
+    for _ in range(200):  # 20 s
+        in_flight = limit.limit
+        for _ in range(20):
+            clock.advance(0.1 / 20 + 0.0001)
+            limit.sample(0.05 * max(1.0, in_flight / 16), in_flight=in_flight)
+    assert limit.probes >= 1
+    assert limit.min_latency == pytest.approx(0.05)
+    assert limit.limit <= 2 * 16
+
+
+def test_a_probe_that_never_drains_gives_up_and_restores_the_limit() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, initial=40, min_latency_seconds=1.0), clock)
+    run_windows(limit, clock, 0.05, windows=2, in_flight=40)
+    while limit.probes == 0:  # congested: the limit falls, then the minimum is a second old
+        before = limit.limit
+        run_windows(limit, clock, 0.5, windows=1, in_flight=40)
+    assert limit.limit == SETTINGS.minimum
+    run_windows(limit, clock, 0.5, windows=48, in_flight=40)  # the calls never drain...
+    assert limit.limit == SETTINGS.minimum
+    run_windows(limit, clock, 0.5, windows=4, in_flight=40)  # ...and after 5 s the probe gives up
+    assert limit.probes == 1
+    assert SETTINGS.minimum < limit.limit <= before  # back where it was, and adapting again
 
 
 def test_no_samples_no_window() -> None:
@@ -425,3 +457,20 @@ async def test_the_flow_samples_answers_and_refusals_and_waits_for_the_budget(cl
 
 def _with(settings: LimitSettings, **changes: Any) -> LimitSettings:
     return dataclasses.replace(settings, **changes)
+
+
+async def test_without_a_budget_only_the_limit_hears_of_429s(clock: Clock) -> None:
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    spy = SpyLimit()
+    flow = AmiliFlow(spy, sleep=sleep, clock=clock)  # AMILI_RATE_BUDGET=false
+    for _ in range(3):
+        async with flow.call() as call:
+            call.answered(
+                429, RateLimitAnswer(limit=1, remaining=0, resets_at=clock.now + 5, retry_after=5.0)
+            )
+    assert sleeps == []
+    assert spy.samples == [(True, 1)] * 3
