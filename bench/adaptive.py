@@ -40,7 +40,7 @@ D. **Three replicas**: rate limit 300/s, no capacity limit, one API key; three s
 Goodput is results per second between 10% and 90% of the results (``bench.measure.
 sustained_window``); event→result is the result's ``time`` minus the event's.
 
-    .venv/bin/python -m bench.adaptive                    # all four scenarios, about 15 minutes
+    .venv/bin/python -m bench.adaptive                    # all four scenarios, about 10 minutes
     .venv/bin/python -m bench.adaptive --quick            # a smoke run, about 4 minutes
     .venv/bin/python -m bench.adaptive --scenarios a,d --json /tmp/adaptive.json
 
@@ -774,7 +774,7 @@ class Bench:
                 row["unloaded_p99_ms"] = unloaded["p99_ms"]
                 row["p99_ratio"] = row["p80_p99_ms"] / unloaded["p99_ms"] if unloaded["p99_ms"] else math.nan
                 subject = f"{amili.name} {name}"
-                note = "expected to fail" if name.startswith("fixed") else ""
+                note = "reference: a fixed window" if name.startswith("fixed") else ""
                 if name.endswith("-no-budget"):
                     note = "diagnostic: AMILI_RATE_BUDGET=false" + (f", {note}" if note else "")
                 if not row["finished"]:
