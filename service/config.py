@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         default=2, ge=1, description="The adaptive limit never goes below this (at most the initial limit)"
     )
     amili_latency_tolerance: float = Field(
-        default=1.5,
+        default=1.25,
         ge=1.0,
         description="Latency up to this many times the lowest measured is not taken for Amili's congestion",
     )

@@ -4,12 +4,12 @@ Little's law: the calls Amili can work on at once are its throughput times its l
 beyond that only waits, in Amili's queue (latency grows, throughput does not) or for a refusal
 (429). So the limit is found from what the calls measure, a window of samples at a time:
 
-- the **minimum latency** is the lowest window average: what a call costs when nothing queues.
+- the **minimum latency** is the lowest window median: what a call costs when nothing queues.
   A window near it (within 10%) confirms it; when none has for ``min_latency_seconds`` (Amili has
-  been saturated all along, or became slower for good), the limit drops to its minimum until the
-  calls under way have drained, and the next window measures the minimum afresh (as TCP BBR's
-  ProbeRTT does): one probe of a few tenths of a second at most every ``min_latency_seconds``,
-  only while Amili is congested;
+  been saturated all along, or became slower for good; and 5 s after the first window, which may
+  have queued already), the limit drops to a quarter until the calls under way have drained, and
+  the next window measures the minimum afresh (as TCP BBR's ProbeRTT does): a probe of two windows
+  or so every ``min_latency_seconds``, only while Amili is congested;
 - **gradient** (the default, after ``bench/adaptive.py``): ``limit * clamp(tolerance * minimum /
   latency, ½, 1) + √limit``, smoothed. While latency stays within ``tolerance`` times the minimum
   the limit grows by √limit a window; past it, it shrinks in proportion to the excess, and settles
@@ -29,6 +29,7 @@ times latency, so that invoices wait for a place in the fair order instead of be
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,9 +37,12 @@ from typing import Literal
 
 Algorithm = Literal["gradient", "aimd"]
 CONFIRMS_MINIMUM = 1.1
-"""A window whose average latency is within this factor of the minimum shows it still holds."""
+"""A window whose median latency is within this factor of the minimum shows it still holds."""
 PROBE_GIVE_UP_SECONDS = 5.0
 FIRST_PROBE_SECONDS = 5.0
+PROBE_SHARE = 4
+"""A probe lowers the limit to a quarter: below Amili's capacity, as the limit settles within
+twice it, at a quarter of the throughput for the two windows or so it lasts."""
 ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
 
 
@@ -48,7 +52,7 @@ class LimitSettings:
     minimum: int = 2
     maximum: int = 128
     algorithm: Algorithm = "gradient"
-    tolerance: float = 1.5
+    tolerance: float = 1.25
     """Latency up to this many times the minimum is not taken for congestion."""
     backoff: float = 0.9
     """What the limit is multiplied by after a refusal or a timeout (and by aimd on congestion)."""
@@ -98,21 +102,21 @@ class AdaptiveLimit:
         self._clock = clock
         self._limit = float(settings.initial)
         self._started = clock()
-        self._total = 0.0
-        self._count = 0
+        self._latencies: list[float] = []
         self._dropped = False
         self._most_in_flight = 0
         self._min_latency: float | None = None
         self._min_seen_at = 0.0
         self._probe_started: float | None = None
         self._limit_before_probe = self._limit
+        self._probe_limit = settings.minimum
         self.windows = 0
         self.probes = 0
 
     @property
     def limit(self) -> int:
         if self._probe_started is not None:
-            return self._settings.minimum
+            return self._probe_limit
         return max(self._settings.minimum, min(self._settings.maximum, int(self._limit)))
 
     @property
@@ -125,12 +129,12 @@ class AdaptiveLimit:
         if dropped:
             self._dropped = True
         else:
-            self._total += seconds
-            self._count += 1
+            self._latencies.append(seconds)
         self._most_in_flight = max(self._most_in_flight, in_flight)
         now = self._clock()
         if not self._dropped and (
-            now - self._started < self._window_length() or self._count < self._settings.window_samples
+            now - self._started < self._window_length()
+            or len(self._latencies) < self._settings.window_samples
         ):
             return
         self._close_window(now)
@@ -140,27 +144,29 @@ class AdaptiveLimit:
         return max(self._settings.window_seconds, 2 * minimum if minimum is not None else 0.0)
 
     def _close_window(self, now: float) -> None:
-        average = self._total / self._count if self._count else None
+        # The median, not the mean: one slow call in a heavy tail (Amili's p99 can be ten times its
+        # median) must not read as congestion, nor a window of few calls set the minimum.
+        latency = statistics.median(self._latencies) if self._latencies else None
         if self._probe_started is not None:
-            self._probing(now, average)
+            self._probing(now, latency)
         else:
-            self._adapt(now, average)
+            self._adapt(now, latency)
         self._started = now
-        self._total, self._count, self._dropped, self._most_in_flight = 0.0, 0, False, 0
+        self._latencies, self._dropped, self._most_in_flight = [], False, 0
         self.windows += 1
 
-    def _adapt(self, now: float, average: float | None) -> None:
+    def _adapt(self, now: float, latency: float | None) -> None:
         settings = self._settings
         minimum = self._min_latency
-        if average is not None:
+        if latency is not None:
             if minimum is None:
                 # The first window may have queued already (a start above Amili's capacity, the
                 # connections being opened): unless confirmed, measured again after a few seconds.
-                self._min_latency = average
+                self._min_latency = latency
                 self._min_seen_at = now - max(0.0, settings.min_latency_seconds - FIRST_PROBE_SECONDS)
-            elif average < minimum:
-                self._min_latency, self._min_seen_at = average, now
-            elif average <= CONFIRMS_MINIMUM * minimum:
+            elif latency < minimum:
+                self._min_latency, self._min_seen_at = latency, now
+            elif latency <= CONFIRMS_MINIMUM * minimum:
                 self._min_seen_at = now  # still reachable: the minimum holds
             elif now - self._min_seen_at > settings.min_latency_seconds:
                 self._start_probe(now)
@@ -169,16 +175,16 @@ class AdaptiveLimit:
         limit = self._limit
         if self._dropped:
             limit *= settings.backoff
-        elif average is not None and minimum is not None:
+        elif latency is not None and minimum is not None:
             used = self._most_in_flight * 2 >= self.limit
-            congested = average > settings.tolerance * minimum
+            congested = latency > settings.tolerance * minimum
             if settings.algorithm == "aimd":
                 if congested:
                     limit *= settings.backoff
                 elif used:
                     limit += 1
             else:
-                gradient = max(0.5, min(1.0, settings.tolerance * minimum / average))
+                gradient = max(0.5, min(1.0, settings.tolerance * minimum / latency))
                 if gradient < 1.0:
                     target = limit * gradient + math.sqrt(limit)
                     limit = (1 - settings.smoothing) * limit + settings.smoothing * target
@@ -193,13 +199,14 @@ class AdaptiveLimit:
         window more."""
         self._probe_started = now
         self._limit_before_probe = self._limit
+        self._probe_limit = max(self._settings.minimum, self.limit // PROBE_SHARE)
         self.probes += 1
 
-    def _probing(self, now: float, average: float | None) -> None:
+    def _probing(self, now: float, latency: float | None) -> None:
         assert self._probe_started is not None
-        drained = self._most_in_flight <= self._settings.minimum
-        if average is not None and drained:
-            self._min_latency, self._min_seen_at = average, now
+        drained = self._most_in_flight <= self._probe_limit
+        if latency is not None and drained:
+            self._min_latency, self._min_seen_at = latency, now
         elif now - self._probe_started < PROBE_GIVE_UP_SECONDS:
             return  # the calls from before the probe are still under way
         else:
