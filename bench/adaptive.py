@@ -87,14 +87,21 @@ from rich.progress import (
 from rich.table import Table
 
 from bench.measure import Result, ResultCollector, per_second, percentile, sustained_window
-from bench.throughput import Child, Contender, Profile, Topics, emulator, machine_description
+from bench.throughput import (
+    PARTITIONS,
+    ROOT,
+    Child,
+    Contender,
+    Profile,
+    Topics,
+    emulator,
+    machine_description,
+)
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
 from service.config import DEMO_CREDITOR
 from service.devtools.produce import create_topics
 from service.localkafka import LocalKafka, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-PARTITIONS = 6
 SECOND_CREDITOR = "674dbeb208847b9501cc9139"  # the small sender of scenario C (the emulator is told)
 MAX_IN_FLIGHT = 128
 SCENARIOS = ("a", "b", "c", "d")

@@ -82,13 +82,13 @@ class RateBudget:
         """What the answer to the call with ``ticket`` said; ``refused``: it was a 429."""
         now = self._clock()
         if refused:
-            until = answer.retry_after if answer.retry_after is not None else None
-            if until is not None:
-                self._closed_until = max(self._closed_until, now + until)
+            if answer.retry_after is not None:
+                reopens = now + answer.retry_after
             elif answer.resets_at is not None and answer.resets_at > now:
-                self._closed_until = max(self._closed_until, answer.resets_at)
+                reopens = answer.resets_at
             else:
-                self._closed_until = max(self._closed_until, now + CLOSED_WITHOUT_RESET_SECONDS)
+                reopens = now + CLOSED_WITHOUT_RESET_SECONDS
+            self._closed_until = max(self._closed_until, reopens)
         if not answer.says_anything:
             return
         if answer.limit is not None:
