@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         "window's reset instead of being refused); false: only 429s slow the instance down",
     )
     max_events_held: int = Field(
-        default=10_000,
+        default=25_000,
         ge=1,
         description="Events one instance reads ahead and holds unfinished (about 2 KB each while they "
         "wait): how far another creditor's events can be behind a backlog and still be handled in turn",

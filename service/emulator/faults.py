@@ -22,7 +22,9 @@ defaults, which inject nothing; PATCH changes the fields given). Per request, in
    the steps below (the injected latency included, so throughput tops out at capacity / latency)
    until its answer is sent; a hang gives its place back once the request was handled. 0 (the
    default): no limit. ``GET /_admin/load`` counts requests, rate-limited 429s, requests in service
-   and queued, and the maxima of those two (``DELETE /_admin/load`` starts the counts again).
+   and queued, the maxima of those two, the requests served and the seconds they held their places
+   (``service_seconds / served`` is the mean time in service: the injected latency and the
+   handling; ``DELETE /_admin/load`` starts the counts again).
 3. ``fail_next_count``: while above 0, the request is answered ``fail_next_status`` and the count
    goes down by one (before the request is handled).
 4. Latency: ``latency_ms`` fixed, plus, when ``latency_median_ms`` > 0, a log-normal delay with that
@@ -192,13 +194,16 @@ class RateLimiter:
 
 class Capacity:
     """How many requests are in service (at most ``limit``, 0: no limit) and the FIFO queue of the
-    others, with the maxima of both."""
+    others, with the maxima of both; and how long the requests served held their places (the
+    latency and the handling: what bounds throughput at ``limit`` places)."""
 
     def __init__(self, limit: int = 0) -> None:
         self.limit = limit
         self.in_service = 0
         self.max_in_service = 0
         self.max_queued = 0
+        self.served = 0
+        self.service_seconds = 0.0
         self._waiting: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -209,8 +214,9 @@ class Capacity:
         self.limit = limit
         self._admit()
 
-    def reset_maxima(self) -> None:
+    def reset_counts(self) -> None:
         self.max_in_service, self.max_queued = self.in_service, self.queued
+        self.served, self.service_seconds = 0, 0.0
 
     async def acquire(self) -> None:
         """Wait for a place (behind those who came first); ``release`` gives it back."""
@@ -230,8 +236,13 @@ class Capacity:
                 self.release()
             raise
 
-    def release(self) -> None:
+    def release(self, held_seconds: float | None = None) -> None:
+        """A place is given back; ``held_seconds``: by a request served that long (``None``: by
+        one cancelled as it was given the place)."""
         self.in_service -= 1
+        if held_seconds is not None:
+            self.served += 1
+            self.service_seconds += held_seconds
         self._admit()
 
     def _has_room(self) -> bool:
@@ -254,10 +265,11 @@ class _Place:
 
     def __init__(self, capacity: Capacity) -> None:
         self._capacity: Capacity | None = capacity
+        self._taken = time.monotonic()
 
     def release(self) -> None:
         if self._capacity is not None:
-            self._capacity.release()
+            self._capacity.release(time.monotonic() - self._taken)
             self._capacity = None
 
 
@@ -317,7 +329,7 @@ class Faults:
             self._client_of(api_key), config.rate_limit, config.rate_limit_window_seconds
         )
 
-    def load(self) -> dict[str, int]:
+    def load(self) -> dict[str, float]:
         capacity = self.capacity
         return {
             "requests": self.requests,
@@ -326,12 +338,14 @@ class Faults:
             "queued": capacity.queued,
             "max_in_service": capacity.max_in_service,
             "max_queued": capacity.max_queued,
+            "served": capacity.served,
+            "service_seconds": round(capacity.service_seconds, 6),
         }
 
     def reset_load(self) -> None:
         """Count from now: the counters to 0, the maxima to what is in service and queued now."""
         self.requests = self.rate_limited = 0
-        self.capacity.reset_maxima()
+        self.capacity.reset_counts()
 
     def decide(self) -> Decision:
         config = self.config

@@ -268,8 +268,27 @@ def _schemas() -> Schema:
                 "queued": {"type": "integer", "minimum": 0, "description": "Waiting for a place now"},
                 "max_in_service": {"type": "integer", "minimum": 0},
                 "max_queued": {"type": "integer", "minimum": 0},
+                "served": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Requests that held a place and were answered",
+                },
+                "service_seconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "The seconds those requests held their places, all together",
+                },
             },
-            "required": ["requests", "rate_limited", "in_service", "queued", "max_in_service", "max_queued"],
+            "required": [
+                "requests",
+                "rate_limited",
+                "in_service",
+                "queued",
+                "max_in_service",
+                "max_queued",
+                "served",
+                "service_seconds",
+            ],
             "additionalProperties": False,
         },
         "RegistrationCounts": {

@@ -7,13 +7,19 @@ When Amili limits the rate, each answer says how many calls its window allows
 
 - holds the calls left in the current window: what Amili last said, less the calls sent since
   that answer's call (Amili had not counted them yet);
+- spreads them across the time left in the window: a call may run ahead of an even pace by a
+  tenth of that time, no more;
 - gives the full allowance again when the window ends, for a window as long as the last one
   (the shortest seen between two resets), until an answer says otherwise;
 - lets nothing go after a 429 until ``Retry-After`` has passed, or else the window's end;
 - never holds anything back while Amili sends none of those headers.
 
 Replicas sharing one API key read the same ``Remaining``: each stops when the shared allowance is
-spent, and none needs to know of the others.
+spent, and none needs to know of the others. The pace is what makes that work without refusals:
+spent at once when a window opens, each replica would count only its own calls in flight against
+the shared ``Remaining`` and the others' would be refused; paced, ``n`` replicas each spend
+``Remaining / time left``, so ``Remaining`` falls as ``(time left / window)^n``: what is left runs
+out as the window does, and the calls in flight near its end are few. One replica paces evenly.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ CLOSED_WITHOUT_RESET_SECONDS = 1.0
 DEFAULT_WINDOW_SECONDS = 1.0
 """How long Amili's window is taken to be until two answers of consecutive windows tell."""
 LONGEST_WINDOW_SECONDS = 3600.0
+PACE_AHEAD_SHARE = 0.1
+"""How far calls may run ahead of an even pace, as a share of the time left in the window: a
+burst of a tenth of what is left goes at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +55,22 @@ class RateLimitAnswer:
 
 
 class RateBudget:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, *, pace_ahead: float | None = PACE_AHEAD_SHARE
+    ) -> None:
+        """``pace_ahead``: how far calls may run ahead of an even pace, as a share of the time
+        left in the window (``None``: no pace, what is left goes at once)."""
+        if pace_ahead is not None and not 0 <= pace_ahead < 1:
+            raise ValueError("pace_ahead must be at least 0 and below 1")
         self._clock = clock
+        self._pace_ahead = pace_ahead
         self._allowance: int | None = None
         self._left: int | None = None
         self._resets_at: float | None = None
         self._closed_until = 0.0
         self._sent = 0
         self._window: float | None = None  # learnt: the shortest time seen between two resets
+        self._paced_until = 0.0  # when the calls sent so far would have gone at an even pace
 
     @property
     def left(self) -> int | None:
@@ -66,14 +83,24 @@ class RateBudget:
         if now < self._closed_until:
             return self._closed_until - now
         self._roll(now)
-        if self._left is None or self._left > 0 or self._resets_at is None:
+        if self._left is None or self._resets_at is None:
             return 0.0
-        return self._resets_at - now
+        if self._left <= 0:
+            return self._resets_at - now
+        share = self._pace_ahead
+        if share is None:
+            return 0.0
+        # The moment t the pace catches up: paced_until - t = share * (resets_at - t).
+        return max(0.0, (self._paced_until - share * self._resets_at) / (1 - share) - now)
 
     def take(self) -> int:
         """A call goes now: counted against the window. Returns its ticket, for ``learn``."""
-        self._roll(self._clock())
+        now = self._clock()
+        self._roll(now)
         if self._left is not None:
+            if self._resets_at is not None:
+                pace = max(0.0, self._resets_at - now) / max(1, self._left)
+                self._paced_until = max(self._paced_until, now) + pace
             self._left = max(0, self._left - 1)
         self._sent += 1
         return self._sent

@@ -72,6 +72,9 @@ class AmiliFlow:
         self._sleep = sleep
         self._clock = clock
         self._calls = 0
+        # One caller at a time waits for the budget, the others queue behind it in order: paced
+        # calls would otherwise wake every waiter at every call's turn.
+        self._budget_turn = asyncio.Lock()
         self.gate = FairGate(lambda: self._limit.limit)
 
     @property
@@ -95,13 +98,16 @@ class AmiliFlow:
         """Wait for the rate budget, then time the request made inside the block."""
         started = self._clock()
         budget = self._budget
-        waited = 0.0
-        while budget is not None and (wait := budget.wait_seconds()) > 0:
-            waited += wait
-            await self._sleep(wait)
-        if waited:
-            self._observer.budget_waited(waited)
-        ticket = budget.take() if budget is not None else 0
+        ticket = 0
+        if budget is not None:
+            if budget.wait_seconds() > 0 or self._budget_turn.locked():
+                async with self._budget_turn:
+                    while (wait := budget.wait_seconds()) > 0:
+                        await self._sleep(wait)
+                    ticket = budget.take()
+                self._observer.budget_waited(self._clock() - started)
+            else:
+                ticket = budget.take()
         self._calls += 1
         call = Call()
         try:

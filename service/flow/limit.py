@@ -5,11 +5,15 @@ beyond that only waits, in Amili's queue (latency grows, throughput does not) or
 (429). So the limit is found from what the calls measure, a window of samples at a time:
 
 - the **minimum latency** is the lowest window median: what a call costs when nothing queues.
-  A window near it (within 10%) confirms it; when none has for ``min_latency_seconds`` (Amili has
-  been saturated all along, or became slower for good; and 5 s after the first window, which may
-  have queued already), the limit drops to a quarter until the calls under way have drained, and
-  the next window measures the minimum afresh (as TCP BBR's ProbeRTT does): a probe of two windows
-  or so every ``min_latency_seconds``, only while Amili is congested;
+  It is measured afresh by a **probe** (as TCP BBR's ProbeRTT does): the limit halves until the
+  calls under way have drained, and the next window's median is the minimum. The first probe comes
+  5 s after the start, whatever the windows before said: a start above Amili's capacity queues
+  from the first call, and a queue that stays as long confirms itself. A probe that finds the
+  minimum more than 10% lower than it was is followed by another 2 s later (the limit has fallen
+  meanwhile, so the next half is nearer an empty queue); after that, a window near the minimum
+  (within 10%) confirms it, and only when none has for ``min_latency_seconds`` (Amili has been
+  saturated all along, or became slower for good) is there another probe. A probe lasts two
+  windows or so;
 - **gradient** (the default, after ``bench/adaptive.py``): ``limit * clamp(tolerance * minimum /
   latency, ½, 1) + √limit``, smoothed. While latency stays within ``tolerance`` times the minimum
   the limit grows by √limit a window; past it, it shrinks in proportion to the excess, and settles
@@ -40,9 +44,13 @@ CONFIRMS_MINIMUM = 1.1
 """A window whose median latency is within this factor of the minimum shows it still holds."""
 PROBE_GIVE_UP_SECONDS = 5.0
 FIRST_PROBE_SECONDS = 5.0
-PROBE_SHARE = 4
-"""A probe lowers the limit to a quarter: below Amili's capacity, as the limit settles within
-twice it, at a quarter of the throughput for the two windows or so it lasts."""
+NEXT_PROBE_SECONDS = 2.0
+"""After a probe that found the minimum lower: time for the limit to settle on it, then the next."""
+PROBE_SHARE = 2
+"""A probe halves the limit: the gradient settles within about 1.5 times Amili's capacity, so half
+of it drains Amili's queue, while throughput keeps half or more for the two windows or so it lasts
+(at a quarter, the events arriving meanwhile queued long enough to set the p99 of
+``bench/adaptive.py``; a first minimum far off is corrected by the probes that follow)."""
 ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
 
 
@@ -107,6 +115,7 @@ class AdaptiveLimit:
         self._most_in_flight = 0
         self._min_latency: float | None = None
         self._min_seen_at = 0.0
+        self._probe_due: float | None = None  # a probe comes then, whatever the windows say
         self._probe_started: float | None = None
         self._limit_before_probe = self._limit
         self._probe_limit = settings.minimum
@@ -160,15 +169,14 @@ class AdaptiveLimit:
         minimum = self._min_latency
         if latency is not None:
             if minimum is None:
-                # The first window may have queued already (a start above Amili's capacity, the
-                # connections being opened): unless confirmed, measured again after a few seconds.
-                self._min_latency = latency
-                self._min_seen_at = now - max(0.0, settings.min_latency_seconds - FIRST_PROBE_SECONDS)
-            elif latency < minimum:
                 self._min_latency, self._min_seen_at = latency, now
-            elif latency <= CONFIRMS_MINIMUM * minimum:
-                self._min_seen_at = now  # still reachable: the minimum holds
-            elif now - self._min_seen_at > settings.min_latency_seconds:
+                self._probe_due = now + FIRST_PROBE_SECONDS
+            else:
+                self._min_latency = min(minimum, latency)
+                if latency <= CONFIRMS_MINIMUM * self._min_latency:
+                    self._min_seen_at = now  # still reachable: the minimum holds
+            due = self._probe_due is not None and now >= self._probe_due
+            if due or now - self._min_seen_at > settings.min_latency_seconds:
                 self._start_probe(now)
                 return
             minimum = self._min_latency
@@ -193,23 +201,26 @@ class AdaptiveLimit:
         self._limit = max(float(settings.minimum), min(float(settings.maximum), limit))
 
     def _start_probe(self, now: float) -> None:
-        """The minimum has not been seen for ``min_latency_seconds``: Amili may have become slower
-        for good, or the minimum was measured while Amili was already queueing. Measure it again
-        with the fewest calls in flight, for as long as the calls under way take to drain and one
-        window more."""
+        """The minimum is due to be measured again: Amili may have become slower for good, or the
+        minimum was measured while Amili was already queueing. Measure it with half the calls in
+        flight, for as long as the calls under way take to drain and one window more."""
+        self._probe_limit = max(self._settings.minimum, self.limit // PROBE_SHARE)  # before probing
         self._probe_started = now
         self._limit_before_probe = self._limit
-        self._probe_limit = max(self._settings.minimum, self.limit // PROBE_SHARE)
         self.probes += 1
 
     def _probing(self, now: float, latency: float | None) -> None:
         assert self._probe_started is not None
         drained = self._most_in_flight <= self._probe_limit
         if latency is not None and drained:
+            previous = self._min_latency
+            lowered = previous is not None and latency * CONFIRMS_MINIMUM < previous
             self._min_latency, self._min_seen_at = latency, now
+            self._probe_due = now + NEXT_PROBE_SECONDS if lowered else None
         elif now - self._probe_started < PROBE_GIVE_UP_SECONDS:
             return  # the calls from before the probe are still under way
         else:
             self._min_seen_at = now  # never drained (Amili hangs?): try again a horizon later
+            self._probe_due = None
         self._probe_started = None
         self._limit = self._limit_before_probe

@@ -72,13 +72,16 @@ async def test_a_window_admits_its_allowance_then_answers_429_until_the_next() -
         again = await invoices(amili)
         assert again.status_code == 200
         assert rate_headers(again) == ("5", "4", str(WINDOW + 2))
-        assert await load(amili) == {
+        counts = await load(amili)
+        assert counts == {
             "requests": 8,
             "rate_limited": 2,
             "in_service": 0,
             "queued": 0,
             "max_in_service": 1,
             "max_queued": 0,
+            "served": 6,
+            "service_seconds": counts["service_seconds"],
         }
 
 
@@ -226,8 +229,12 @@ async def test_requests_beyond_the_capacity_wait_their_turn() -> None:
             "queued": 0,
             "max_in_service": 2,
             "max_queued": counts["max_queued"],
+            "served": 6,
+            "service_seconds": counts["service_seconds"],
         }
         assert counts["max_queued"] >= 3
+        # each held its place for the latency, not for its wait in the queue
+        assert 0.6 <= counts["service_seconds"] < 0.6 + 6 * 0.1
 
 
 async def test_without_a_capacity_all_are_served_at_once() -> None:
@@ -299,8 +306,9 @@ async def test_deleting_the_load_counts_from_zero_again() -> None:
         deleted = await amili.delete(LOAD)
         assert (deleted.status_code, deleted.content) == (204, b"")
         assert await load(amili) == dict.fromkeys(
-            ("requests", "rate_limited", "in_service", "queued", "max_in_service", "max_queued"), 0
-        )
+            ("requests", "rate_limited", "in_service", "queued", "max_in_service", "max_queued", "served"),
+            0,
+        ) | {"service_seconds": 0.0}
         assert (await invoices(amili)).status_code == 429  # the rate limit's window is not the load's
         assert (await load(amili))["requests"] == 1
 

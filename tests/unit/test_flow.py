@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 from typing import Any
 
 import pytest
@@ -72,7 +73,8 @@ def test_the_gradient_limit_reaches_the_maximum_and_stays_within_it() -> None:
 def test_rising_latency_lowers_the_limit_to_its_minimum_at_most(algorithm: str) -> None:
     clock = Clock()
     limit = AdaptiveLimit(_with(SETTINGS, algorithm=algorithm, initial=64), clock)
-    run_windows(limit, clock, 0.05, windows=3)
+    run_windows(limit, clock, 0.05, windows=60)  # the first probe (at 5 s) confirms the minimum
+    assert limit.probes == 1
     before = limit.limit
     seen = run_windows(limit, clock, 0.5, windows=200)  # ten times the minimum: congested
     assert seen[0] < before
@@ -150,6 +152,26 @@ def test_a_minimum_measured_while_amili_queued_is_corrected_by_a_probe() -> None
     assert limit.limit <= 2 * 16
 
 
+def test_a_queued_start_is_found_out_within_seconds_though_it_confirms_itself() -> None:
+    """Started at 32 against a capacity of 16, every window says 0.1 s: a steady queue that
+    confirms the minimum it set. The first probe comes at 5 s anyway (32 → 16: the minimum falls
+    towards 0.05 s); having found it lower, another follows 2 s later, and so on until a probe
+    finds the minimum where it was."""
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, initial=32), clock)  # the default horizon of 30 s
+    for _ in range(150):  # 15 s
+        in_flight = limit.limit
+        for _ in range(20):
+            clock.advance(0.1 / 20 + 0.0001)
+            limit.sample(0.05 * max(1.0, in_flight / 16), in_flight=in_flight)
+    assert limit.min_latency == pytest.approx(0.05)
+    assert 2 <= limit.probes <= 4
+    assert limit.limit <= 2 * 16
+    probes = limit.probes
+    run_windows(limit, clock, 0.052, windows=250)  # 25 s that confirm the minimum: no probe
+    assert limit.probes == probes
+
+
 def test_a_probe_that_never_drains_gives_up_and_restores_the_limit() -> None:
     clock = Clock()
     limit = AdaptiveLimit(_with(SETTINGS, initial=40, min_latency_seconds=1.0), clock)
@@ -157,12 +179,12 @@ def test_a_probe_that_never_drains_gives_up_and_restores_the_limit() -> None:
     while limit.probes == 0:  # congested: the limit falls, then the minimum is a second old
         before = limit.limit
         run_windows(limit, clock, 0.5, windows=1, in_flight=40)
-    assert limit.limit == SETTINGS.minimum
+    assert limit.limit == before // 2  # a probe halves the limit
     run_windows(limit, clock, 0.5, windows=48, in_flight=40)  # the calls never drain...
-    assert limit.limit == SETTINGS.minimum
+    assert limit.limit == before // 2
     run_windows(limit, clock, 0.5, windows=4, in_flight=40)  # ...and after 5 s the probe gives up
     assert limit.probes == 1
-    assert SETTINGS.minimum < limit.limit <= before  # back where it was, and adapting again
+    assert before // 2 < limit.limit <= before  # back where it was, and adapting again
 
 
 def test_no_samples_no_window() -> None:
@@ -200,18 +222,39 @@ def test_without_rate_headers_the_budget_holds_nothing_back() -> None:
     assert budget.left is None
 
 
-def test_the_budget_stops_before_the_allowance_is_spent_and_opens_at_the_reset() -> None:
+def spend(budget: RateBudget, clock: Clock, until: float) -> list[float]:
+    """Send as soon as the budget lets a call go, until ``until``: when each call went."""
+    sent = []
+    while (at := clock.now + budget.wait_seconds()) < until:
+        clock.now = at
+        budget.take()
+        sent.append(round(at - 1_000.0, 3))
+    return sent
+
+
+def test_the_budget_spreads_what_is_left_across_the_window_and_opens_again_at_the_reset() -> None:
     clock = Clock(1_000.0)
     budget = RateBudget(clock)
     ticket = budget.take()
     budget.learn(RateLimitAnswer(limit=5, remaining=4, resets_at=1_001.0), ticket=ticket, refused=False)
-    for _ in range(4):
-        assert budget.wait_seconds() == 0
-        budget.take()
-    assert budget.wait_seconds() == pytest.approx(1.0)  # the fifth would be refused: wait for the reset
-    clock.advance(1.0)
+    sent = spend(budget, clock, until=1_001.0)
+    # Four calls left for the second left: one at once, the others about a quarter second apart
+    # (each may run a tenth of the time left ahead of the pace).
+    assert sent == [0.0, 0.167, 0.475, 0.767]
+    assert budget.wait_seconds() == pytest.approx(1.0 - 0.767, abs=1e-3)  # a fifth would be refused
+    clock.now = 1_001.0
     assert budget.wait_seconds() == 0
     assert budget.left == 5  # the full allowance of the new window
+
+
+def test_without_a_pace_what_is_left_goes_at_once() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock, pace_ahead=None)
+    ticket = budget.take()
+    budget.learn(RateLimitAnswer(limit=5, remaining=4, resets_at=1_001.0), ticket=ticket, refused=False)
+    assert spend(budget, clock, until=1_001.0) == [0.0] * 4
+    with pytest.raises(ValueError, match="pace_ahead"):
+        RateBudget(clock, pace_ahead=1.0)
 
 
 def test_calls_sent_after_an_answered_one_count_against_what_it_said() -> None:
@@ -243,16 +286,76 @@ def test_more_callers_than_the_allowance_wait_for_the_next_windows() -> None:
         RateLimitAnswer(limit=3, remaining=2, resets_at=1_000.5), ticket=budget.take(), refused=False
     )
     budget.learn(RateLimitAnswer(limit=3, remaining=2, resets_at=1_001.5), ticket=0, refused=False)
-    clock.now = 1_001.5  # the window of 1 s (learnt from two resets) ends: 3 calls may go
-    gone = 0
-    while budget.wait_seconds() == 0:
-        budget.take()
-        gone += 1
-    assert gone == 3
-    assert budget.wait_seconds() == pytest.approx(1.0)  # the others wait for the next reset
+    clock.now = 1_001.5  # the window of 1 s (learnt from two resets) ends: 3 calls may go in it
+    assert len(spend(budget, clock, until=1_002.5)) == 3
+    assert budget.left == 0
+    assert budget.wait_seconds() == pytest.approx(1_002.5 - clock.now)  # the others wait for the reset
     clock.advance(10.3)  # idle windows pass
     assert budget.wait_seconds() == 0
     assert budget.left == 3
+
+
+def shared_allowance(
+    replicas: int, *, pace_ahead: float | None, latency: float = 0.05, windows: int = 20
+) -> tuple[float, float]:
+    """Replicas sending as fast as their budgets let them (at most 16 calls in flight each) to an
+    Amili that allows 300 calls a second to them all, counted when a call arrives and told in its
+    answer ``latency`` later: the share of the allowance used, and the share of calls refused."""
+    allowance, in_flight_limit, start = 300, 16, 1_000.3
+    clock = Clock(start)
+    budgets = [RateBudget(clock, pace_ahead=pace_ahead) for _ in range(replicas)]
+    in_flight = [0] * replicas
+    counted: dict[int, int] = {}
+    admitted = refused = 0
+    # (when, order, replica, answer): answer None is a replica trying to send
+    events: list[tuple[float, int, int, tuple[int, RateLimitAnswer, bool] | None]] = []
+    order = 0
+
+    def at(when: float, replica: int, answer: tuple[int, RateLimitAnswer, bool] | None) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (when, order, replica, answer))
+
+    for replica in range(replicas):
+        at(start, replica, None)
+    waiting = [True] * replicas
+    while events and events[0][0] < start + windows:
+        clock.now, _, replica, answer = heapq.heappop(events)
+        budget = budgets[replica]
+        if answer is not None:
+            in_flight[replica] -= 1
+            ticket, told, was_refused = answer
+            budget.learn(told, ticket=ticket, refused=was_refused)
+            if waiting[replica]:
+                continue
+        waiting[replica] = False
+        while in_flight[replica] < in_flight_limit:
+            if (wait := budget.wait_seconds()) > 0:
+                at(clock.now + max(wait, 1e-6), replica, None)
+                waiting[replica] = True
+                break
+            ticket = budget.take()
+            window = int(clock.now)
+            counted[window] = counted.get(window, 0) + 1
+            ok = counted[window] <= allowance
+            admitted, refused = admitted + ok, refused + (not ok)
+            told = RateLimitAnswer(allowance, max(0, allowance - counted[window]), float(window + 1))
+            in_flight[replica] += 1
+            at(clock.now + latency, replica, (ticket, told, not ok))
+    return admitted / (allowance * windows), refused / (admitted + refused)
+
+
+def test_replicas_sharing_an_allowance_spend_it_without_refusals_when_paced() -> None:
+    used, refused = shared_allowance(1, pace_ahead=0.1)
+    assert used >= 0.97
+    assert refused == 0
+    used, refused = shared_allowance(3, pace_ahead=0.1)
+    assert used >= 0.97
+    assert refused < 0.01
+    # Spent at once when each window opens, each replica counts only its own calls in flight
+    # against the shared Remaining: the others' are refused.
+    used, refused_at_once = shared_allowance(3, pace_ahead=None)
+    assert refused_at_once > 5 * refused
 
 
 def test_a_429_closes_the_budget_for_retry_after() -> None:
@@ -444,11 +547,11 @@ async def test_the_flow_samples_answers_and_refusals_and_waits_for_the_budget(cl
         call.answered(429, RateLimitAnswer(retry_after=2.0))
     async with flow.call() as call:  # refused: waits Retry-After
         call.answered(503, RateLimitAnswer())
-    async with flow.call() as call:
-        call.timeout()
+    async with flow.call() as call:  # the window's allowance of 2, paced: half of its second
+        call.timeout()  # less the tenth of the time left a call may run ahead
     async with flow.call():
-        pass  # no answer at all (no connection): the window's allowance of 2 was spent first
-    assert sleeps == [0.5, 2.0, 1.0]
+        pass  # no answer at all (no connection): the window's allowance was spent, wait its end
+    assert sleeps == [0.5, 2.0, pytest.approx(4 / 9), pytest.approx(5 / 9)]
     assert recorder.refusals == 1
     assert recorder.waited == pytest.approx(3.5)
     assert spy.samples == [(False, 1), (True, 1), (True, 1)]  # the 503 and the unanswered are no measure
