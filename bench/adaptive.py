@@ -144,7 +144,6 @@ PUBLISHED = "registrar_results_published_total"
 CALLS = "registrar_amili_request_duration_seconds_count"
 CALL_SECONDS = "registrar_amili_request_duration_seconds_sum"
 RETRIES = "registrar_retries_total"
-RESIDENT = "process_resident_memory_bytes"
 METRICS = (
     LIMIT,
     MIN_LATENCY,
@@ -157,7 +156,6 @@ METRICS = (
     CALLS,
     CALL_SECONDS,
     RETRIES,
-    RESIDENT,
 )
 HELD_BY_DEFAULT: int = Settings.model_fields["max_events_held"].default
 
@@ -181,6 +179,7 @@ class Options:
     workdir: Path
     postgres_dsn: str | None
     postgres_dir: Path
+    service_env: dict[str, str]  # added to every service's environment, last (--service-env)
     command: str
 
 
@@ -218,7 +217,21 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=Path(tempfile.gettempdir()) / "bench-adaptive-postgres",
         help="D: the local cluster's folder (stopped at the end if it was not running)",
     )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service of the run, over the contenders' own (repeatable); to try "
+        "a setting before changing its default",
+    )
     args = parser.parse_args(argv)
+    service_env: dict[str, str] = {}
+    for setting in args.service_env:
+        name, equals, value = setting.partition("=")
+        if not equals or not name:
+            parser.error(f"--service-env: NAME=VALUE expected (got {setting!r})")
+        service_env[name] = value
     scenarios = tuple(dict.fromkeys(s.strip().lower() for s in args.scenarios.split(",") if s.strip()))
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown or not scenarios:
@@ -244,6 +257,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         workdir=workdir.resolve(),
         postgres_dsn=args.postgres_dsn,
         postgres_dir=args.postgres_dir,
+        service_env=service_env,
         command=shlex.join(["python", "-m", "bench.adaptive", *(argv if argv is not None else sys.argv[1:])]),
     )
 
@@ -386,6 +400,7 @@ class Phase:
     duplicates: int
     points: list[Point]
     logs: LogSummary
+    peak_resident_mb: dict[str, float]  # service name → its peak resident memory (VmHWM)
 
     def ids(self, group: str | None = None) -> list[str]:
         return list(self.sent) if group is None else self.groups.get(group, [])
@@ -457,6 +472,17 @@ class Phase:
                 previous = point.rate_limited
         return rates
 
+    def per_second_admitted(self) -> list[float]:
+        """The requests the emulator admitted (not refused with 429) in each sampled second."""
+        rates: list[float] = []
+        previous = 0.0
+        for point in self.points:
+            admitted = point.requests - point.rate_limited
+            rates.append(admitted - previous)
+            if not math.isnan(admitted):
+                previous = admitted
+        return rates
+
     def mean_service_seconds(self) -> float:
         """How long a request held its place at the emulator, on average over the run."""
         for point in reversed(self.points):
@@ -469,6 +495,17 @@ class Phase:
         in_service = [p.in_service for p in self.points if not math.isnan(p.in_service)]
         queued = [p.queued for p in self.points if not math.isnan(p.queued)]
         return max(in_service, default=math.nan), max(queued, default=math.nan)
+
+
+def peak_resident_mb(pid: int) -> float:
+    """A running process's peak resident memory (Linux's VmHWM), in MiB; nan elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.nan
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -547,7 +584,7 @@ class Bench:
             topics, self.bootstrap, url, self.options.workdir, http_port
         )
         extra = {"LEDGER_URL": ledger_url} if ledger_url else {}
-        return base | dict(env) | extra
+        return base | dict(env) | extra | self.options.service_env
 
     async def sample(
         self, http: httpx.AsyncClient, url: str, ports: Mapping[str, int], results: int, started: float
@@ -610,6 +647,7 @@ class Bench:
             groups[group] = list(produced)
         expected = len(sent) + (10 if warmup else 0) + sum(round(f.rate * f.seconds) for f in feeds)
         points: list[Point] = []
+        peak_resident: dict[str, float] = {}
         finished = False
         error = ""
         async with contextlib.AsyncExitStack() as stack:
@@ -634,6 +672,8 @@ class Bench:
             stopping: list[asyncio.Task[None]] = []
 
             async def stop_all() -> None:
+                for child in children:
+                    peak_resident[child.name] = peak_resident_mb(child.pid)
                 await asyncio.gather(*(child.stop() for child in children))
 
             stack.push_async_callback(stop_all)
@@ -736,6 +776,7 @@ class Bench:
             duplicates=collector.duplicates,
             points=points,
             logs=logs,
+            peak_resident_mb=peak_resident,
         )
 
     def verdict(
@@ -1060,10 +1101,7 @@ class Bench:
             "limit_median": phase.limit_median(service),
             "mean_call_ms": phase.final(CALL_SECONDS, service) / calls * 1000 if calls else math.nan,
             "max_queued": phase.max_load()[1],
-            "peak_resident_mb": max(
-                (v for v in phase.series(RESIDENT, service) if math.isfinite(v)), default=math.nan
-            )
-            / 2**20,
+            "peak_resident_mb": phase.peak_resident_mb.get(service, math.nan),
             "outcomes": phase.outcomes(),
             "duplicates": phase.duplicates,
             "log_levels": phase.logs.levels,
@@ -1149,6 +1187,7 @@ class Bench:
             "log_levels": phase.logs.levels,
             "results_per_second": phase.per_second_results(),
             "rate_limited_each_second": phase.per_second_429(),
+            "admitted_each_second": phase.per_second_admitted(),
             "sample_seconds": [round(p.t, 2) for p in phase.points],
         }
         limits = ", ".join(f"{name} {r['final_limit']:.0f}" for name, r in row["replicas"].items())

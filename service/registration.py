@@ -298,8 +298,8 @@ class InvoiceRegistration:
                 return self._rejected(request, event_id, rejected), attempt, False
             except AmiliRateLimited as limited:
                 # Amili asks for less, not the invoice's failure: it waits and never gives up for it.
-                # Without Retry-After, a first backoff's pause, never longer: the rate budget
-                # already holds every call back until Amili's window ends.
+                # With the rate budget the client says 0 (the next call waits in the budget until
+                # Amili's window ends); without Retry-After, a first backoff's pause.
                 wait = limited.retry_after
                 if wait is None:
                     wait = self._policy.backoff.delay(1, self._rng)

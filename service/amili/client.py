@@ -360,6 +360,7 @@ class AmiliClient:
         self._settings = settings or HttpSettings()
         self._observe = observe
         self._flow = flow
+        self._keeps_rate_budget = flow is not None and flow.keeps_rate_budget
         base_url = base_url.rstrip("/")
         self._log = call_log or CallLog(base_url)
         # Where calls go, as a configuration error names it: no user info, no query.
@@ -432,7 +433,7 @@ class AmiliClient:
             # No such endpoint here, or a 400 without issues, which Eve gives a body that is not
             # JSON: ours always is, so something between us and Amili is not what we think.
             raise self._misconfigured("POST", REGISTRATIONS_PATH, answer.status)
-        raise _unexpected(answer, mutating=True)
+        raise _unexpected(answer, mutating=True, budget=self._keeps_rate_budget)
 
     async def find_registration(
         self, creditor: str, invoice_number: str
@@ -467,7 +468,7 @@ class AmiliClient:
                 # path itself does not exist.
                 raise self._misconfigured("GET", REGISTRATIONS_PATH, answer.status)
             if answer.status != 200:
-                raise _unexpected(answer, mutating=False)
+                raise _unexpected(answer, mutating=False, budget=self._keeps_rate_budget)
             body = _json_body(answer, unreadable=AmiliUnavailable)
             items = body.get("_items", []) if isinstance(body, dict) else None
             meta = body.get("_meta", {}) if isinstance(body, dict) else None
@@ -508,7 +509,7 @@ class AmiliClient:
         if answer.status == 405:
             raise self._misconfigured("GET", f"{REGISTRATIONS_PATH}/{{id}}", answer.status)
         if answer.status != 200:
-            raise _unexpected(answer, mutating=False)
+            raise _unexpected(answer, mutating=False, budget=self._keeps_rate_budget)
         return _receipt(_json_body(answer, unreadable=AmiliUnavailable), answer.status)
 
     def _misconfigured(self, method: str, path: str, status: int) -> AmiliMisconfigured:
@@ -713,12 +714,15 @@ def _retry_after_value(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
-def _unexpected(answer: _Answer, *, mutating: bool) -> AmiliUnavailable:
+def _unexpected(answer: _Answer, *, mutating: bool, budget: bool) -> AmiliUnavailable:
+    """``budget``: the flow's rate budget holds every call back after a 429, until the window's
+    end; the refused call may then be tried again at once (it waits in the budget, to the
+    millisecond, where Retry-After counts whole seconds)."""
     status = answer.status
     reason = f"Amili answered HTTP {status}"
     error: AmiliUnavailable
     if status == 429:
-        error = AmiliRateLimited(reason, retry_after=_retry_after(answer))
+        error = AmiliRateLimited(reason, retry_after=0.0 if budget else _retry_after(answer))
     elif mutating and status >= 500:
         # A 5xx on a POST may come from a gateway after the registration was stored.
         error = AmiliOutcomeUnknown(reason)

@@ -11,7 +11,8 @@ When Amili limits the rate, each answer says how many calls its window allows
   tenth of that time, no more;
 - gives the full allowance again when the window ends, for a window as long as the last one
   (the shortest seen between two resets), until an answer says otherwise;
-- lets nothing go after a 429 until ``Retry-After`` has passed, or else the window's end;
+- lets nothing go after a 429 until the window's end, or until ``Retry-After`` has passed when
+  that is later than the window's end rounded up to whole seconds (a penalty, not the window);
 - never holds anything back while Amili sends none of those headers.
 
 Replicas sharing one API key read the same ``Remaining``: each stops when the shared allowance is
@@ -109,10 +110,15 @@ class RateBudget:
         """What the answer to the call with ``ticket`` said; ``refused``: it was a 429."""
         now = self._clock()
         if refused:
-            if answer.retry_after is not None:
-                reopens = now + answer.retry_after
-            elif answer.resets_at is not None and answer.resets_at > now:
-                reopens = answer.resets_at
+            reset = answer.resets_at - now if answer.resets_at is not None else None
+            retry_after = answer.retry_after
+            if reset is not None and reset > 0 and (retry_after is None or retry_after < reset + 1):
+                # Retry-After counts whole seconds: 1 when the window ends in 50 ms. Waiting for
+                # it would skip most of the next window (with several replicas all of them, now
+                # and then, and a window's worth of the allowance with them).
+                reopens = answer.resets_at or now
+            elif retry_after is not None:
+                reopens = now + retry_after
             else:
                 reopens = now + CLOSED_WITHOUT_RESET_SECONDS
             self._closed_until = max(self._closed_until, reopens)

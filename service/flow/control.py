@@ -86,6 +86,12 @@ class AmiliFlow:
         return self._limit.min_latency
 
     @property
+    def keeps_rate_budget(self) -> bool:
+        """Whether every call waits for the rate budget (after a 429 too, until Amili's window
+        ends)."""
+        return self._budget is not None
+
+    @property
     def calls_in_flight(self) -> int:
         return self._calls
 

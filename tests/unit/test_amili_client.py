@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from service.amili.client import AmiliClient, AnswerUnreadable, CallLog, HttpSet
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import DEMO_API_KEY, EmulatorSettings
 from service.emulator.app import Emulator
+from service.flow.budget import RateBudget, RateLimitAnswer
+from service.flow.control import AmiliFlow
+from service.flow.limit import FixedLimit
 from service.ports import (
     AmiliDuplicate,
     AmiliMisconfigured,
@@ -571,3 +575,31 @@ def receipt_body() -> dict[str, str]:
         "_ocr_number": "d" * 24,
         "ocr_number_ocr": "20251852687013699044",
     }
+
+
+async def test_with_the_rate_budget_a_429_is_tried_again_when_the_budget_lets_it() -> None:
+    """Retry-After counts whole seconds (1 when the window ends in a few ms): with the rate budget
+    the refused call waits there, until the window's end, instead of for Retry-After."""
+    resets_at = int(time.time()) + 30
+    headers = {"Retry-After": "30", "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0"}
+    headers["X-RateLimit-Reset"] = str(resets_at)
+
+    def reply(request: Seen) -> bytes:
+        return http(429, {"_status": "ERR"}, headers)
+
+    flow = AmiliFlow(FixedLimit(4), budget=RateBudget())
+    settings = HttpSettings(total_timeout_seconds=5)
+    async with scripted_server(reply) as (url, _):
+        async with AmiliClient(url, SecretStr(DEMO_API_KEY), settings, flow=flow) as amili:
+            with pytest.raises(AmiliRateLimited) as budgeted:
+                await amili.register(REQUEST)
+        async with AmiliClient(url, SecretStr(DEMO_API_KEY), settings) as amili:
+            with pytest.raises(AmiliRateLimited) as unbudgeted:
+                await amili.register(REQUEST)
+    assert budgeted.value.retry_after == 0.0
+    assert flow.keeps_rate_budget
+    assert unbudgeted.value.retry_after == 30.0
+    # the budget holds the next call back until the window's end (Retry-After is its rounding here)
+    wait = RateBudget()
+    wait.learn(RateLimitAnswer(5, 0, float(resets_at), 30.0), ticket=wait.take(), refused=True)
+    assert 28 < wait.wait_seconds() <= 30

@@ -368,6 +368,14 @@ def test_a_429_closes_the_budget_for_retry_after() -> None:
     assert budget.wait_seconds() == 0
 
 
+def test_a_429_whose_retry_after_is_the_reset_rounded_up_waits_for_the_reset() -> None:
+    clock = Clock(1_000.0)
+    budget = RateBudget(clock)
+    answer = RateLimitAnswer(limit=10, remaining=0, resets_at=1_000.05, retry_after=1.0)
+    budget.learn(answer, ticket=budget.take(), refused=True)
+    assert budget.wait_seconds() == pytest.approx(0.05)  # not a whole second: the window ends then
+
+
 def test_a_429_without_retry_after_waits_for_the_reset_or_a_second() -> None:
     clock = Clock(1_000.0)
     budget = RateBudget(clock)
