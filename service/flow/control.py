@@ -27,7 +27,9 @@ class Limit(Protocol):
     @property
     def min_latency(self) -> float | None: ...
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None: ...
+    def sample(
+        self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0
+    ) -> None: ...
 
 
 class FlowObserver:
@@ -105,13 +107,15 @@ class AmiliFlow:
         started = self._clock()
         budget = self._budget
         ticket = 0
+        waited = 0.0
         if budget is not None:
             if budget.wait_seconds() > 0 or self._budget_turn.locked():
                 async with self._budget_turn:
                     while (wait := budget.wait_seconds()) > 0:
                         await self._sleep(wait)
                     ticket = budget.take()
-                self._observer.budget_waited(self._clock() - started)
+                waited = self._clock() - started
+                self._observer.budget_waited(waited)
             else:
                 ticket = budget.take()
         self._calls += 1
@@ -120,9 +124,9 @@ class AmiliFlow:
             yield call
         finally:
             self._calls -= 1
-            self._ended(call, ticket, self._clock() - started)
+            self._ended(call, ticket, self._clock() - started, waited)
 
-    def _ended(self, call: Call, ticket: int, seconds: float) -> None:
+    def _ended(self, call: Call, ticket: int, seconds: float, waited: float) -> None:
         status = call.answered_status
         in_flight = self._calls + 1
         if call.timed_out:
@@ -137,4 +141,4 @@ class AmiliFlow:
             self._observer.rate_limited()
             self._limit.sample(seconds, in_flight=in_flight, dropped=True)
         elif status < 500:
-            self._limit.sample(seconds, in_flight=in_flight)
+            self._limit.sample(seconds, in_flight=in_flight, waited=waited)

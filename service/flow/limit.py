@@ -28,6 +28,9 @@ beyond that only waits, in Amili's queue (latency grows, throughput does not) or
 A sample's latency is the whole wait of a call, the wait for the rate budget included: when
 Amili's rate limit is what bounds throughput, that wait grows and the limit shrinks towards rate
 times latency, so that invoices wait for a place in the fair order instead of behind the budget.
+The minimum, though, is Amili's part alone (the wait for the budget left out): a probe while the
+budget holds calls back would otherwise take that wait for Amili's latency, and the limit would
+grow again towards ``MAX_IN_FLIGHT`` with the calls queueing at the budget, in arrival order.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class FixedLimit:
     def min_latency(self) -> float | None:
         return None
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         return None
 
 
@@ -111,6 +114,7 @@ class AdaptiveLimit:
         self._limit = float(settings.initial)
         self._started = clock()
         self._latencies: list[float] = []
+        self._at_amili: list[float] = []  # the same less the wait for the rate budget
         self._dropped = False
         self._most_in_flight = 0
         self._min_latency: float | None = None
@@ -132,13 +136,15 @@ class AdaptiveLimit:
     def min_latency(self) -> float | None:
         return self._min_latency
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
-        ``dropped``: it was refused (429) or timed out."""
+        ``dropped``: it was refused (429) or timed out; ``waited``: of those seconds, spent waiting
+        for the rate budget (here, not at Amili)."""
         if dropped:
             self._dropped = True
         else:
             self._latencies.append(seconds)
+            self._at_amili.append(seconds - waited)
         self._most_in_flight = max(self._most_in_flight, in_flight)
         now = self._clock()
         if not self._dropped and (
@@ -155,25 +161,27 @@ class AdaptiveLimit:
     def _close_window(self, now: float) -> None:
         # The median, not the mean: one slow call in a heavy tail (Amili's p99 can be ten times its
         # median) must not read as congestion, nor a window of few calls set the minimum.
+        # The minimum is Amili's alone; the limit follows the whole wait (see the module's docstring).
         latency = statistics.median(self._latencies) if self._latencies else None
+        at_amili = statistics.median(self._at_amili) if self._at_amili else None
         if self._probe_started is not None:
-            self._probing(now, latency)
+            self._probing(now, at_amili)
         else:
-            self._adapt(now, latency)
+            self._adapt(now, latency, at_amili)
         self._started = now
-        self._latencies, self._dropped, self._most_in_flight = [], False, 0
+        self._latencies, self._at_amili, self._dropped, self._most_in_flight = [], [], False, 0
         self.windows += 1
 
-    def _adapt(self, now: float, latency: float | None) -> None:
+    def _adapt(self, now: float, latency: float | None, at_amili: float | None) -> None:
         settings = self._settings
         minimum = self._min_latency
-        if latency is not None:
+        if latency is not None and at_amili is not None:
             if minimum is None:
-                self._min_latency, self._min_seen_at = latency, now
+                self._min_latency, self._min_seen_at = at_amili, now
                 self._probe_due = now + FIRST_PROBE_SECONDS
             else:
-                self._min_latency = min(minimum, latency)
-                if latency <= CONFIRMS_MINIMUM * self._min_latency:
+                self._min_latency = min(minimum, at_amili)
+                if at_amili <= CONFIRMS_MINIMUM * self._min_latency:
                     self._min_seen_at = now  # still reachable: the minimum holds
             due = self._probe_due is not None and now >= self._probe_due
             if due or now - self._min_seen_at > settings.min_latency_seconds:

@@ -172,6 +172,22 @@ def test_a_queued_start_is_found_out_within_seconds_though_it_confirms_itself() 
     assert limit.probes == probes
 
 
+def test_a_wait_for_the_rate_budget_lowers_the_limit_but_is_not_taken_for_amili_latency() -> None:
+    """Amili answers in 0.05 s, but the rate budget holds each call back 0.25 s: the limit shrinks
+    (invoices wait in the fair order, not behind the budget) while the minimum stays Amili's own,
+    through the probes too."""
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, initial=64), clock)
+    for _ in range(150):  # 15 s: the first probe and those after it
+        in_flight = limit.limit
+        for _ in range(20):
+            clock.advance(0.1 / 20 + 0.0001)
+            limit.sample(0.3, in_flight=in_flight, waited=0.25)
+    assert limit.probes >= 1
+    assert limit.min_latency == pytest.approx(0.05)
+    assert limit.limit <= 8
+
+
 def test_a_probe_that_never_drains_gives_up_and_restores_the_limit() -> None:
     clock = Clock()
     limit = AdaptiveLimit(_with(SETTINGS, initial=40, min_latency_seconds=1.0), clock)
@@ -521,6 +537,7 @@ class Recorder(FlowObserver):
 class SpyLimit:
     def __init__(self) -> None:
         self.samples: list[tuple[bool, int]] = []
+        self.waits: list[float] = []
 
     @property
     def limit(self) -> int:
@@ -530,8 +547,9 @@ class SpyLimit:
     def min_latency(self) -> float | None:
         return None
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False) -> None:
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         self.samples.append((dropped, in_flight))
+        self.waits.append(waited)
 
 
 @pytest.fixture
@@ -563,6 +581,11 @@ async def test_the_flow_samples_answers_and_refusals_and_waits_for_the_budget(cl
     assert recorder.refusals == 1
     assert recorder.waited == pytest.approx(3.5)
     assert spy.samples == [(False, 1), (True, 1), (True, 1)]  # the 503 and the unanswered are no measure
+    async with flow.call() as call:  # waits for the next window, then answered
+        call.answered(201, RateLimitAnswer())
+    assert spy.samples[-1] == (False, 1)
+    assert spy.waits[-1] == pytest.approx(sleeps[-1])  # the wait for the budget is told apart
+    assert spy.waits[-1] > 0
     assert flow.calls_in_flight == 0
 
 
