@@ -61,14 +61,16 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
-from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, Settings
-from service.devtools.produce import create_topics, encode, event_key
+from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR
+from devkit.localkafka import LocalKafka, LocalKafkaError, default_version, free_port, project_root
+from devkit.produce import create_topics
+from service.config import Settings
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
 from service.domain.transform import TransformDefaults, to_registration
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from service.events.contract import INVOICE_CREATED_TYPE
-from service.localkafka import LocalKafka, LocalKafkaError, default_version, free_port, project_root
+from service.operator.event_files import encode, event_key
 
 Headers = list[tuple[str, bytes]]
 Kind = Literal["invoice", "duplicate", "conflict", "poison"]
@@ -220,7 +222,7 @@ class Template:
 
 def sample_templates() -> list[Template]:
     """The shipped sample events, each marked registrable or not by the service's own rules."""
-    from service.devtools.demo import sample_events_path
+    from devkit.demo import sample_events_path
 
     templates = []
     for line in sample_events_path().read_text(encoding="utf-8").splitlines():

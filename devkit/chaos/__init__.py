@@ -1,0 +1,1 @@
+"""The chaos run (``amili-registrar chaos``): ``run.py``."""
