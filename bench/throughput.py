@@ -84,7 +84,7 @@ from bench.measure import (
     sustained_window,
 )
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
-from devkit.chaos.run import clean_environment
+from devkit.chaos.processes import clean_environment
 from devkit.emulator.settings import DEMO_API_KEY
 from devkit.localkafka import LocalKafka, free_port
 from devkit.produce import create_topics
