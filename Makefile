@@ -10,14 +10,15 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) kafka-jars
 
-$(STAMP): pyproject.toml
+# The service and, beside it, the development kit (devkit/: the emulator, the local broker, chaos, ...).
+$(STAMP): pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench]' -e ./devkit
 	touch $(STAMP)
 
 kafka-jars: $(STAMP)
-	$(BIN)/python -c "from service.localkafka import ensure_jars, default_version; ensure_jars(default_version())"
+	$(BIN)/python -c "from devkit.localkafka import ensure_jars, default_version; ensure_jars(default_version())"
 
 # helm (built from the Go module proxy), promtool (Debian's prometheus), hadolint, kubernetes-validate
 ops-tools: $(STAMP)

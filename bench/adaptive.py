@@ -1,7 +1,7 @@
 """Flow control towards Amili under overload: the adaptive limit against a fixed window, on a real
 broker and the Amili emulator's capacity model. (A benchmark, not a test.)
 
-The emulator answers every request after a fixed 50 ms; its capacity model (``service/emulator/
+The emulator answers every request after a fixed 50 ms; its capacity model (``devkit/emulator/
 faults.py``) bounds what it carries: ``AMILI_EMULATOR_CAPACITY`` requests in service at once (the
 others queue, FIFO; throughput at most capacity ÷ latency) and ``AMILI_EMULATOR_RATE_LIMIT``
 requests a second per API key (beyond it 429 at once, with X-RateLimit-* and Retry-After). The
@@ -102,9 +102,10 @@ from bench.throughput import (
     machine_description,
 )
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
-from service.config import DEMO_CREDITOR, Settings
-from service.devtools.produce import create_topics
-from service.localkafka import LocalKafka, free_port
+from devkit.emulator.settings import DEMO_CREDITOR
+from devkit.localkafka import LocalKafka, free_port
+from devkit.produce import create_topics
+from service.config import Settings
 
 SECOND_CREDITOR = "674dbeb208847b9501cc9139"  # the small sender of scenario C (the emulator is told)
 MAX_IN_FLIGHT = 128

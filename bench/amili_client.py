@@ -28,10 +28,10 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
+from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR
+from devkit.localkafka import free_port
 from service.amili.client import AmiliClient, HttpSettings, Transport
 from service.amili.models import InvoiceRegistrationRequest
-from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR
-from service.localkafka import free_port
 from service.ports import AmiliError
 
 ROOT = Path(__file__).resolve().parent.parent

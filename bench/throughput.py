@@ -28,7 +28,7 @@ plot of throughput over time.
     .venv/bin/python -m bench.throughput                 # both profiles, about 10 minutes
     .venv/bin/python -m bench.throughput --quick         # a smoke run, about 2.5 minutes
 
-Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else starts a local broker (``service.localkafka``) and
+Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else starts a local broker (``devkit.localkafka``) and
 stops it at the end. Diagnostics: ``--trace-service`` (``bench/trace_service.py``), ``--ledger-dir``,
 ``--switch-interval``, ``--profiler`` (then ``python -m bench.hotspots``). The figures and what they
 mean: ``docs/performance.md``.
@@ -84,10 +84,10 @@ from bench.measure import (
     sustained_window,
 )
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
-from service.config import DEMO_API_KEY
-from service.devtools.chaos import clean_environment
-from service.devtools.produce import create_topics
-from service.localkafka import LocalKafka, free_port
+from devkit.chaos.processes import clean_environment
+from devkit.emulator.settings import DEMO_API_KEY
+from devkit.localkafka import LocalKafka, free_port
+from devkit.produce import create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 6

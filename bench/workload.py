@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from service.devtools.chaos import sample_templates
+from devkit.chaos.plan import sample_templates
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE
 from service.events.contract import INVOICE_CREATED_TYPE
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from service.config import DEMO_API_KEY, EmulatorSettings
-from service.devtools.demo import sample_events_path
-from service.emulator.app import Emulator
-from service.emulator.server import serve_emulator
-from service.localkafka import free_port
+from devkit.demo import sample_events_path
+from devkit.emulator.app import Emulator
+from devkit.emulator.server import serve_emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
+from devkit.localkafka import free_port
 from tests.ci import under_ci
 
 pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.ledger", "tests.fixtures.prometheus"]

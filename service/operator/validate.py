@@ -100,7 +100,7 @@ def check_events(
 ) -> list[Checked]:
     """The service's verdict on each event (whole CloudEvents), as ``InvoiceProcessor.prepare``
     would decide it for the record ``produce`` writes (structured mode)."""
-    from service.devtools.produce import encode, event_key
+    from service.operator.event_files import encode, event_key
     from service.processing import InvoiceProcessor
 
     offline = cast(Any, _Offline())
@@ -172,7 +172,7 @@ def summary(checked: Sequence[Checked]) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from service.devtools.produce import read_events
+    from service.operator.event_files import read_events
 
     settings = Settings()
     try:

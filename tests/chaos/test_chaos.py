@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.chaos import POISON_KINDS, OutageStats, outage_checks, plan_events, sample_templates
+from devkit.chaos.plan import POISON_KINDS, plan_events, sample_templates
+from devkit.chaos.verdict import OutageStats, outage_checks
 
 SHORT_RUN_SECONDS = 180
 OUTAGE_RUN_SECONDS = 200  # the run gives up at --timeout 100 and then reports; this is a backstop

@@ -21,8 +21,9 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
-from service.config import DEMO_API_KEY, Settings
-from service.localkafka import free_port
+from devkit.emulator.settings import DEMO_API_KEY
+from devkit.localkafka import free_port
+from service.config import Settings
 
 
 def settings_for(bootstrap: str, amili_url: str, suffix: str, **overrides: Any) -> Settings:

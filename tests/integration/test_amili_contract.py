@@ -31,17 +31,17 @@ import pytest
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr, ValidationError
 
+from devkit.emulator.app import INSERTION_FAILURE, Emulator
+from devkit.emulator.faults import FaultConfig, Faults
+from devkit.emulator.server import serve_emulator
+from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
+from devkit.localkafka import free_port
 from service.amili import client as client_module
 from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings, Transport
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
-from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
 from service.domain.transform import TransformDefaults, to_registration
-from service.emulator.app import INSERTION_FAILURE, Emulator
-from service.emulator.faults import FaultConfig, Faults
-from service.emulator.server import serve_emulator
-from service.localkafka import free_port
 from service.ports import (
     AmiliDuplicate,
     AmiliError,

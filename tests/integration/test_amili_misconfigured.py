@@ -15,11 +15,11 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
+from devkit.localkafka import free_port
+from devkit.produce import produce
 from service.bootstrap import build_registrar
-from service.config import DEMO_API_KEY, EmulatorSettings
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
-from service.localkafka import free_port
 from tests.integration.harness import numbered, read_topic, settings_for, wait_for
 
 pytestmark = pytest.mark.kafka

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.produce import produce
 from service.bootstrap import build_registrar
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
 from service.events.record import InboundRecord
 from service.kafka.engine import Processor
 from service.processing import Handled, Prepared, Route

@@ -24,10 +24,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from devkit.emulator.app import Emulator
+from devkit.localkafka import LocalKafka, default_version
+from devkit.produce import create_topics, produce
 from service.config import Settings
-from service.devtools.produce import create_topics, produce
-from service.emulator.app import Emulator
-from service.localkafka import LocalKafka, default_version
 from tests.integration.harness import (
     committed,
     kafka_producer,

@@ -18,15 +18,16 @@ import jsonschema
 import pytest
 from aiokafka import ConsumerRecord
 
+from devkit.emulator.app import Emulator
+from devkit.produce import produce
+from devkit.schemas import DEAD_LETTER_HEADERS_FILE, RESULT_EVENT_FILE, SCHEMA_DIR
 from service.bootstrap import build_registrar
-from service.devtools.produce import encode, produce
 from service.domain.checksums import is_valid_ocr
 from service.domain.outcomes import Outcome
-from service.emulator.app import Emulator
 from service.events.cloudevents import EnvelopeError
 from service.events.contract import RESULT_TYPES, decode_invoice_created
 from service.events.record import InboundRecord
-from service.events.schemas import DEAD_LETTER_HEADERS_FILE, RESULT_EVENT_FILE, SCHEMA_DIR
+from service.operator.event_files import encode
 from tests.integration.harness import kafka_producer, read_records, read_topic, settings_for
 from tests.unit.test_decoder_fuzz import PATHOLOGICAL, WIRE_HOSTILE, Garbage, garbage_records
 

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-from service.config import DEMO_API_KEY, EmulatorSettings
-from service.emulator.app import Emulator
-from service.emulator.server import serve_emulator
-from service.localkafka import free_port
+from devkit.emulator.app import Emulator
+from devkit.emulator.server import serve_emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
+from devkit.localkafka import free_port
 from tests.unit.test_emulator import HEADERS, request
 
 

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY
+from devkit.produce import produce
 from service.bootstrap import build_registrar
-from service.config import DEMO_API_KEY
-from service.devtools.produce import produce
 from service.domain.checksums import is_valid_ocr
-from service.emulator.app import Emulator
 from tests.integration.harness import (
     committed_offset,
     kafka_producer,

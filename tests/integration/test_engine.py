@@ -14,7 +14,7 @@ from functools import partial
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from service.devtools.produce import create_topics
+from devkit.produce import create_topics
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
 from service.processing import Handled, Prepared, Route

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.produce import create_topics, produce
 from service.bootstrap import build_registrar
 from service.circuit import CircuitState
 from service.config import Settings
-from service.devtools.produce import create_topics, produce
-from service.emulator.app import Emulator
 from service.ledger.factory import open_ledger
 from tests.integration.harness import (
     fresh_ledger_url,

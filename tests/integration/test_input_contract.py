@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from devkit.emulator.app import Emulator
+from devkit.produce import create_topics
 from service.bootstrap import build_registrar
-from service.devtools.produce import create_topics
-from service.emulator.app import Emulator
 from tests.integration.harness import (
     committed,
     kafka_producer,

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from devkit.localkafka import free_port
 from service.ledger import Claim, ClaimStatus, Ledger, LedgerEntry, LedgerError, LedgerState
 from service.ledger.factory import open_ledger
 from service.ledger.postgres import PostgresLedger
 from service.ledger.sqlite import SqliteLedger
-from service.localkafka import free_port
 from tests.fixtures.ledger import LedgerFactory, opened
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

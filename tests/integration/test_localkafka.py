@@ -12,14 +12,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.localkafka import (
+from devkit.localkafka import (
     LocalKafka,
     LocalKafkaError,
     default_cache_dir,
     default_version,
     free_port,
 )
-from service.localkafka.broker import ephemeral_port_range
+from devkit.localkafka.broker import ephemeral_port_range
 
 pytestmark = pytest.mark.kafka
 

@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
+from devkit.emulator.app import Emulator
+from devkit.produce import produce
 from tests.fixtures.prometheus import query
 from tests.integration.harness import kafka_producer, read_records, service_process, settings_for, wait_for
 from tests.ops.test_monitoring import alert_rules, dashboard, dashboard_expressions

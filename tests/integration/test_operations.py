@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY
+from devkit.produce import produce
 from service.bootstrap import build_registrar
-from service.config import DEMO_API_KEY
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
 from tests.fixtures.prometheus import query
 from tests.integration.harness import (
     numbered,

@@ -25,11 +25,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
+from devkit.emulator.app import Emulator
+from devkit.produce import produce
 from service.bootstrap import build_registrar
 from service.cli import main
 from service.config import Settings
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
 from service.events.record import InboundRecord
 from service.kafka.publishing import dead_letter_headers, truncated_dead_letter
 from service.operator.dead_letters_redrive import memory_topic

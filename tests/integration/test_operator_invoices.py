@@ -15,14 +15,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY
+from devkit.produce import create_missing_topics, produce
 from service.amili.client import AmiliClient
 from service.amili.models import InvoiceRegistrationRequest
 from service.bootstrap import build_registrar
 from service.cli import main
-from service.config import DEMO_API_KEY, Settings
-from service.devtools.produce import create_missing_topics, produce
+from service.config import Settings
 from service.domain.transform import TransformDefaults, to_registration
-from service.emulator.app import Emulator
 from service.events.contract import (
     AmiliIds,
     InvoiceCreated,

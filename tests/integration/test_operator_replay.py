@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.produce import create_topics, produce
 from service.bootstrap import build_registrar
 from service.cli import main
-from service.devtools.produce import create_topics, produce
-from service.emulator.app import Emulator
 from service.operator.errors import OperatorError
 from service.operator.replay import Start, parse_from, replay
 from tests.integration.harness import committed, numbered, read_topic, set_faults, settings_for, wait_for

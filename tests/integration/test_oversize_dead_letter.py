@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from devkit.emulator.app import Emulator
+from devkit.schemas import DEAD_LETTER_HEADERS_FILE
 from service.bootstrap import build_registrar
-from service.emulator.app import Emulator
-from service.events.schemas import DEAD_LETTER_HEADERS_FILE
 from service.kafka.publishing import TRUNCATED_VALUE_BYTES
 from tests.integration.harness import (
     committed_offset,

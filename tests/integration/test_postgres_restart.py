@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.localkafka import free_port
 from service.ledger import ClaimStatus, Ledger, LedgerError, LedgerState
 from service.ledger.postgres import PostgresLedger
-from service.localkafka import free_port
 from tests.ci import skip_or_fail
 from tests.fixtures.ledger import SCRIPT, SCRIPT_TIMEOUT, opened
 

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.produce import produce
 from service.bootstrap import build_registrar
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
 from tests.integration.harness import numbered, read_topic, set_faults, settings_for
 
 pytestmark = pytest.mark.kafka

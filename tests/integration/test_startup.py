@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.emulator.app import Emulator
-from service.localkafka import free_port
+from devkit.emulator.app import Emulator
+from devkit.localkafka import free_port
 from tests.integration.harness import service_process, settings_for, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -76,7 +76,7 @@ async def test_a_missing_topic_refuses_the_start_naming_it_and_a_likely_name(
     settings = settings_for(
         kafka_bootstrap_servers, amili_url, unique_name, kafka_allow_auto_create_topics=False
     )
-    from service.devtools.produce import create_topics
+    from devkit.produce import create_topics
 
     await create_topics(
         kafka_bootstrap_servers, {settings.registration_result_topic: 1, settings.dead_letter_topic: 1}

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.produce import produce
 from service.bootstrap import build_registrar
-from service.devtools.produce import produce
-from service.emulator.app import Emulator
 from tests.integration.harness import read_topic, settings_for
 
 pytestmark = pytest.mark.kafka

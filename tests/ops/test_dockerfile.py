@@ -113,3 +113,16 @@ def test_dockerignore_sends_only_the_package_sources() -> None:
     ]
     for source in (source for sources in copies for source in sources):
         assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
+
+
+def test_the_image_is_built_from_the_service_package_alone() -> None:
+    """The image installs the project from pyproject.toml, README.md and service/ (the build context
+    lets in nothing else: above): the development kit (devkit/) never reaches it."""
+    sources = {
+        source.rstrip("/")
+        for keyword, rest in _instructions()
+        if keyword == "COPY" and "--from" not in rest
+        for source in rest.split()[:-1]
+    }
+    assert sources == {"pyproject.toml", "README.md", "service"}
+    assert not [rest for _, rest in _instructions() if "devkit" in rest]

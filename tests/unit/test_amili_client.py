@@ -22,10 +22,10 @@ from aiohttp.client_reqrep import ConnectionKey
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
 from service.amili.client import AmiliClient, AnswerUnreadable, CallLog, HttpSettings, Transport
 from service.amili.models import InvoiceRegistrationRequest
-from service.config import DEMO_API_KEY, EmulatorSettings
-from service.emulator.app import Emulator
 from service.flow.budget import RateBudget, RateLimitAnswer
 from service.flow.control import AmiliFlow
 from service.flow.limit import FixedLimit

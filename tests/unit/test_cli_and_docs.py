@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, main
-from service.config import EmulatorSettings, Settings
-from service.localkafka import free_port
+from devkit.emulator.settings import EmulatorSettings
+from devkit.localkafka import free_port
+from service.cli import DEVELOPMENT_COMMANDS, build_parser, main
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["run"], ["emulator"], ["kafka"], ["produce"], ["demo"]],
+    [[], ["run"], ["emulator"], ["kafka"], ["produce"], ["demo"], ["chaos"]],
 )
 def test_every_subcommand_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -108,3 +109,59 @@ def test_produce_says_in_one_line_what_went_wrong(tmp_path: Path) -> None:
     assert (away.returncode, away.stderr.strip().count("\n")) == (1, 0), away.stderr
     assert "did not take the events" in away.stderr
     assert "Traceback" not in missing.stderr + broken.stderr + away.stderr
+
+
+@pytest.fixture
+def without_devkit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in the image: the development kit cannot be imported."""
+    monkeypatch.setitem(sys.modules, "devkit", None)
+    monkeypatch.setitem(sys.modules, "devkit.cli", None)
+
+
+@pytest.mark.usefixtures("without_devkit")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["emulator"],
+        ["kafka", "start"],
+        ["produce", "events.ndjson", "--binary"],
+        ["demo"],
+        ["chaos", "--invoices", "5"],
+        ["chaos", "--help"],
+    ],
+)
+def test_a_development_command_without_devkit_says_so_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(f"amili-registrar {argv[0]}: a development command, not installed")
+
+
+@pytest.mark.usefixtures("without_devkit")
+def test_without_devkit_the_help_lists_only_what_the_image_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    listed = capsys.readouterr().out
+    assert "run the service" in listed
+    assert "invoice" in listed
+    for command in DEVELOPMENT_COMMANDS:
+        assert f"    {command} " not in listed, command
+
+
+@pytest.mark.usefixtures("without_devkit")
+def test_without_devkit_the_service_commands_still_refuse_unknown_arguments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--invoices", "5"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --invoices 5" in capsys.readouterr().err
+
+
+def test_the_service_names_the_development_commands_devkit_registers() -> None:
+    from devkit.cli import COMMANDS
+
+    assert COMMANDS == DEVELOPMENT_COMMANDS  # each has its help: test_every_subcommand_has_help

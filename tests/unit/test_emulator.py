@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.config import DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
+from devkit.emulator.app import NOT_FOUND, UNAUTHORISED, Emulator
+from devkit.emulator.settings import DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain.checksums import is_valid_ocr
-from service.emulator.app import NOT_FOUND, UNAUTHORISED, Emulator
 from tests.unit.test_amili_models import SEED_REQUEST
 
 HEADERS = {"x-api-key": DEMO_API_KEY}

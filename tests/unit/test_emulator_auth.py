@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import EmulatorSettings
 from service.amili.auth import ApiCodeTokenProvider
-from service.config import EmulatorSettings
-from service.emulator.app import Emulator
 from tests.unit.test_emulator import client_for, request
 
 EXCHANGE = "/authenticates/api-code"

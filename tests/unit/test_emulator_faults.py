@@ -11,9 +11,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from service.config import EmulatorSettings
-from service.emulator.app import Emulator
-from service.emulator.faults import ConnectionDropped, FaultConfig, Faults
+from devkit.emulator.app import Emulator
+from devkit.emulator.faults import ConnectionDropped, FaultConfig, Faults
+from devkit.emulator.settings import EmulatorSettings
 from tests.unit.test_emulator import HEADERS, client_for, request
 
 FAULTS = "/_admin/faults"

@@ -9,13 +9,13 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from service.config import EmulatorSettings
-from service.emulator.app import Emulator
-from service.emulator.openapi import DOCUMENT_PATH, build_document, main, render
+from devkit.emulator.app import Emulator
+from devkit.emulator.openapi import DOCUMENT_PATH, build_document, main, render
+from devkit.emulator.settings import EmulatorSettings
 from tests.unit.test_emulator import client_for
 
 ROOT = Path(__file__).resolve().parents[2]
-REGENERATE = f"python -m service.emulator.openapi {DOCUMENT_PATH}"
+REGENERATE = f"python -m devkit.emulator.openapi {DOCUMENT_PATH}"
 
 
 def test_the_committed_document_is_what_the_code_generates() -> None:

@@ -17,8 +17,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.config import DEMO_API_KEY, EmulatorSettings
-from service.emulator.app import Emulator
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
 
 ApiCase = Case[Any]
 CHECKS = [

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.config import EmulatorSettings
-from service.emulator.app import Emulator
-from service.emulator.views import totals
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import EmulatorSettings
+from devkit.emulator.views import totals
 from tests.unit.test_emulator import HEADERS, client_for, request
 
 MIXED_VAT = [

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from devkit.schemas import FIELD_MAPPING_DOC, field_mapping_document
 from service.amili.models import InvoiceRegistrationRequest
 from service.domain.field_paths import (
     NOT_SENT,
@@ -16,7 +17,6 @@ from service.domain.field_paths import (
 )
 from service.domain.invoice import Invoice
 from service.domain.transform import TransformDefaults, to_registration
-from service.events.schemas import FIELD_MAPPING_DOC, field_mapping_document
 
 
 @pytest.mark.parametrize(

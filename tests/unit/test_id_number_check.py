@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
 from service.amili.models import InvoiceRegistrationRequest
-from service.config import DEMO_API_KEY, EmulatorSettings, Settings
+from service.config import Settings
 from service.domain.invoice import CustomerType, Invoice
 from service.domain.outcomes import Outcome, Rejection
 from service.domain.transform import (
@@ -21,7 +23,6 @@ from service.domain.transform import (
     registration_warnings,
     to_registration,
 )
-from service.emulator.app import Emulator
 from service.processing import InvoiceProcessor
 from tests.fakes import structured_record
 from tests.unit.test_amili_models import SEED_REQUEST

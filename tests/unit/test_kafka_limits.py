@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from devkit.localkafka import free_port
 from service.config import Settings
 from service.events.record import InboundRecord
 from service.kafka import limits as limits_module
@@ -33,7 +34,6 @@ from service.kafka.publishing import (
     dead_letter_headers,
     truncated_dead_letter,
 )
-from service.localkafka import free_port
 
 MiB = 1024 * 1024
 BROKER_DEFAULT = 1_048_588  # Kafka's message.max.bytes: 1 MiB and the 12 bytes of a v0 record's framing

@@ -1,4 +1,4 @@
-"""service.localkafka without a real broker: ids, one-line errors, generated files."""
+"""devkit.localkafka without a real broker: ids, one-line errors, generated files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.localkafka import (
+from devkit.localkafka import (
     DEFAULT_KAFKA_VERSION,
     LocalKafka,
     LocalKafkaError,
@@ -26,8 +26,8 @@ from service.localkafka import (
     render_log_config,
     render_server_properties,
 )
-from service.localkafka.broker import ephemeral_port_range, stable_free_ports
-from service.localkafka.pom import render_pom
+from devkit.localkafka.broker import ephemeral_port_range, stable_free_ports
+from devkit.localkafka.pom import render_pom
 
 
 def _fake_tool(bin_dir: Path, name: str, script: str) -> Path:

@@ -35,18 +35,18 @@ from aiokafka.protocol.fetch import FetchResponse_v4
 from aiokafka.protocol.produce import ProduceRequest, ProduceRequest_v7, ProduceResponse_v7
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
+from devkit.localkafka import free_port
 from service.amili import models as wire
 from service.amili.client import AmiliClient, HttpSettings
-from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain import invoice as canonical
 from service.domain.outcomes import Outcome
 from service.domain.transform import TransformDefaults
-from service.emulator.app import Emulator
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
 from service.kafka.link import BrokerLink
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
-from service.localkafka import free_port
 from service.ops.logging import JsonFormatter, configure_logging
 from service.ops.personal import PERSONAL, PERSONAL_KEYS, READABLE, STRING_LIST_ONLY_KEYS
 from service.ops.redaction import REDACTED, scrub_text

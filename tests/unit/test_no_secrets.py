@@ -26,12 +26,12 @@ import pytest
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
+from devkit.emulator.server import serve_emulator
+from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_CREDITOR, EmulatorSettings
+from devkit.localkafka import free_port
 from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
 from service.amili.models import InvoiceRegistrationRequest
-from service.config import DEMO_ACCOUNT, DEMO_CREDITOR, EmulatorSettings
 from service.domain.outcomes import Outcome
-from service.emulator.server import serve_emulator
-from service.localkafka import free_port
 from service.ops.logging import JsonFormatter
 from service.ports import AmiliOutcomeUnknown, AmiliRejected, AmiliUnauthorized, AmiliUnavailable
 from tests.fakes import structured_record

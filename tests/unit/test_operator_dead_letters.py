@@ -288,7 +288,7 @@ def test_bad_arguments_are_refused_by_the_parser(argv: list[str], capsys: pytest
 def test_an_unreachable_broker_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.localkafka import free_port
+    from devkit.localkafka import free_port
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("KAFKA_REQUEST_TIMEOUT_MS", "1000")

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-import service.devtools.produce as produce_module
+import devkit.produce as produce_module
 from service.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

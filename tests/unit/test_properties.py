@@ -28,14 +28,14 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
+from devkit.schemas import INVOICE_DATA_FILE, SCHEMA_DIR
 from service.amili.models import InvoiceRegistrationRequest
-from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome, Rejection
 from service.domain.transform import TransformDefaults, to_registration
-from service.emulator.app import Emulator
 from service.events.contract import INVOICE_CREATED_TYPE
-from service.events.schemas import INVOICE_DATA_FILE, SCHEMA_DIR
 from tests.fakes import structured_record
 from tests.unit.test_decoder_fuzz import world
 

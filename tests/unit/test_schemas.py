@@ -19,21 +19,8 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from service.devtools.demo import sample_events_path
-from service.devtools.produce import encode
-from service.domain.invoice import Invoice
-from service.domain.outcomes import Outcome
-from service.events.contract import (
-    INVOICE_CREATED_TYPE,
-    RESULT_SOURCE,
-    RESULT_TYPES,
-    AmiliIds,
-    Reason,
-    RegistrationResult,
-    result_event,
-)
-from service.events.record import InboundRecord
-from service.events.schemas import (
+from devkit.demo import sample_events_path
+from devkit.schemas import (
     ASYNCAPI_FILE,
     DEAD_LETTER_HEADERS_FILE,
     INVOICE_DATA_FILE,
@@ -47,7 +34,20 @@ from service.events.schemas import (
     generate_documents,
     render,
 )
+from service.domain.invoice import Invoice
+from service.domain.outcomes import Outcome
+from service.events.contract import (
+    INVOICE_CREATED_TYPE,
+    RESULT_SOURCE,
+    RESULT_TYPES,
+    AmiliIds,
+    Reason,
+    RegistrationResult,
+    result_event,
+)
+from service.events.record import InboundRecord
 from service.kafka.publishing import DeadLetterHeaders, dead_letter_headers
+from service.operator.event_files import encode
 from tests.ci import skip_or_fail
 
 Schema = dict[str, Any]

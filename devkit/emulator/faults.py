@@ -62,8 +62,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.config import EmulatorSettings
-from service.emulator.auth import key_digest
+from devkit.emulator.auth import key_digest
+from devkit.emulator.settings import EmulatorSettings
 
 _Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 _HOUR_MS = 3_600_000

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
-from service.emulator.ids import etag
-from service.emulator.validation import DEFAULT_VAT_PERCENT, VAT_PERCENTS
+from devkit.emulator.ids import etag
+from devkit.emulator.validation import DEFAULT_VAT_PERCENT, VAT_PERCENTS
 
 CASE_STATE = "invoice"
 CASE_STATUS = "initialized"

@@ -1,7 +1,9 @@
 """An emulator of Visma Amili's invoice registration API, for tests and the local demo.
 
-Shipped with the service but never imported by it. One concern per module:
+Part of the development kit: never imported by the service, never in its image. One concern per
+module:
 
+- ``settings.py``: ``AMILI_EMULATOR_*`` and the demo key, account and creditor it knows.
 - ``app.py``: the Starlette app, its routes and Eve-shaped errors (the ``Emulator``).
 - ``validation.py``: the registration's rules (the reference's field table and the notes).
 - ``swedish.py``: personnummer, organisationsnummer and Luhn, independent of the service's copy.

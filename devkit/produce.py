@@ -1,78 +1,21 @@
 """Send invoice-created events from a JSON or NDJSON file to Kafka (and make the topics first).
 
-Each item is either a whole CloudEvent (it has ``specversion``) or a bare canonical invoice, which
-is wrapped into a new ``invoice-created`` CloudEvent.
+What a file means (whole CloudEvents, or bare invoices to wrap) and the records its events become
+are the service's own (``service.operator.event_files``), shared with ``validate``; this module
+adds the topics and the sending.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.progress import Progress
 
-from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
-from service.events.contract import INVOICE_CREATED_TYPE
-
-Headers = list[tuple[str, bytes]]
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        items = json.loads(text)
-    elif path.suffix == ".json" and stripped.startswith("{"):
-        try:
-            items = [json.loads(text)]
-        except json.JSONDecodeError:
-            items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not all(isinstance(item, dict) for item in items):
-        raise ValueError(f"{path.name}: every item must be a JSON object")
-    return [as_cloudevent(item) for item in items]
-
-
-def as_cloudevent(item: dict[str, Any]) -> dict[str, Any]:
-    if "specversion" in item:
-        return item
-    return {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": "urn:amili-registrar:produce",
-        "type": INVOICE_CREATED_TYPE,
-        "time": datetime.now(UTC).isoformat(),
-        "datacontenttype": JSON_CONTENT_TYPE,
-        "data": item,
-    }
-
-
-def event_key(event: dict[str, Any]) -> bytes | None:
-    data = event.get("data")
-    if isinstance(data, dict) and "invoice_number" in data:
-        return f"{data.get('creditor', '')}/{data['invoice_number']}".encode()
-    return None
-
-
-def encode(event: dict[str, Any], *, binary: bool) -> tuple[bytes, Headers]:
-    """The record value and headers of ``event`` in structured or binary CloudEvents mode."""
-    if not binary:
-        return json.dumps(event).encode(), [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
-    headers: Headers = [
-        (f"ce_{name}", str(value).encode())
-        for name, value in event.items()
-        if name not in ("data", "datacontenttype")
-    ]
-    headers.append(("content-type", JSON_CONTENT_TYPE.encode()))
-    return json.dumps(event.get("data")).encode(), headers
+from service.operator.event_files import encode, event_key
 
 
 async def create_topics(

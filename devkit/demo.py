@@ -18,11 +18,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from devkit.emulator.server import serve_emulator
+from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
+from devkit.localkafka import LocalKafka, default_version, free_port
+from devkit.produce import create_topics, produce
 from service.bootstrap import build_registrar
-from service.config import DEMO_API_KEY, EmulatorSettings, Settings
-from service.devtools.produce import create_topics, produce, read_events
-from service.emulator.server import serve_emulator
-from service.localkafka import LocalKafka, default_version, free_port
+from service.config import Settings
+from service.operator.event_files import read_events
 
 RESULT_TIMEOUT_SECONDS = 90.0
 

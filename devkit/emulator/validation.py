@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from service.emulator.swedish import organisationsnummer_problem, personnummer_problem
+from devkit.emulator.swedish import organisationsnummer_problem, personnummer_problem
 
 Issues = dict[str, Any]
 

@@ -26,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.config import EmulatorSettings
-from service.emulator.auth import Authenticator, AuthError
-from service.emulator.faults import FaultConfig, FaultMiddleware, Faults
-from service.emulator.ids import etag, object_id, ocr_number, rfc1123_now
-from service.emulator.query import ListQuery, QueryError, parse_projection, project
-from service.emulator.store import DuplicateInvoiceNumber, RegistrationStore
-from service.emulator.validation import Directory, is_object_id, normalise_dates, registration_issues
+from devkit.emulator.auth import Authenticator, AuthError
+from devkit.emulator.faults import FaultConfig, FaultMiddleware, Faults
+from devkit.emulator.ids import etag, object_id, ocr_number, rfc1123_now
+from devkit.emulator.query import ListQuery, QueryError, parse_projection, project
+from devkit.emulator.settings import EmulatorSettings
+from devkit.emulator.store import DuplicateInvoiceNumber, RegistrationStore
+from devkit.emulator.validation import Directory, is_object_id, normalise_dates, registration_issues
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -252,7 +252,7 @@ class Emulator:
         return JSONResponse({"active": self.auth.active_tokens()})
 
     async def openapi(self, request: Request) -> Response:
-        from service.emulator.openapi import build_document
+        from devkit.emulator.openapi import build_document
 
         return JSONResponse(build_document())
 

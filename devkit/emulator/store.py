@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from service.emulator.views import case_view, invoice_view
+from devkit.emulator.views import case_view, invoice_view
 
 log = logging.getLogger(__name__)
 

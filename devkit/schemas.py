@@ -4,9 +4,14 @@ headers, and the service's AsyncAPI 3 document.
 
 The committed copies are in ``schemas/``; a test fails when they drift. Regenerate them with::
 
-    python -m service.events.schemas
+    python -m devkit.schemas
 
 (``--check`` only compares, exiting 1 on drift; ``--stdout NAME`` prints one document).
+
+A development tool, not part of the service: the running service reads none of these documents and
+needs none of the models here. Generating them takes the whole service (the registrar
+``build_registrar`` wires, the dead-letter headers of ``service.kafka.publishing``), which a module
+of the service's contract layer must not import.
 
 The AsyncAPI document is FastStream's, generated from the broker ``build_registrar`` wires: its
 servers, and the channels and operations of the two publishers (results, dead letters). The
@@ -44,9 +49,9 @@ from service.kafka.publishing import TRUNCATED_VALUE_BYTES, DeadLetterHeaders, D
 
 Schema = dict[str, Any]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = ROOT / "schemas"
-REGENERATE_COMMAND = "python -m service.events.schemas"
+REGENERATE_COMMAND = "python -m devkit.schemas"
 FIELD_MAPPING_DOC = ROOT / "docs" / "field-mapping.md"
 
 
@@ -447,7 +452,7 @@ def write_all(generated: Mapping[str, Schema], directory: Path = SCHEMA_DIR) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m service.events.schemas", description="Write the event contract's documents."
+        prog="python -m devkit.schemas", description="Write the event contract's documents."
     )
     parser.add_argument("--dir", type=Path, default=SCHEMA_DIR, help="where the documents go (schemas/)")
     action = parser.add_mutually_exclusive_group()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.localkafka.pom import SCALA_BINARY_VERSION, render_pom, uses_log4j2
+from devkit.localkafka.pom import SCALA_BINARY_VERSION, render_pom, uses_log4j2
 
 DEFAULT_KAFKA_VERSION = "3.9.2"
 """Apache Kafka version used unless told otherwise (3.9.1 is a known-good fallback)."""
@@ -107,9 +107,11 @@ def _check_version(version: str) -> str:
 
 
 def project_root() -> Path:
-    """The nearest directory above this module that holds ``pyproject.toml``, else the current
-    directory."""
-    for parent in Path(__file__).resolve().parents:
+    """The checkout the tools run in: the nearest directory above the ``devkit`` package that holds
+    ``pyproject.toml``, else the current directory. The search starts above ``devkit/``, whose own
+    ``pyproject.toml`` (the development distribution) is not the project's."""
+    devkit_dir = Path(__file__).resolve().parents[1]
+    for parent in devkit_dir.parents:
         if (parent / "pyproject.toml").is_file():
             return parent
     return Path.cwd().resolve()
@@ -286,7 +288,7 @@ def _log_tail_line(log_file: Path, max_bytes: int = 65536) -> str:
 def format_properties(props: Mapping[str, str]) -> str:
     """Java ``.properties`` text for ``props`` (backslashes escaped, one ``key=value`` a line)."""
     body = "".join(f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in props.items())
-    return "# written by service.localkafka; regenerated on every start\n" + body
+    return "# written by devkit.localkafka; regenerated on every start\n" + body
 
 
 # --------------------------------------------------------------------------- jars

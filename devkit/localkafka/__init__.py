@@ -1,6 +1,6 @@
 """A real Apache Kafka broker for local runs and tests, started from Maven Central jars."""
 
-from service.localkafka.broker import (
+from devkit.localkafka.broker import (
     DEFAULT_JVM_OPTS,
     DEFAULT_KAFKA_VERSION,
     HOME_ENV,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.emulator.validation import parse_rfc1123
+from devkit.emulator.validation import parse_rfc1123
 
 MAX_RESULTS_LIMIT = 100
 DEFAULT_MAX_RESULTS = 25

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import uvicorn
 
-from service.config import EmulatorSettings
-from service.emulator.app import Emulator
+from devkit.emulator.app import Emulator
+from devkit.emulator.settings import EmulatorSettings
 
 
 @contextlib.asynccontextmanager

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from service.emulator.swedish import luhn_check_digit
-from service.emulator.validation import format_rfc1123
+from devkit.emulator.swedish import luhn_check_digit
+from devkit.emulator.validation import format_rfc1123
 
 _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
 _process_random = os.urandom(5)
