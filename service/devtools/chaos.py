@@ -61,11 +61,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
+from service.amili.mapping import to_registration
 from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, Settings
 from service.devtools.produce import create_topics, encode, event_key
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from service.events.contract import INVOICE_CREATED_TYPE
 from service.localkafka import LocalKafka, LocalKafkaError, default_version, free_port, project_root

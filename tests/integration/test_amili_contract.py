@@ -33,11 +33,12 @@ from pydantic import SecretStr, ValidationError
 
 from service.amili import client as client_module
 from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings, Transport
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.emulator.app import INSERTION_FAILURE, Emulator
 from service.emulator.faults import FaultConfig, Faults
 from service.emulator.server import serve_emulator

@@ -32,7 +32,7 @@ from service.amili.client import AmiliClient, HttpSettings
 from service.circuit import AmiliCircuit
 from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.emulator.app import Emulator
 from service.events.cloudevents import EnvelopeError
 from service.events.contract import INVOICE_CREATED_TYPE, decode_invoice_created

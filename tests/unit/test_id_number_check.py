@@ -11,16 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import DEMO_API_KEY, EmulatorSettings, Settings
 from service.domain.invoice import CustomerType, Invoice
 from service.domain.outcomes import Outcome, Rejection
-from service.domain.transform import (
-    IdNumberCheck,
-    TransformDefaults,
-    registration_warnings,
-    to_registration,
-)
+from service.domain.rules import IdNumberCheck, TransformDefaults, registration_warnings
 from service.emulator.app import Emulator
 from service.processing import InvoiceProcessor
 from tests.fakes import structured_record

@@ -40,7 +40,7 @@ from service.amili.client import AmiliClient, HttpSettings
 from service.config import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from service.domain import invoice as canonical
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.emulator.app import Emulator
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
