@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 
+from service.amili.mapping import to_registration
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.events.cloudevents import STRUCTURED_CONTENT_TYPE
 from service.events.contract import InvoiceCreated, decode_invoice_created
 from service.events.record import InboundRecord

@@ -40,7 +40,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
 
-from service.domain.field_paths import seed_field_table
+from service.amili.mapping import seed_field_table
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
@@ -59,7 +59,7 @@ def field_mapping_document() -> str:
     """``docs/field-mapping.md``: every field of Amili's registration and the event field it comes from."""
     return (
         "# Amili's registration fields and the event fields they come from\n\n"
-        f"Generated from `service/domain/field_paths.py` by `{REGENERATE_COMMAND}`; a test fails when "
+        f"Generated from `service/amili/mapping.py` by `{REGENERATE_COMMAND}`; a test fails when "
         "it drifts. Amili's fields are those of its invoice registration (`POST "
         "/invoice--registrations`); event fields are paths in an `invoice-created` event "
         "(`schemas/invoice-created.data.schema.json`). A refusal, ours or Amili's, names the event "

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings
 from service.circuit import AmiliCircuit, CircuitState
 from service.config import Settings
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.flow.budget import RateBudget
 from service.flow.control import AmiliFlow, FlowObserver
 from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings

@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
 from service.domain.outcomes import Outcome, Rejection
-from service.domain.transform import TransformDefaults, registration_warnings, to_registration
+from service.domain.rules import TransformDefaults, registration_warnings
 from service.events.cloudevents import CloudEvent, EnvelopeError
 from service.events.contract import (
     InvalidInvoice,

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from service.amili.mapping import amili_ids, inbound_field_path
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.circuit import AmiliCircuit, CircuitState
 from service.domain.checksums import is_valid_ocr
-from service.domain.field_paths import inbound_field_path
 from service.domain.outcomes import Outcome
 from service.events.contract import AmiliIds, Reason, RegistrationResult
 from service.flow.fair import FairGate
@@ -354,7 +354,7 @@ class InvoiceRegistration:
     def _registered(
         request: InvoiceRegistrationRequest, event_id: str, receipt: InvoiceRegistrationReceipt
     ) -> RegistrationResult:
-        ids = AmiliIds.from_receipt(receipt)
+        ids = amili_ids(receipt)
         if is_valid_ocr(receipt.ocr_number_ocr):
             return _result(Outcome.REGISTERED, request, event_id, amili=ids)
         # Registered, but with OCR digits a payment could never be matched against.

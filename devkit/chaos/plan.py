@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_CREDITOR
+from service.amili.mapping import to_registration
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from service.events.contract import INVOICE_CREATED_TYPE
 from service.operator.event_files import encode, event_key

@@ -1,1 +1,1 @@
-"""Visma Amili: wire models of the API and the HTTP client."""
+"""Visma Amili: wire models of the API, the mapping from our invoice to them, and the HTTP client."""

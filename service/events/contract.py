@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.amili.models import InvoiceRegistrationReceipt
 from service.domain.invoice import INVOICE_NUMBER_MAX_LENGTH, Invoice
 from service.domain.outcomes import Outcome, Violation
 from service.events.cloudevents import CloudEvent, EnvelopeError, read_cloudevent
@@ -128,6 +127,8 @@ def schema_violations(error: ValidationError) -> tuple[Violation, ...]:
     )
 
 
+# Read from Amili's receipt by the Amili adapter (``service.amili.mapping.amili_ids``), so that the
+# contract does not depend on Amili's models. (The docstring is the schema's description.)
 class AmiliIds(BaseModel):
     """What Amili created, in Amili's own field names."""
 
@@ -138,16 +139,6 @@ class AmiliIds(BaseModel):
     case_id: str = Field(alias="_case")
     ocr_number_id: str = Field(alias="_ocr_number")
     ocr_number_ocr: str = Field(description="The OCR digits the debtor pays with")
-
-    @classmethod
-    def from_receipt(cls, receipt: InvoiceRegistrationReceipt) -> AmiliIds:
-        return cls(
-            registration_id=receipt.id,
-            invoice_id=receipt.invoice,
-            case_id=receipt.case,
-            ocr_number_id=receipt.ocr_number,
-            ocr_number_ocr=receipt.ocr_number_ocr,
-        )
 
 
 class Reason(BaseModel):

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from service.amili.client import AmiliClient
+from service.amili.mapping import amili_ids
 from service.amili.models import InvoiceRegistrationReceipt
 from service.config import Settings
 from service.domain.checksums import is_valid_ocr
@@ -142,7 +143,7 @@ def compare(
             return Verdict(EXIT_AGREE, "agree", "in flight, not at Amili (yet)")
         return Verdict(EXIT_AGREE, "agree", f"{state} in the ledger, absent at Amili")
     if state is LedgerState.REGISTERED:
-        if ids_in(entry) == AmiliIds.from_receipt(receipt):
+        if ids_in(entry) == amili_ids(receipt):
             return Verdict(EXIT_AGREE, "agree", "registered in both, same ids")
         return Verdict(EXIT_DISAGREE, "disagree", "registered in both, but the ids differ")
     if state is LedgerState.IN_FLIGHT:
@@ -202,7 +203,7 @@ def ledger_view(entry: LedgerEntry, lease: timedelta, at: datetime) -> dict[str,
 
 
 def amili_view(receipt: InvoiceRegistrationReceipt, case: dict[str, Any] | None) -> dict[str, Any]:
-    view: dict[str, Any] = AmiliIds.from_receipt(receipt).model_dump(mode="json")
+    view: dict[str, Any] = amili_ids(receipt).model_dump(mode="json")
     view["_created"] = receipt.created
     if case is not None:
         view["case"] = case
@@ -357,7 +358,7 @@ def registered_result(entry: LedgerEntry, receipt: InvoiceRegistrationReceipt) -
         creditor=entry.creditor,
         invoice_number=entry.invoice_number,
         inbound_event_id=entry.event_id,
-        amili=AmiliIds.from_receipt(receipt),
+        amili=amili_ids(receipt),
     )
 
 

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from service.config import Settings
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.events.contract import UnknownFields
 from service.events.record import InboundRecord
 from service.operator.errors import OperatorError

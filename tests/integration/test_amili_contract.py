@@ -38,10 +38,11 @@ from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, 
 from devkit.localkafka import free_port
 from service.amili import client as client_module
 from service.amili.client import AmiliClient, ApiCodeCredentials, HttpSettings, Transport
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.ports import (
     AmiliDuplicate,
     AmiliError,

@@ -19,13 +19,13 @@ from devkit.emulator.app import Emulator
 from devkit.emulator.settings import DEMO_API_KEY
 from devkit.produce import create_missing_topics, produce
 from service.amili.client import AmiliClient
+from service.amili.mapping import amili_ids, to_registration
 from service.amili.models import InvoiceRegistrationRequest
 from service.bootstrap import build_registrar
 from service.cli import main
 from service.config import Settings
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.events.contract import (
-    AmiliIds,
     InvoiceCreated,
     RegistrationResult,
     decode_invoice_created,
@@ -194,7 +194,7 @@ async def test_reconcile_settles_an_invoice_whose_answer_was_lost(
         creditor=creditor,
         invoice_number="LOST-1",
         inbound_event_id=event["id"],
-        amili=AmiliIds.from_receipt(receipt),
+        amili=amili_ids(receipt),
     )
     records = await read_records(kafka_bootstrap_servers, topic, count=2, wait_seconds=5)
     assert len(records) == 1

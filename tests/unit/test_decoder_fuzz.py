@@ -33,7 +33,7 @@ from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, 
 from service.amili.client import AmiliClient, HttpSettings
 from service.circuit import AmiliCircuit
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.events.cloudevents import EnvelopeError
 from service.events.contract import INVOICE_CREATED_TYPE, decode_invoice_created
 from service.events.record import InboundRecord

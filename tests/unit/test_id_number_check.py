@@ -13,16 +13,12 @@ import pytest
 
 from devkit.emulator.app import Emulator
 from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
 from service.config import Settings
 from service.domain.invoice import CustomerType, Invoice
 from service.domain.outcomes import Outcome, Rejection
-from service.domain.transform import (
-    IdNumberCheck,
-    TransformDefaults,
-    registration_warnings,
-    to_registration,
-)
+from service.domain.rules import IdNumberCheck, TransformDefaults, registration_warnings
 from service.processing import InvoiceProcessor
 from tests.fakes import structured_record
 from tests.unit.test_amili_models import SEED_REQUEST

@@ -42,7 +42,7 @@ from service.amili import models as wire
 from service.amili.client import AmiliClient, HttpSettings
 from service.domain import invoice as canonical
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
 from service.kafka.link import BrokerLink

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.events.record import InboundRecord
 from service.ops.metrics import (
     AMILI_ENDPOINTS,

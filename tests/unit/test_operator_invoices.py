@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from service.amili.mapping import amili_ids
 from service.amili.models import InvoiceRegistrationReceipt
 from service.domain.checksums import luhn_check_digit
-from service.events.contract import AmiliIds, RegistrationResult, result_event
+from service.events.contract import RegistrationResult, result_event
 from service.ledger.base import LedgerEntry, LedgerState
 from service.operator.errors import OperatorError
 from service.operator.invoices import (
@@ -129,7 +130,7 @@ async def test_an_invoice_in_flight_past_its_lease_that_amili_holds_is_settled_a
         creditor=CREDITOR,
         invoice_number="INV-1",
         inbound_event_id="evt-INV-1",
-        amili=AmiliIds.from_receipt(found),
+        amili=amili_ids(found),
     )
     assert stored.result == expected.model_dump(mode="json")
     [(event, key)] = results.published
@@ -284,7 +285,7 @@ def registered(number: str, found: InvoiceRegistrationReceipt) -> LedgerEntry:
         creditor=CREDITOR,
         invoice_number=number,
         inbound_event_id=f"evt-{number}",
-        amili=AmiliIds.from_receipt(found),
+        amili=amili_ids(found),
     )
     return entry(number, LedgerState.REGISTERED, result=result.model_dump(mode="json"))
 
@@ -330,7 +331,7 @@ def test_the_lease_left_of_a_claim() -> None:
 def test_the_table_puts_both_sides_side_by_side() -> None:
     found = receipt("INV-1")
     view = ledger_view(registered("INV-1", found), LEASE, NOW)
-    amili = {**AmiliIds.from_receipt(found).model_dump(mode="json"), "case": {"state": "active"}}
+    amili = {**amili_ids(found).model_dump(mode="json"), "case": {"state": "active"}}
 
     rows = {row[""]: row for row in table_rows(CREDITOR, "INV-1", view, amili)}
 

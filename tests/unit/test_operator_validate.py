@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from service.cli import main
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.operator.validate import DEAD_LETTER, REJECTED, WOULD_REGISTER, check_events, summary
 
 ACCOUNT = "674dbeaf08847b9501cc9132"

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
 from service.circuit import AmiliCircuit, CircuitState
 from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.ledger.base import ClaimStatus, LedgerError, LedgerState
 from service.ops.metrics import Metrics, MetricsObserver
 from service.ports import (

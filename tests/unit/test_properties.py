@@ -31,10 +31,11 @@ from hypothesis import strategies as st
 from devkit.emulator.app import Emulator
 from devkit.emulator.settings import DEMO_ACCOUNT, DEMO_API_KEY, DEMO_CREDITOR, EmulatorSettings
 from devkit.schemas import INVOICE_DATA_FILE, SCHEMA_DIR
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
-from service.domain.invoice import Invoice
+from service.domain.invoice import Invoice, References
 from service.domain.outcomes import Outcome, Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 from service.events.contract import INVOICE_CREATED_TYPE
 from tests.fakes import structured_record
 from tests.unit.test_decoder_fuzz import world
@@ -210,16 +211,7 @@ def invoice_lines(draw: Draw) -> Data:
     return line
 
 
-REFERENCE_FIELDS = (
-    "reference_number",
-    "payout_reference",
-    "your_contact",
-    "your_reference",
-    "our_reference",
-    "your_additional_reference",
-    "order_reference",
-    "contract_reference",
-)
+REFERENCE_FIELDS = tuple(References.model_fields)  # the event's own, as a billing system sends them
 json_scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | short_texts
 
 

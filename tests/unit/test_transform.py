@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Rejection
-from service.domain.transform import TransformDefaults, to_registration
+from service.domain.rules import TransformDefaults
 
 ACCOUNT = "674dbeaf08847b9501cc9132"
 CREDITOR = "674dbeb208847b9501cc9138"

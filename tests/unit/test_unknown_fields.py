@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.domain.outcomes import Outcome
-from service.domain.transform import TransformDefaults
+from service.domain.rules import TransformDefaults
 from service.events.contract import InvalidInvoice, InvoiceCreated, UnknownFields, decode_invoice_created
 from service.ops.metrics import UNKNOWN_FIELD_LABELS, Metrics, MetricsObserver
 from service.processing import InvoiceProcessor

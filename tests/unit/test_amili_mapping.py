@@ -7,16 +7,18 @@ import pytest
 from pydantic import BaseModel
 
 from devkit.schemas import FIELD_MAPPING_DOC, field_mapping_document
-from service.amili.models import InvoiceRegistrationRequest
-from service.domain.field_paths import (
+from service.amili.mapping import (
     NOT_SENT,
-    REFERENCE_FIELDS,
+    Section,
+    Sent,
     inbound_field_path,
     seed_field_rows,
     seed_field_table,
+    to_registration,
 )
-from service.domain.invoice import Invoice
-from service.domain.transform import TransformDefaults, to_registration
+from service.amili.models import InvoiceRegistrationRequest
+from service.domain.invoice import Invoice, References
+from service.domain.rules import TransformDefaults
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,7 @@ def _full_event_data(customer_type: str) -> dict[str, Any]:
         "headline": "h",
         "body_text": "b",
         "debt_description": "d",
-        "references": {name: name for name in REFERENCE_FIELDS},
+        "references": {name: name for name in References.model_fields},
         "custom_column_headlines": ["c"],
         "labels": ["l"],
         "preferred_distribution": "email",
@@ -149,3 +151,9 @@ def test_every_field_the_table_maps_is_reached_from_the_event() -> None:
 def test_the_docs_table_is_the_generated_one() -> None:
     assert FIELD_MAPPING_DOC.read_text(encoding="utf-8") == field_mapping_document()
     assert seed_field_table() in field_mapping_document()
+
+
+@pytest.mark.parametrize("event", ["postal-code", "address.", "lines[0]]", "__import__('os')"])
+def test_a_table_path_that_is_no_attribute_path_is_refused_when_the_builder_is_made(event: str) -> None:
+    with pytest.raises(ValueError, match="not an attribute path"):
+        Section(Sent("zip_code", event)).builder(TransformDefaults())
