@@ -676,8 +676,9 @@ class Bench:
             stopping: list[asyncio.Task[None]] = []
 
             async def stop_all() -> None:
-                for child in children:
-                    peak_resident[child.name] = peak_resident_mb(child.pid)
+                for child in children:  # once, while they run (the exit stack calls this again)
+                    if child.running and child.name not in peak_resident:
+                        peak_resident[child.name] = peak_resident_mb(child.pid)
                 await asyncio.gather(*(child.stop() for child in children))
 
             stack.push_async_callback(stop_all)
