@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     max_events_held: int = Field(
         default=25_000,
         ge=1,
-        description="Events one instance reads ahead and holds unfinished (about 2 KB each while they "
+        description="Events one instance reads ahead and holds unfinished (about 3.4 KB each while they "
         "wait): how far another creditor's events can be behind a backlog and still be handled in turn",
     )
     max_attempts: int = Field(
