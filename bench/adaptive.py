@@ -104,13 +104,13 @@ from bench.throughput import (
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
 from devkit.emulator.settings import DEMO_CREDITOR
 from devkit.localkafka import LocalKafka, free_port
+from devkit.postgres import PostgresUnavailable, scratch_database
 from devkit.produce import create_topics
 from service.config import Settings
 
 SECOND_CREDITOR = "674dbeb208847b9501cc9139"  # the small sender of scenario C (the emulator is told)
 MAX_IN_FLIGHT = 128
 SCENARIOS = ("a", "b", "c", "d")
-POSTGRES_SCRIPT = ROOT / "scripts" / "postgres.sh"
 
 CONTENDERS: dict[str, dict[str, str]] = {
     "adaptive-gradient": {"AMILI_CONCURRENCY": "adaptive", "AMILI_LIMIT_ALGORITHM": "gradient"},
@@ -468,24 +468,11 @@ class Phase:
 
     def per_second_429(self) -> list[float]:
         """The emulator's 429s in each sampled second."""
-        rates: list[float] = []
-        previous = 0.0
-        for point in self.points:
-            rates.append(point.rate_limited - previous)
-            if not math.isnan(point.rate_limited):
-                previous = point.rate_limited
-        return rates
+        return increments([point.rate_limited for point in self.points])
 
     def per_second_admitted(self) -> list[float]:
         """The requests the emulator admitted (not refused with 429) in each sampled second."""
-        rates: list[float] = []
-        previous = 0.0
-        for point in self.points:
-            admitted = point.requests - point.rate_limited
-            rates.append(admitted - previous)
-            if not math.isnan(admitted):
-                previous = admitted
-        return rates
+        return increments([point.requests - point.rate_limited for point in self.points])
 
     def mean_service_seconds(self) -> float:
         """How long a request held its place at the emulator, on average over the run."""
@@ -499,6 +486,17 @@ class Phase:
         in_service = [p.in_service for p in self.points if not math.isnan(p.in_service)]
         queued = [p.queued for p in self.points if not math.isnan(p.queued)]
         return max(in_service, default=math.nan), max(queued, default=math.nan)
+
+
+def increments(counts: list[float]) -> list[float]:
+    """Each sample's count less the last one known before it (nan where a sample was missed)."""
+    rates: list[float] = []
+    previous = 0.0
+    for count in counts:
+        rates.append(count - previous)
+        if not math.isnan(count):
+            previous = count
+    return rates
 
 
 def peak_resident_mb(pid: int) -> float:
@@ -913,6 +911,7 @@ class Bench:
         service = phase.services[0]
         max_in_service, max_queued = phase.max_load()
         calls = phase.final(CALLS, service)
+        nominal_share = phase.goodput() / amili.bound if math.isfinite(amili.bound) else math.nan
         return {
             "config": amili.name,
             "amili": amili.title,
@@ -924,10 +923,9 @@ class Bench:
             "error": phase.error,
             "seconds": phase.seconds,
             "goodput": phase.goodput(),
-            "goodput_share": phase.goodput() / amili.bound if math.isfinite(amili.bound) else math.nan,
-            "goodput_share_nominal": (
-                phase.goodput() / amili.bound if math.isfinite(amili.bound) else math.nan
-            ),
+            # of the nominal bound; scenario A puts the share of the bound here in its place
+            "goodput_share": nominal_share,
+            "goodput_share_nominal": nominal_share,
             "requests": requests,
             "rate_limited": limited,
             "share_429": share,
@@ -1239,69 +1237,14 @@ class Bench:
 # PostgreSQL for scenario D ------------------------------------------------------------------------
 
 
-class PostgresUnavailable(Exception):
-    pass
-
-
 @contextlib.asynccontextmanager
 async def postgres_ledger(options: Options, say: Callable[[str], None]) -> AsyncIterator[str]:
     """A LEDGER_URL of a fresh database, dropped afterwards: on ``--postgres-dsn``, else on a local
-    cluster (``scripts/postgres.sh`` in ``--postgres-dir``, stopped afterwards if it was not running)."""
-    try:
-        import asyncpg
-    except ImportError as missing:
-        raise PostgresUnavailable(f"asyncpg: {missing}") from None
-    admin = options.postgres_dsn
-    stop_cluster = False
-    cluster = str(options.postgres_dir)
-    if admin is None:
-        say(f"starting a local PostgreSQL in {cluster} (scripts/postgres.sh)")
-        status = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", str(POSTGRES_SCRIPT), "status", cluster],
-            capture_output=True,
-            check=False,
-        )
-        started = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", str(POSTGRES_SCRIPT), "start", cluster, str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if started.returncode != 0 or not started.stdout.strip():
-            raise PostgresUnavailable(f"scripts/postgres.sh start: {started.stderr.strip()[-300:]}")
-        admin = started.stdout.strip().splitlines()[-1]
-        stop_cluster = status.returncode != 0
-    name = f"bench_adaptive_{uuid.uuid4().hex[:10]}"
-    try:
-        try:
-            connection = await asyncpg.connect(admin)
-            try:
-                await connection.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await connection.close()
-        except (OSError, asyncpg.PostgresError) as failed:
-            raise PostgresUnavailable(f"cannot create a database: {failed}") from None
-        base = admin.partition("?")[0].rpartition("/")[0]
-        try:
-            yield f"{base}/{name}"
-        finally:
-            with contextlib.suppress(Exception):
-                connection = await asyncpg.connect(admin)
-                try:
-                    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                finally:
-                    await connection.close()
-    finally:
-        if stop_cluster:
-            await asyncio.to_thread(
-                subprocess.run,
-                ["bash", str(POSTGRES_SCRIPT), "stop", cluster],
-                capture_output=True,
-                check=False,
-            )
+    cluster in ``--postgres-dir`` (``devkit.postgres``)."""
+    async with scratch_database(
+        "bench_adaptive", admin_dsn=options.postgres_dsn, cluster=options.postgres_dir, say=say
+    ) as url:
+        yield url
 
 
 # the broker ---------------------------------------------------------------------------------------

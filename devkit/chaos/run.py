@@ -51,6 +51,7 @@ from devkit.chaos.verdict import (
 )
 from devkit.emulator.settings import DEMO_API_KEY
 from devkit.localkafka import LocalKafka, LocalKafkaError, default_version, free_port, project_root
+from devkit.postgres import PostgresUnavailable, scratch_database
 from devkit.produce import create_topics
 
 # What the emulator injects: 5% 5xx (half of them after the registration was stored), 2% stored and
@@ -135,50 +136,13 @@ class ChaosOptions:
 
 @contextlib.asynccontextmanager
 async def _postgres_ledger(admin_dsn: str | None, console: Console) -> AsyncIterator[str]:
-    """A LEDGER_URL of a fresh PostgreSQL database, dropped afterwards. Without ``admin_dsn`` a local
-    cluster is started with ``scripts/postgres.sh`` (and stopped afterwards if it was not running)."""
-    import asyncpg
-
-    script = project_root() / "scripts" / "postgres.sh"
+    """A LEDGER_URL of a fresh PostgreSQL database, dropped afterwards (``devkit.postgres``)."""
     cluster = project_root() / ".cache" / "postgres"
-    stop_cluster = False
-    if admin_dsn is None:
-        console.print("Starting a local PostgreSQL (scripts/postgres.sh)…")
-        status = await asyncio.to_thread(
-            subprocess.run, ["bash", str(script), "status", str(cluster)], capture_output=True, check=False
-        )
-        started = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", str(script), "start", str(cluster), str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if started.returncode != 0 or not started.stdout.strip():
-            raise ChaosError(f"scripts/postgres.sh start failed: {started.stderr.strip()[-300:]}")
-        admin_dsn = started.stdout.strip().splitlines()[-1]
-        stop_cluster = status.returncode != 0
-    name = f"chaos_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(admin_dsn)
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    base, _, _ = admin_dsn.partition("?")[0].rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with contextlib.suppress(Exception):
-            connection = await asyncpg.connect(admin_dsn)
-            try:
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await connection.close()
-        if stop_cluster:
-            await asyncio.to_thread(
-                subprocess.run, ["bash", str(script), "stop", str(cluster)], capture_output=True, check=False
-            )
+        async with scratch_database("chaos", admin_dsn=admin_dsn, cluster=cluster, say=console.print) as url:
+            yield url
+    except PostgresUnavailable as unavailable:
+        raise ChaosError(str(unavailable)) from None
 
 
 class ChaosRun:

@@ -110,13 +110,16 @@ class RateBudget:
         """What the answer to the call with ``ticket`` said; ``refused``: it was a 429."""
         now = self._clock()
         if refused:
-            reset = answer.resets_at - now if answer.resets_at is not None else None
-            retry_after = answer.retry_after
-            if reset is not None and reset > 0 and (retry_after is None or retry_after < reset + 1):
+            resets_at, retry_after = answer.resets_at, answer.retry_after
+            if (
+                resets_at is not None
+                and resets_at > now
+                and (retry_after is None or retry_after < resets_at - now + 1)
+            ):
                 # Retry-After counts whole seconds: 1 when the window ends in 50 ms. Waiting for
                 # it would skip most of the next window (with several replicas all of them, now
                 # and then, and a window's worth of the allowance with them).
-                reopens = answer.resets_at or now
+                reopens = resets_at
             elif retry_after is not None:
                 reopens = now + retry_after
             else:
