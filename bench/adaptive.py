@@ -183,6 +183,7 @@ class Options:
     postgres_dsn: str | None
     postgres_dir: Path
     service_env: dict[str, str]  # added to every service's environment, last (--service-env)
+    trace_service: bool  # run bench/trace_service.py instead of the service, a trace per phase
     command: str
 
 
@@ -228,6 +229,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="a setting for every service of the run, over the contenders' own (repeatable); to try "
         "a setting before changing its default",
     )
+    parser.add_argument(
+        "--trace-service",
+        action="store_true",
+        help="diagnostic: time the steps of each event in the service (bench/trace_service.py); the "
+        "totals of each phase are printed and written beside its logs",
+    )
     args = parser.parse_args(argv)
     service_env: dict[str, str] = {}
     for setting in args.service_env:
@@ -262,6 +269,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         postgres_dsn=args.postgres_dsn,
         postgres_dir=args.postgres_dir,
         service_env=service_env,
+        trace_service=bool(args.trace_service),
         command=shlex.join(["python", "-m", "bench.adaptive", *(argv if argv is not None else sys.argv[1:])]),
     )
 
@@ -588,6 +596,17 @@ class Bench:
         extra = {"LEDGER_URL": ledger_url} if ledger_url else {}
         return base | dict(env) | extra | self.options.service_env
 
+    def print_traces(self, label: str, traces: Sequence[Path]) -> None:
+        for trace in traces:
+            if not trace.exists():
+                self.say(f"{label}: no trace in {trace.name} (the service did not exit normally)")
+                continue
+            steps: dict[str, list[float]] = json.loads(trace.read_text())
+            self.say(f"{label}: steps of the service ({trace.name}): calls, mean ms")
+            for step, (calls, seconds) in sorted(steps.items()):
+                mean_ms = 1000 * seconds / calls if calls else math.nan
+                self.say(f"  {step}: {int(calls):,}, {mean_ms:,.2f}")
+
     async def sample(
         self, http: httpx.AsyncClient, url: str, ports: Mapping[str, int], results: int, started: float
     ) -> Point:
@@ -660,14 +679,23 @@ class Bench:
             stack.push_async_callback(collector.stop)
             ports: dict[str, int] = {}
             children: list[Child] = []
+            traces: list[Path] = []
+            stack.callback(self.print_traces, label, traces)
             started = time.time()
             for index in range(replicas):
                 name = "service" if replicas == 1 else f"replica-{index + 1}"
                 port = ports[name] = free_port()
+                service_env = self.service_env(topics, url, port, env, ledger_url)
+                command = [sys.executable, "-m", "service", "run"]
+                if options.trace_service:
+                    trace = options.workdir / f"{topics.inbound}.{name}.trace.json"
+                    traces.append(trace)
+                    service_env["BENCH_TRACE_FILE"] = str(trace)
+                    command = [sys.executable, "-m", "bench.trace_service"]
                 child = await Child.start(
                     name,
-                    [sys.executable, "-m", "service", "run"],
-                    self.service_env(topics, url, port, env, ledger_url),
+                    command,
+                    service_env,
                     options.workdir / f"{topics.inbound}.{name}.log",
                 )
                 children.append(child)

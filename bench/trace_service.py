@@ -46,6 +46,18 @@ def _add(step: str, seconds: float) -> None:
         entry[1] += seconds
 
 
+def _creditor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The creditor a call is for, where it is plain to see (so one creditor's steps can be told
+    from another's, as in bench/adaptive's fairness scenario)."""
+    if "creditor" in kwargs:
+        return str(kwargs["creditor"])
+    for arg in args[1:]:
+        creditor = getattr(arg, "creditor", None) or getattr(getattr(arg, "route", None), "creditor", None)
+        if isinstance(creditor, str):
+            return creditor
+    return None
+
+
 def _timed_async(owner: type, name: str, step: str) -> None:
     original: Callable[..., Awaitable[Any]] = getattr(owner, name)
 
@@ -55,7 +67,11 @@ def _timed_async(owner: type, name: str, step: str) -> None:
         try:
             return await original(*args, **kwargs)
         finally:
-            _add(step, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            _add(step, seconds)
+            creditor = _creditor(args, kwargs)
+            if creditor is not None:
+                _add(f"{step} [creditor {creditor}]", seconds)
 
     setattr(owner, name, wrapper)
 
@@ -129,6 +145,8 @@ def _exit_on_sigterm(signum: int, _: object) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):  # an experiment: how often threads take the GIL
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     instrument()
     atexit.register(_dump)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

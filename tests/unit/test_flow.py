@@ -104,6 +104,26 @@ def test_the_gradient_settles_where_latency_is_near_its_tolerance() -> None:
     assert max(settled) <= 2 * 32
 
 
+def test_the_gradient_queues_at_most_its_allowance_beyond_the_tolerance() -> None:
+    """Near Amili's capacity the limit settles at capacity times tolerance plus the queue allowance
+    (4), not √limit: every call, a small creditor's too, waits in Amili's queue for the excess."""
+    clock = Clock()
+    settings = _with(SETTINGS, tolerance=1.25)
+    limit = AdaptiveLimit(settings, clock)
+    seen = []
+    for _ in range(300):
+        in_flight = limit.limit
+        latency = 0.05 * max(1.0, in_flight / 32)
+        for _ in range(20):
+            clock.advance(0.1 / 20 + 0.0001)
+            limit.sample(latency, in_flight=in_flight)
+        seen.append(limit.limit)
+    settled = [value for value in seen[100:] if value != settings.minimum]
+    # 32 * 1.25 + 4 = 44 (√limit would settle near 47); never below the capacity
+    assert min(settled) >= 40
+    assert max(settled) <= 44 + 1
+
+
 def test_a_refusal_lowers_the_limit_at_once_by_the_backoff() -> None:
     clock = Clock()
     limit = AdaptiveLimit(LimitSettings(initial=50, minimum=2, maximum=128, backoff=0.5), clock)
