@@ -80,6 +80,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -605,7 +606,7 @@ class Bench:
             self.say(f"{label}: steps of the service ({trace.name}): calls, mean ms")
             for step, (calls, seconds) in sorted(steps.items()):
                 mean_ms = 1000 * seconds / calls if calls else math.nan
-                self.say(f"  {step}: {int(calls):,}, {mean_ms:,.2f}")
+                self.say(escape(f"  {step}: {int(calls):,}, {mean_ms:,.2f}"))
 
     async def sample(
         self, http: httpx.AsyncClient, url: str, ports: Mapping[str, int], results: int, started: float
