@@ -124,11 +124,11 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """How one claim's go at Amili ended: the ``result`` to record after ``calls`` calls (a look-up
-    and a POST count as one); ``gave_up`` when Amili kept failing for it."""
+    """How one claim's go at Amili ended: the ``result`` to record, after ``tries`` tries (a look-up
+    and the POST after it are one); ``gave_up`` when Amili kept failing for it."""
 
     result: RegistrationResult
-    calls: int
+    tries: int
     gave_up: bool = False
 
 
@@ -224,7 +224,7 @@ class InvoiceRegistration:
                 outcome=result.outcome,  # giving up is a failed outcome
                 result=result.model_dump(mode="json"),
             )
-            return Decision(result, attempts=attempt.calls, gave_up=attempt.gave_up)
+            return Decision(result, attempts=attempt.tries, gave_up=attempt.gave_up)
 
     def _aged(self, claim: Claim) -> bool:
         """Whether the claim waited for a place so long that it must be renewed before a POST (an
