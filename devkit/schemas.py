@@ -34,7 +34,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
@@ -76,12 +76,12 @@ ASYNCAPI_FILE = "asyncapi.json"
 
 STRUCTURED_CONTENT_TYPE_PATTERN = r"^application/cloudevents\+json(;.*)?$"
 
-OutcomeType = Literal[
-    "amili-registrar.registration.registered.v1",
-    "amili-registrar.registration.rejected.v1",
-    "amili-registrar.registration.conflict.v1",
-    "amili-registrar.registration.failed.v1",
-]
+if TYPE_CHECKING:
+    ResultType = str
+else:
+    # A result event's types, one an outcome (``RESULT_TYPES``), as the Literal pydantic puts in the
+    # schema as an enum; a type checker cannot read a Literal made at run time.
+    ResultType = Literal[tuple(RESULT_TYPES.values())]
 
 
 class ContractSchema(GenerateJsonSchema):
@@ -117,7 +117,7 @@ class RegistrationResultEvent(BaseModel):
     specversion: Literal["1.0"]
     id: uuid.UUID = Field(description="Derived from creditor, invoice number and outcome: a repeat keeps it")
     source: Literal["amili-registrar"]
-    type: OutcomeType
+    type: ResultType
     time: AwareDatetime = Field(description="When the result was published")
     subject: str = Field(min_length=1, description="creditor/invoice_number")
     datacontenttype: Literal["application/json"]

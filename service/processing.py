@@ -19,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.amili.mapping import to_registration
 from service.amili.models import InvoiceRegistrationRequest
-from service.domain.outcomes import Outcome, Rejection
+from service.domain.invoice import InvoiceKey
+from service.domain.outcomes import Outcome, Reason, Rejection
 from service.domain.rules import TransformDefaults, registration_warnings
 from service.events.cloudevents import CloudEvent, EnvelopeError
 from service.events.contract import (
     InvalidInvoice,
-    Reason,
     RegistrationResult,
     UnknownFields,
     decode_invoice_created,
@@ -94,22 +94,32 @@ def _routing_data(record: InboundRecord) -> _RoutingData | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
-    """A record decoded and transformed, ready to be handled: either an ``error`` (it goes to dead
-    letters) or an ``event`` naming an invoice, with its ``payload`` (what to register, or why not)."""
+class Undecodable:
+    """A record that is no invoice-created event naming its invoice: it goes to dead letters, as
+    ``error`` says."""
 
     record: InboundRecord
-    ordering_key: str
-    event: CloudEvent | None = None
-    invoice_number: str = ""
-    payload: InvoiceRegistrationRequest | Rejection | None = None
-    error: EnvelopeError | None = None
-    creditor: str = ""
-    """The invoice's creditor, from the event or the configured default (decided once, here)."""
+    error: EnvelopeError
+
+
+@dataclass(frozen=True, slots=True)
+class Answerable:
+    """An event naming its invoice, decoded and transformed: its result will say what became of
+    ``payload`` (what to register, or why not)."""
+
+    record: InboundRecord
+    key: InvoiceKey
+    """The invoice, its creditor from the event or the configured default."""
+    event: CloudEvent
+    payload: InvoiceRegistrationRequest | Rejection
     warnings: tuple[Reason, ...] = ()
     """What a registrable invoice is registered despite (``ID_NUMBER_CHECK=warn``)."""
     unknown_fields: tuple[str, ...] = ()
     """Fields of ``data`` the invoice does not know, dropped (``UNKNOWN_FIELDS=ignore``)."""
+
+
+Prepared = Undecodable | Answerable
+"""A record ready to be handled: a dead letter, or an event to answer with a result."""
 
 
 class ProcessingObserver:
@@ -168,76 +178,56 @@ class InvoiceProcessor:
         number = data.invoice_number if data is not None else None
         if data is None or not isinstance(number, str) or not number:
             return Route(f"{record.topic}:{record.partition}:{record.offset}", "")
-        creditor = data.creditor if isinstance(data.creditor, str) else None
-        creditor = creditor or self._defaults.creditor or ""
-        return Route(f"{creditor}/{number}", creditor)
+        creditor = self._defaults.creditor_for(data.creditor if isinstance(data.creditor, str) else None)
+        return Route(str(InvoiceKey(creditor, number)), creditor)
 
     def prepare(self, record: InboundRecord) -> Prepared:
-        """Decode and transform (pure, no I/O); the ordering key tells which records must not
-        overtake each other."""
-        unordered = f"{record.topic}:{record.partition}:{record.offset}"
+        """Decode and transform (pure, no I/O)."""
         size = record_size(record)
         if self._max_event_bytes is not None and size > self._max_event_bytes:
             reason = f"the record has {size} bytes, more than MAX_EVENT_BYTES ({self._max_event_bytes})"
-            return Prepared(record, unordered, error=EnvelopeError(TOO_LARGE_RULE, reason))
+            return Undecodable(record, EnvelopeError(TOO_LARGE_RULE, reason))
         try:
             decoded = decode_invoice_created(record, unknown_fields=self._unknown_fields)
         except EnvelopeError as error:
-            return Prepared(record, unordered, error=error)
+            return Undecodable(record, error)
         except Exception as error:  # whatever the bytes, a record must end somewhere: here, dead letters
             reason = f"the record could not be decoded: {error.__class__.__name__}"
-            return Prepared(record, unordered, error=EnvelopeError("undecodable", reason))
+            return Undecodable(record, EnvelopeError("undecodable", reason))
         if isinstance(decoded, InvalidInvoice):
-            creditor = decoded.creditor or self._defaults.creditor or ""
-            return Prepared(
-                record,
-                f"{creditor}/{decoded.invoice_number}",
-                event=decoded.event,
-                invoice_number=decoded.invoice_number,
-                payload=Rejection(decoded.violations),
-                creditor=creditor,
-            )
+            key = InvoiceKey(self._defaults.creditor_for(decoded.creditor), decoded.invoice_number)
+            return Answerable(record, key, decoded.event, Rejection(decoded.violations))
         invoice = decoded.invoice
-        creditor = invoice.creditor or self._defaults.creditor or ""
+        key = InvoiceKey(self._defaults.creditor_for(invoice.creditor), invoice.invoice_number)
         payload = to_registration(invoice, self._defaults)
         warnings: tuple[Reason, ...] = ()
         if not isinstance(payload, Rejection):
-            warnings = tuple(Reason.from_violation(v) for v in registration_warnings(invoice, self._defaults))
-        return Prepared(
-            record,
-            f"{creditor}/{invoice.invoice_number}",
-            event=decoded.event,
-            invoice_number=invoice.invoice_number,
-            payload=payload,
-            creditor=creditor,
-            warnings=warnings,
-            unknown_fields=decoded.unknown_fields,
-        )
+            warnings = tuple(registration_warnings(invoice, self._defaults))
+        return Answerable(record, key, decoded.event, payload, warnings, decoded.unknown_fields)
 
     async def process(self, record: InboundRecord) -> Handled:
         return await self.handle(self.prepare(record))
 
     async def handle(self, prepared: Prepared) -> Handled:
         record = prepared.record
-        if prepared.error is not None or prepared.event is None or prepared.payload is None:
-            error = prepared.error or EnvelopeError("internal", "nothing decoded")
+        if isinstance(prepared, Undecodable):
+            error = prepared.error
             await self._dead_letters.dead_letter(record, error.rule, str(error))
             self._observer.dead_letter(error.rule)
             return Handled(outcome=None, dead_letter_rule=error.rule)
 
-        event, payload, creditor = prepared.event, prepared.payload, prepared.creditor
-        invoice_number = prepared.invoice_number
+        event, payload, (creditor, invoice_number) = prepared.event, prepared.payload, prepared.key
         if prepared.unknown_fields:
             # Names only, never values: a producer added fields this service does not know yet.
             log.debug("ignored unknown fields in data", extra={"fields": list(prepared.unknown_fields)})
             self._observer.unknown_fields(prepared.unknown_fields)
         if isinstance(payload, Rejection):
             result = RegistrationResult(
-                outcome=Outcome.REJECTED.value,
+                outcome=Outcome.REJECTED,
                 creditor=creditor,
                 invoice_number=invoice_number,
                 inbound_event_id=event.id,
-                reasons=[Reason.from_violation(v) for v in payload.violations],
+                reasons=list(payload.violations),
             )
             # Not recorded: a corrected invoice under the same number must still be registrable.
             await self._publish(result, event.time, record.taken_at)
@@ -254,7 +244,7 @@ class InvoiceProcessor:
             await self._dead_letters.dead_letter(record, GAVE_UP_RULE, reason)
             self._observer.dead_letter(GAVE_UP_RULE)
         return Handled(
-            Outcome(decision.result.outcome),
+            decision.result.outcome,
             dead_letter_rule=dead_letter_rule,
             attempts=decision.attempts,
             creditor=creditor,
@@ -289,7 +279,7 @@ class InvoiceProcessor:
         self, result: RegistrationResult, event_time: datetime | None, taken_at: float | None = None
     ) -> None:
         event = result_event(result, time=self._clock())
-        await self._results.publish_result(event, result_key(result.creditor, result.invoice_number))
+        await self._results.publish_result(event, result_key(result.key))
         since_taken = None if taken_at is None else max(0.0, time.monotonic() - taken_at)
         self._observer.result_published(result.outcome, event_time, since_taken)
 

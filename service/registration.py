@@ -38,10 +38,10 @@ from service.amili.mapping import amili_ids, inbound_field_path
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.circuit import AmiliCircuit, CircuitState
 from service.domain.checksums import is_valid_ocr
-from service.domain.outcomes import Outcome
-from service.events.contract import AmiliIds, Reason, RegistrationResult
+from service.domain.outcomes import Outcome, Reason
+from service.events.contract import AmiliIds, RegistrationResult
 from service.flow.fair import FairGate
-from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerError
 from service.ports import (
     AmiliDuplicate,
     AmiliMisconfigured,
@@ -104,13 +104,6 @@ class RegistrationObserver:
     def registrations_in_flight(self, count: int) -> None: ...
 
 
-@dataclass(slots=True)
-class _Posting:
-    """Whether a POST went out under the current claim (then the claim is never given back)."""
-
-    started: bool = False
-
-
 RELEASE_SECONDS = 5.0
 """How long an abandoned event may take to give its claim back."""
 
@@ -127,6 +120,16 @@ class Decision:
     recorded: bool = True
     gave_up: bool = False
     already_published: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one claim's go at Amili ended: the ``result`` to record, after ``tries`` tries (a look-up
+    and the POST after it are one); ``gave_up`` when Amili kept failing for it."""
+
+    result: RegistrationResult
+    tries: int
+    gave_up: bool = False
 
 
 class InvoiceRegistration:
@@ -207,36 +210,21 @@ class InvoiceRegistration:
                 waits += 1
                 await self._sleep(self._policy.backoff.delay(waits, self._rng))
                 continue
-            posting = _Posting()
-            try:
-                async with self._slot(creditor):
-                    if self._aged(claim) and not await self._renew(request):
-                        continue  # it waited so long for a place that its claim lapsed: claim again
-                    result, attempts, gave_up = await self._attempt(
-                        request,
-                        event_id,
-                        look_up_first=claim.status is ClaimStatus.RECLAIMED,
-                        posting=posting,
-                    )
-            except asyncio.CancelledError:
-                # Abandoned (a rebalance or a stop ran out of time). A fresh claim that never went
-                # to Amili is given back, so that the next owner need not wait for its lease.
-                if claim.status is ClaimStatus.CLAIMED and not posting.started:
-                    await self._release(request)
-                raise
-            if result is None:  # the claim was lost to another owner: claim again
+            attempt = await self._attempt(request, event_id, claim)
+            if attempt is None:  # the claim lapsed or was lost to another owner: claim again
                 continue
-            if warnings and result.outcome == Outcome.REGISTERED.value:
+            result = attempt.result
+            if warnings and result.outcome is Outcome.REGISTERED:
                 result = result.model_copy(update={"warnings": list(warnings)})
             await self._ledger_call(
                 "finish",
                 self._ledger.finish,
                 creditor=creditor,
                 invoice_number=number,
-                state=LedgerState(result.outcome),  # giving up is a failed outcome
+                outcome=result.outcome,  # giving up is a failed outcome
                 result=result.model_dump(mode="json"),
             )
-            return Decision(result, attempts=attempts, gave_up=gave_up)
+            return Decision(result, attempts=attempt.tries, gave_up=attempt.gave_up)
 
     def _aged(self, claim: Claim) -> bool:
         """Whether the claim waited for a place so long that it must be renewed before a POST (an
@@ -260,71 +248,84 @@ class InvoiceRegistration:
             log.warning("an abandoned claim could not be given back; it lapses with its lease")
 
     async def _attempt(
-        self,
-        request: InvoiceRegistrationRequest,
-        event_id: str,
-        *,
-        look_up_first: bool,
-        posting: _Posting,
-    ) -> tuple[RegistrationResult | None, int, bool]:
-        attempt = 0
-        unhealthy_failures = 0
-        duplicate_reported = False
-        while True:
-            attempt += 1
-            if attempt > 1 and not await self._renew(request):
-                return None, attempt, False
-            try:
-                async with self._circuit.attempt():
-                    receipt: InvoiceRegistrationReceipt | None = None
-                    if look_up_first:
-                        receipt = await self._amili.find_registration(
-                            request.creditor, request.invoice_number
+        self, request: InvoiceRegistrationRequest, event_id: str, claim: Claim
+    ) -> Attempt | None:
+        """Take a place at Amili and register under ``claim``; ``None`` when the claim lapsed or
+        was lost meanwhile."""
+        posted = False  # once a POST went out under the claim, it is never given back
+        try:
+            async with self._slot(request.creditor):
+                if self._aged(claim) and not await self._renew(request):
+                    return None  # it waited so long for a place that its claim lapsed
+                look_up_first = claim.status is ClaimStatus.RECLAIMED
+                attempt = 0
+                unhealthy_failures = 0
+                duplicate_reported = False
+                while True:
+                    attempt += 1
+                    if attempt > 1 and not await self._renew(request):
+                        return None
+                    try:
+                        async with self._circuit.attempt():
+                            receipt: InvoiceRegistrationReceipt | None = None
+                            if look_up_first:
+                                receipt = await self._amili.find_registration(
+                                    request.creditor, request.invoice_number
+                                )
+                                if receipt is None and duplicate_reported:
+                                    raise AmiliUnavailable(
+                                        "Amili reports a duplicate that its look-up does not show"
+                                    )
+                                look_up_first = False
+                            adopted = receipt is not None
+                            if receipt is None:
+                                posted = True
+                                receipt = await self._amili.register(request)
+                        self._observer.registration("adopted" if adopted else Outcome.REGISTERED.value)
+                        return Attempt(self._registered(request, event_id, receipt), attempt)
+                    except AmiliDuplicate:
+                        look_up_first = duplicate_reported = True
+                        continue
+                    except AmiliRejected as rejected:
+                        self._observer.registration(Outcome.REJECTED.value)
+                        return Attempt(self._rejected(request, event_id, rejected), attempt)
+                    except AmiliRateLimited as limited:
+                        # Amili asks for less, not the invoice's failure: it waits and never gives up for it.
+                        # With the rate budget the client says 0 (the next call waits in the budget until
+                        # Amili's window ends); without Retry-After, a first backoff's pause.
+                        wait = limited.retry_after
+                        if wait is None:
+                            wait = self._policy.backoff.delay(1, self._rng)
+                        reason = "rate_limited"
+                    except AmiliUnavailable as unavailable:
+                        look_up_first = look_up_first or unavailable.outcome_unknown
+                        wait = unavailable.retry_after
+                        reason = "rate_limited" if unavailable.retry_after is not None else "unavailable"
+                        if unavailable.outcome_unknown:
+                            reason = "outcome_unknown"
+                        if self._circuit.state is CircuitState.CLOSED:
+                            unhealthy_failures += 1
+                    except AmiliUnauthorized:
+                        wait, reason = 0.0, "unauthorized"  # the circuit holds the next attempt back
+                    except AmiliMisconfigured:
+                        # Amili is called at the wrong place: never the invoice's fault, never its failure.
+                        wait, reason = 0.0, "misconfigured"  # the circuit holds the next attempt back
+                    if unhealthy_failures >= self._policy.max_attempts:
+                        self._observer.registration(Outcome.FAILED.value)
+                        return Attempt(
+                            self._failed(request, event_id, attempt, reason), attempt, gave_up=True
                         )
-                        if receipt is None and duplicate_reported:
-                            raise AmiliUnavailable("Amili reports a duplicate that its look-up does not show")
-                        look_up_first = False
-                    adopted = receipt is not None
-                    if receipt is None:
-                        posting.started = True
-                        receipt = await self._amili.register(request)
-                self._observer.registration("adopted" if adopted else Outcome.REGISTERED.value)
-                return self._registered(request, event_id, receipt), attempt, False
-            except AmiliDuplicate:
-                look_up_first = duplicate_reported = True
-                continue
-            except AmiliRejected as rejected:
-                self._observer.registration(Outcome.REJECTED.value)
-                return self._rejected(request, event_id, rejected), attempt, False
-            except AmiliRateLimited as limited:
-                # Amili asks for less, not the invoice's failure: it waits and never gives up for it.
-                # With the rate budget the client says 0 (the next call waits in the budget until
-                # Amili's window ends); without Retry-After, a first backoff's pause.
-                wait = limited.retry_after
-                if wait is None:
-                    wait = self._policy.backoff.delay(1, self._rng)
-                reason = "rate_limited"
-            except AmiliUnavailable as unavailable:
-                look_up_first = look_up_first or unavailable.outcome_unknown
-                wait = unavailable.retry_after
-                reason = "rate_limited" if unavailable.retry_after is not None else "unavailable"
-                if unavailable.outcome_unknown:
-                    reason = "outcome_unknown"
-                if self._circuit.state is CircuitState.CLOSED:
-                    unhealthy_failures += 1
-            except AmiliUnauthorized:
-                wait, reason = 0.0, "unauthorized"  # the circuit holds the next attempt back
-            except AmiliMisconfigured:
-                # Amili is called at the wrong place: never the invoice's fault, never its failure.
-                wait, reason = 0.0, "misconfigured"  # the circuit holds the next attempt back
-            if unhealthy_failures >= self._policy.max_attempts:
-                self._observer.registration(Outcome.FAILED.value)
-                return self._failed(request, event_id, attempt, reason), attempt, True
-            self._observer.retry(reason)
-            delay = wait if wait is not None else self._policy.backoff.delay(attempt, self._rng)
-            # Per invoice, so DEBUG: the Amili client and the circuit say what fails, once per change.
-            log.debug("amili call failed, retrying", extra={"reason": reason, "attempt": attempt})
-            await self._sleep(delay)
+                    self._observer.retry(reason)
+                    delay = wait if wait is not None else self._policy.backoff.delay(attempt, self._rng)
+                    # Per invoice, so DEBUG: the Amili client and the circuit say what fails, once per change.
+                    log.debug("amili call failed, retrying", extra={"reason": reason, "attempt": attempt})
+                    await self._sleep(delay)
+        except asyncio.CancelledError:
+            # Abandoned (a rebalance or a stop ran out of time). A fresh claim that never went to
+            # Amili is given back, so that the next owner need not wait for its lease.
+            if claim.status is ClaimStatus.CLAIMED and not posted:
+                await self._release(request)
+            raise
 
     async def _renew(self, request: InvoiceRegistrationRequest) -> bool:
         return await self._ledger_call(

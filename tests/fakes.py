@@ -11,11 +11,13 @@ from typing import Any
 
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.domain.checksums import luhn_check_digit
-from service.events.cloudevents import CloudEvent
+from service.domain.outcomes import Outcome
+from service.events.cloudevents import CloudEvent, EnvelopeError
 from service.events.record import InboundRecord
-from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError
 from service.ledger.claims import decide_claim
 from service.ports import AmiliDuplicate, AmiliError
+from service.processing import Prepared, Undecodable
 
 _ids = itertools.count(1)
 Stored = tuple[InvoiceRegistrationRequest, InvoiceRegistrationReceipt]
@@ -98,6 +100,12 @@ class RecordingSleep:
         self.waits.append(seconds)
 
 
+def passed_on(record: InboundRecord) -> Prepared:
+    """A record as a fake processor's ``prepare`` hands it to the engine, which looks at nothing but
+    the record (the fake's ``handle`` decides what becomes of it)."""
+    return Undecodable(record, EnvelopeError("fake", "handled by a fake processor"))
+
+
 def structured_record(
     event: Mapping[str, object], *, offset: int = 0, topic: str = "invoice-created"
 ) -> InboundRecord:
@@ -172,19 +180,19 @@ class FakeLedger:
     ) -> bool:
         self._maybe_fail()
         entry = self.entries[(creditor, invoice_number)]
-        if entry.claimed_by != owner or entry.state is not LedgerState.IN_FLIGHT:
+        if entry.claimed_by != owner or entry.outcome is not None:
             return False
         attempts = entry.attempts + 1 if renewed else entry.attempts
         self.entries[(creditor, invoice_number)] = dataclasses.replace(entry, attempts=attempts, **changes)
         return True
 
     async def finish(
-        self, *, creditor: str, invoice_number: str, state: LedgerState, result: dict[str, Any], now: datetime
+        self, *, creditor: str, invoice_number: str, outcome: Outcome, result: dict[str, Any], now: datetime
     ) -> None:
         self._maybe_fail()
         entry = dataclasses.replace(
             self.entries[(creditor, invoice_number)],
-            state=state,
+            outcome=outcome,
             result=result,
             result_published=False,
             claimed_by=None,
@@ -199,7 +207,7 @@ class FakeLedger:
 
     async def unpublished(self, *, limit: int = 100) -> list[LedgerEntry]:
         self._maybe_fail()
-        pending = [e for e in self.entries.values() if e.state.is_final and not e.result_published]
+        pending = [e for e in self.entries.values() if e.is_final and not e.result_published]
         return sorted(pending, key=lambda e: e.updated_at)[:limit]
 
     async def get(self, *, creditor: str, invoice_number: str) -> LedgerEntry | None:
@@ -214,7 +222,7 @@ class FakeLedger:
             return entry.claimed_at is None or entry.claimed_at + lease <= now
 
         return self._page(
-            lambda e: e.state is LedgerState.FAILED or (e.state is LedgerState.IN_FLIGHT and lapsed(e)),
+            lambda e: e.outcome is Outcome.FAILED or (e.outcome is None and lapsed(e)),
             limit,
             after,
         )
@@ -231,7 +239,7 @@ class FakeLedger:
         self._maybe_fail()
         return self._page(
             lambda e: (
-                e.state.is_final
+                e.is_final
                 and (creditor is None or e.creditor == creditor)
                 and (updated_since is None or e.updated_at >= updated_since)
                 and (updated_until is None or e.updated_at < updated_until)

@@ -13,6 +13,7 @@ a ``Rejection`` with field paths of the inbound event.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
 from service.domain.invoice import CustomerType, Invoice
-from service.domain.outcomes import Rejection, Violation
+from service.domain.outcomes import Reason, Rejection
 from service.domain.rules import TransformDefaults, check_business_rules
 from service.events.contract import AmiliIds
 
@@ -52,14 +53,14 @@ class Sent:
     ``event`` is the path of that field within the event object matching Amili's (the invoice for
     the request's own fields, the customer for ``customer``'s, a line for a ``matrix`` item's),
     written as it is read: ``issue_date``, ``references.our_reference``, ``lines[0]`` (nothing when
-    the list is shorter). ``convert`` turns the value read into the one sent; ``fallback`` instead
-    gives the configured default sent where the event leaves the field out.
+    the list is shorter). ``convert`` turns the value read into the one sent; ``resolve`` instead
+    turns it into the one sent given the configured defaults (the event's own, else the default).
     """
 
     amili: str
     event: str
     convert: Convert | None = None
-    fallback: Callable[[TransformDefaults], str | None] | None = None
+    resolve: Callable[[TransformDefaults, str | None], str] | None = None
     shape: Shape = "value"
     note: str = ""
 
@@ -71,9 +72,8 @@ class Sent:
 
     def converter(self, defaults: TransformDefaults) -> Convert | None:
         """What turns the attribute's value into the one sent; ``None`` when it is sent as read."""
-        if self.fallback is not None:
-            default = self.fallback(defaults)
-            return lambda value: value or default or ""
+        if self.resolve is not None:
+            return functools.partial(self.resolve, defaults)
         indexed = _INDEXED.fullmatch(self.event)
         if indexed is None:
             return self.convert
@@ -207,14 +207,6 @@ def _customer_is(kind: CustomerType) -> Callable[[CustomerType | None], bool | N
     return lambda given: True if given is kind else None
 
 
-def _default_account(defaults: TransformDefaults) -> str | None:
-    return defaults.account
-
-
-def _default_creditor(defaults: TransformDefaults) -> str | None:
-    return defaults.creditor
-
-
 # -- the field table
 
 _DAY = "a date goes as midnight UTC, a date and time as that instant in UTC"
@@ -272,8 +264,8 @@ _MATRIX_ITEM = Section(
     Sent("extra_rows", "extra_rows", convert=_none_if_empty, shape="list"),
 )
 REGISTRATION = Section(
-    Sent("account", "account", fallback=_default_account, note="or `AMILI_DEFAULT_ACCOUNT`"),
-    Sent("creditor", "creditor", fallback=_default_creditor, note="or `AMILI_DEFAULT_CREDITOR`"),
+    Sent("account", "account", resolve=TransformDefaults.account_for, note="or `AMILI_DEFAULT_ACCOUNT`"),
+    Sent("creditor", "creditor", resolve=TransformDefaults.creditor_for, note="or `AMILI_DEFAULT_CREDITOR`"),
     Nested("customer", "customer", _CUSTOMER),
     Sent("invoice_type", "invoice_type"),
     Sent("invoice_number", "invoice_number"),
@@ -332,7 +324,7 @@ def to_registration(invoice: Invoice, defaults: TransformDefaults) -> InvoiceReg
     except ValidationError as error:
         return Rejection(
             tuple(
-                Violation(
+                Reason(
                     field=inbound_field_path(".".join(str(part) for part in issue["loc"])),
                     rule=issue["type"],
                     message=issue["msg"],

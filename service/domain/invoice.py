@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     AwareDatetime,
@@ -180,3 +180,24 @@ class Invoice(_Canonical):
         description="Deprecated by Amili on 2025-06-13: an invoice that carries it is rejected "
         "(rule deprecated) rather than registered without it",
     )
+
+
+class InvoiceKey(NamedTuple):
+    """What an invoice is known by everywhere: its ledger record, its result's record key and
+    subject, the line its events wait in. A tuple, so keys sort by creditor, then number (the
+    order of the ledger's pages), and ``creditor/invoice_number`` as text."""
+
+    creditor: str
+    invoice_number: str
+
+    def __str__(self) -> str:
+        return f"{self.creditor}/{self.invoice_number}"
+
+    @classmethod
+    def parse(cls, text: str) -> InvoiceKey:
+        """``creditor/invoice_number`` back, split at the first ``/`` (a creditor id holds none, an
+        invoice number may); ``ValueError`` unless both parts are there."""
+        creditor, slash, number = text.partition("/")
+        if not slash or not creditor or not number:
+            raise ValueError(f"{text!r} is not creditor/invoice_number")
+        return cls(creditor, number)

@@ -1,6 +1,6 @@
 """The business rules an invoice must keep to be registered, beyond what its schema states.
 
-Pure: no I/O, no clock. A broken rule yields a ``Violation`` located by a field path of the inbound
+Pure: no I/O, no clock. A broken rule yields a ``Reason`` located by a field path of the inbound
 event; nothing here raises for bad input. Turning a registrable invoice into Amili's request is the
 Amili adapter's (``service.amili.mapping``), so the rules know nothing of Amili's wire format.
 """
@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Literal
 
 from service.domain.invoice import CustomerType, Invoice, InvoiceLine
-from service.domain.outcomes import Violation
+from service.domain.outcomes import Reason
 from service.domain.swedish_ids import organisationsnummer_problem, personnummer_problem
 
 ALLOWED_VAT_RATES: frozenset[Decimal] = frozenset(Decimal(rate) for rate in (0, 6, 12, 25))
@@ -39,8 +39,19 @@ class TransformDefaults:
     creditor: str | None = None
     id_number_check: IdNumberCheck = "strict"
 
+    def account_for(self, given: str | None) -> str:
+        """The account an invoice is registered under: its own, else the default ("" when neither,
+        which the rules reject)."""
+        return given or self.account or ""
 
-def _id_number_findings(invoice: Invoice) -> list[Violation]:
+    def creditor_for(self, given: str | None) -> str:
+        """The creditor an invoice is registered, recorded, ordered and answered under: its own,
+        else the default ("" when neither, which the rules reject). The one place this is decided,
+        for the Amili request and the invoice's key alike."""
+        return given or self.creditor or ""
+
+
+def _id_number_findings(invoice: Invoice) -> list[Reason]:
     """What is wrong with the customer's Swedish id number, if anything."""
     customer = invoice.customer
     if customer.id_number is None:
@@ -54,20 +65,20 @@ def _id_number_findings(invoice: Invoice) -> list[Violation]:
         problem = organisationsnummer_problem(customer.id_number)
     if not problem:
         return []
-    return [Violation(field="data.customer.id_number", rule=rule, message=f"{rule} {problem}")]
+    return [Reason(field="data.customer.id_number", rule=rule, message=f"{rule} {problem}")]
 
 
-def registration_warnings(invoice: Invoice, defaults: TransformDefaults) -> list[Violation]:
+def registration_warnings(invoice: Invoice, defaults: TransformDefaults) -> list[Reason]:
     """What a registrable ``invoice`` is registered despite: under ``warn``, an invalid id number."""
     return _id_number_findings(invoice) if defaults.id_number_check == "warn" else []
 
 
-def check_business_rules(invoice: Invoice, defaults: TransformDefaults) -> list[Violation]:
+def check_business_rules(invoice: Invoice, defaults: TransformDefaults) -> list[Reason]:
     """Every rule ``invoice`` breaks that its schema cannot state; an empty list when none."""
-    violations: list[Violation] = []
+    violations: list[Reason] = []
 
     def broken(path: str, rule: str, message: str) -> None:
-        violations.append(Violation(field=f"data.{path}", rule=rule, message=message))
+        violations.append(Reason(field=f"data.{path}", rule=rule, message=message))
 
     if invoice.account is None and defaults.account is None:
         broken("account", "required", "no account in the event and no default configured")

@@ -6,12 +6,12 @@ import copy
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from service.domain.invoice import INVOICE_NUMBER_MAX_LENGTH, Invoice
-from service.domain.outcomes import Outcome, Violation
+from service.domain.invoice import INVOICE_NUMBER_MAX_LENGTH, Invoice, InvoiceKey
+from service.domain.outcomes import Outcome, Reason
 from service.events.cloudevents import CloudEvent, EnvelopeError, read_cloudevent
 from service.events.record import InboundRecord
 
@@ -44,7 +44,7 @@ class InvalidInvoice:
     event: CloudEvent
     invoice_number: str
     creditor: str | None
-    violations: tuple[Violation, ...]
+    violations: tuple[Reason, ...]
 
 
 Decoded = InvoiceCreated | InvalidInvoice
@@ -119,10 +119,10 @@ def _invoice_identity(data: Any) -> tuple[str, str | None]:
     return number, creditor
 
 
-def schema_violations(error: ValidationError) -> tuple[Violation, ...]:
+def schema_violations(error: ValidationError) -> tuple[Reason, ...]:
     """What the schema found wrong, each located by its event path, without the input."""
     return tuple(
-        Violation(field=field_path(issue["loc"]), rule=issue["type"], message=issue["msg"])
+        Reason(field=field_path(issue["loc"]), rule=issue["type"], message=issue["msg"])
         for issue in error.errors(include_url=False, include_input=False)
     )
 
@@ -141,16 +141,11 @@ class AmiliIds(BaseModel):
     ocr_number_ocr: str = Field(description="The OCR digits the debtor pays with")
 
 
-class Reason(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    field: str
-    rule: str
-    message: str
-
-    @classmethod
-    def from_violation(cls, violation: Violation) -> Reason:
-        return cls(field=violation.field, rule=violation.rule, message=violation.message)
+# The outcome inline in the schemas, as its values: how they were published before the field took
+# the enum (pydantic would otherwise move it into ``$defs``), so the documents keep their shape.
+_OUTCOME_SCHEMA = WithJsonSchema(
+    {"enum": [outcome.value for outcome in Outcome], "title": "Outcome", "type": "string"}
+)
 
 
 class RegistrationResult(BaseModel):
@@ -158,7 +153,7 @@ class RegistrationResult(BaseModel):
 
     model_config = ConfigDict(frozen=True, serialize_by_alias=True)
 
-    outcome: Literal["registered", "rejected", "conflict", "failed"]
+    outcome: Annotated[Outcome, _OUTCOME_SCHEMA]
     creditor: str
     invoice_number: str
     inbound_event_id: str
@@ -170,14 +165,18 @@ class RegistrationResult(BaseModel):
         "Swedish id number under ID_NUMBER_CHECK=warn); empty when there is none",
     )
 
+    @property
+    def key(self) -> InvoiceKey:
+        return InvoiceKey(self.creditor, self.invoice_number)
 
-def result_key(creditor: str, invoice_number: str) -> bytes:
-    """Results are keyed by creditor and invoice number, so one invoice's results stay in order."""
-    return f"{creditor}/{invoice_number}".encode()
+
+def result_key(key: InvoiceKey) -> bytes:
+    """Results are keyed by the invoice, so one invoice's results stay in order."""
+    return str(key).encode()
 
 
 def result_event(result: RegistrationResult, *, time: datetime) -> CloudEvent:
-    outcome = Outcome(result.outcome)
+    outcome = result.outcome
     event_id = uuid.uuid5(
         _RESULT_ID_NAMESPACE, f"{result.creditor}\x1f{result.invoice_number}\x1f{outcome.value}"
     )
@@ -187,7 +186,7 @@ def result_event(result: RegistrationResult, *, time: datetime) -> CloudEvent:
         source=RESULT_SOURCE,
         type=RESULT_TYPES[outcome],
         time=time,
-        subject=f"{result.creditor}/{result.invoice_number}",
+        subject=str(result.key),
         datacontenttype="application/json",
         data=result.model_dump(mode="json", exclude_none=True),
     )

@@ -1,5 +1,5 @@
 """The durable ledger of invoices: one record per (creditor, invoice_number)."""
 
-from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerEntry, LedgerError, LedgerState
+from service.ledger.base import Claim, ClaimStatus, Ledger, LedgerEntry, LedgerError
 
-__all__ = ["Claim", "ClaimStatus", "Ledger", "LedgerEntry", "LedgerError", "LedgerState"]
+__all__ = ["Claim", "ClaimStatus", "Ledger", "LedgerEntry", "LedgerError"]

@@ -13,25 +13,29 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from service.domain.invoice import InvoiceKey as InvoiceKey  # what a record is known by
+from service.domain.outcomes import Outcome
+
 
 class LedgerError(Exception):
     """The ledger could not be read or written (the database is down, a constraint failed...)."""
 
 
-InvoiceKey = tuple[str, str]
-"""``(creditor, invoice_number)``: what a record is known by, and the order of pages."""
+IN_FLIGHT = "in_flight"
+"""The state of a record with no outcome yet; a final record's state is its outcome's value."""
+
+STATES: tuple[str, ...] = (IN_FLIGHT, *(outcome.value for outcome in Outcome))
+"""Every state a record can be in, as the ledgers store it (their CHECK constraints list these)."""
 
 
-class LedgerState(StrEnum):
-    IN_FLIGHT = "in_flight"
-    REGISTERED = "registered"
-    REJECTED = "rejected"
-    CONFLICT = "conflict"
-    FAILED = "failed"
+def state_of(outcome: Outcome | None) -> str:
+    """The stored state of a record with ``outcome`` (none: in flight)."""
+    return IN_FLIGHT if outcome is None else outcome.value
 
-    @property
-    def is_final(self) -> bool:
-        return self is not LedgerState.IN_FLIGHT
+
+def outcome_of(state: str) -> Outcome | None:
+    """The outcome of a record in the stored ``state`` (none: in flight)."""
+    return None if state == IN_FLIGHT else Outcome(state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,8 @@ class LedgerEntry:
     creditor: str
     invoice_number: str
     fingerprint: str
-    state: LedgerState
+    outcome: Outcome | None
+    """The final outcome; none while the invoice is in flight (claimed, or being registered)."""
     attempts: int
     event_id: str
     """The inbound event id that first claimed this invoice."""
@@ -50,6 +55,19 @@ class LedgerEntry:
     result_published: bool
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def key(self) -> InvoiceKey:
+        return InvoiceKey(self.creditor, self.invoice_number)
+
+    @property
+    def state(self) -> str:
+        """``in_flight`` or the outcome's value, as stored and shown."""
+        return state_of(self.outcome)
+
+    @property
+    def is_final(self) -> bool:
+        return self.outcome is not None
 
 
 class ClaimStatus(StrEnum):
@@ -122,11 +140,11 @@ class Ledger(Protocol):
         *,
         creditor: str,
         invoice_number: str,
-        state: LedgerState,
+        outcome: Outcome,
         result: dict[str, Any],
         now: datetime,
     ) -> None:
-        """Record the final ``state`` and the result to publish (``result_published`` false);
+        """Record the ``outcome`` and the result to publish (``result_published`` false);
         ``KeyError`` when there is no such record."""
 
     async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None: ...

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from service.ledger.base import Claim, ClaimStatus, LedgerEntry, LedgerState
+from service.domain.outcomes import Outcome
+from service.ledger.base import Claim, ClaimStatus, LedgerEntry
 
 
 def utc(moment: datetime) -> datetime:
@@ -32,12 +33,12 @@ def decide_claim(
     The claim's entry is what the record must be afterwards: the caller writes it when the status
     is ``CLAIMED`` or ``RECLAIMED`` and leaves the record alone otherwise.
     """
-    if entry is None or (entry.state is LedgerState.REJECTED and entry.fingerprint != fingerprint):
+    if entry is None or (entry.outcome is Outcome.REJECTED and entry.fingerprint != fingerprint):
         fresh = LedgerEntry(
             creditor=creditor,
             invoice_number=invoice_number,
             fingerprint=fingerprint,
-            state=LedgerState.IN_FLIGHT,
+            outcome=None,
             attempts=1,
             event_id=event_id,
             claimed_by=owner,
@@ -52,7 +53,7 @@ def decide_claim(
         return Claim(ClaimStatus.CONFLICT, entry)
     taken_over = dataclasses.replace(
         entry,
-        state=LedgerState.IN_FLIGHT,
+        outcome=None,
         claimed_by=owner,
         claimed_at=now,
         attempts=entry.attempts + 1,
@@ -60,9 +61,9 @@ def decide_claim(
         result_published=False,
         updated_at=now,
     )
-    if entry.state is LedgerState.FAILED:
+    if entry.outcome is Outcome.FAILED:
         return Claim(ClaimStatus.RECLAIMED, taken_over)
-    if entry.state.is_final:
+    if entry.is_final:
         return Claim(ClaimStatus.FINAL, entry)
     if entry.claimed_by == owner or entry.claimed_at is None or entry.claimed_at + lease <= now:
         return Claim(ClaimStatus.RECLAIMED, taken_over)

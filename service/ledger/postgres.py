@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
+from service.domain.outcomes import Outcome
+from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, outcome_of
 from service.ledger.claims import decide_claim, utc
 
 T = TypeVar("T")
@@ -97,7 +98,7 @@ def _entry(row: asyncpg.Record) -> LedgerEntry:
         creditor=row["creditor"],
         invoice_number=row["invoice_number"],
         fingerprint=row["fingerprint"],
-        state=LedgerState(row["state"]),
+        outcome=outcome_of(row["state"]),
         attempts=row["attempts"],
         event_id=row["event_id"],
         claimed_by=row["claimed_by"],
@@ -114,7 +115,7 @@ def _values(entry: LedgerEntry) -> tuple[object, ...]:
         entry.creditor,
         entry.invoice_number,
         entry.fingerprint,
-        entry.state.value,
+        entry.state,
         entry.attempts,
         entry.event_id,
         entry.claimed_by,
@@ -272,12 +273,10 @@ class PostgresLedger:
         *,
         creditor: str,
         invoice_number: str,
-        state: LedgerState,
+        outcome: Outcome,
         result: dict[str, Any],
         now: datetime,
     ) -> None:
-        if not state.is_final:
-            raise ValueError(f"finish needs a final state, got {state}")
         now = utc(now)
         status = await self._guard(
             "finish",
@@ -286,7 +285,7 @@ class PostgresLedger:
                 f" claimed_by = NULL, updated_at = $5 WHERE {_KEY}",
                 creditor,
                 invoice_number,
-                state.value,
+                outcome.value,
                 result,
                 now,
             ),

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
+from service.domain.outcomes import Outcome
+from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, outcome_of
 from service.ledger.claims import decide_claim, utc
 
 T = TypeVar("T")
@@ -103,7 +104,7 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         creditor=row["creditor"],
         invoice_number=row["invoice_number"],
         fingerprint=row["fingerprint"],
-        state=LedgerState(row["state"]),
+        outcome=outcome_of(row["state"]),
         attempts=row["attempts"],
         event_id=row["event_id"],
         claimed_by=row["claimed_by"],
@@ -195,14 +196,12 @@ class SqliteLedger:
         *,
         creditor: str,
         invoice_number: str,
-        state: LedgerState,
+        outcome: Outcome,
         result: dict[str, Any],
         now: datetime,
     ) -> None:
-        if not state.is_final:
-            raise ValueError(f"finish needs a final state, got {state}")
         document, stamp = _json(result), _text(utc(now))
-        await self._transaction(_FinishWrite(creditor, invoice_number, state.value, document, stamp))
+        await self._transaction(_FinishWrite(creditor, invoice_number, outcome.value, document, stamp))
 
     async def mark_published(self, *, creditor: str, invoice_number: str, now: datetime) -> None:
         await self._transaction(_MarkWrite(creditor, invoice_number, _text(utc(now))))
@@ -465,7 +464,7 @@ def _values(entry: LedgerEntry) -> Sequence[object]:
         entry.creditor,
         entry.invoice_number,
         entry.fingerprint,
-        entry.state.value,
+        entry.state,
         entry.attempts,
         entry.event_id,
         entry.claimed_by,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.domain.invoice import InvoiceKey
 from service.events.cloudevents import JSON_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from service.events.contract import INVOICE_CREATED_TYPE
 
@@ -55,7 +56,7 @@ def as_cloudevent(item: dict[str, Any]) -> dict[str, Any]:
 def event_key(event: dict[str, Any]) -> bytes | None:
     data = event.get("data")
     if isinstance(data, dict) and "invoice_number" in data:
-        return f"{data.get('creditor', '')}/{data['invoice_number']}".encode()
+        return str(InvoiceKey(data.get("creditor", ""), data["invoice_number"])).encode()
     return None
 
 

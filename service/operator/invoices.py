@@ -29,7 +29,7 @@ from service.config import Settings
 from service.domain.checksums import is_valid_ocr
 from service.domain.outcomes import Outcome
 from service.events.contract import AmiliIds, RegistrationResult
-from service.ledger.base import ClaimStatus, InvoiceKey, Ledger, LedgerEntry, LedgerState
+from service.ledger.base import IN_FLIGHT, ClaimStatus, InvoiceKey, Ledger, LedgerEntry
 from service.operator.errors import OperatorError
 from service.operator.kafka_tools import progress, quiet_aiokafka
 from service.operator.output import show
@@ -133,26 +133,26 @@ def compare(
             "disagree",
             "Amili holds it, the ledger has no record (registered by other means, or another LEDGER_URL)",
         )
-    state = entry.state
+    state, outcome = entry.state, entry.outcome
     if receipt is None:
-        if state is LedgerState.REGISTERED:
+        if outcome is Outcome.REGISTERED:
             return Verdict(
                 EXIT_DISAGREE, "disagree", "the ledger says registered, Amili holds no registration"
             )
-        if state is LedgerState.IN_FLIGHT:
+        if outcome is None:
             return Verdict(EXIT_AGREE, "agree", "in flight, not at Amili (yet)")
         return Verdict(EXIT_AGREE, "agree", f"{state} in the ledger, absent at Amili")
-    if state is LedgerState.REGISTERED:
+    if outcome is Outcome.REGISTERED:
         if ids_in(entry) == amili_ids(receipt):
             return Verdict(EXIT_AGREE, "agree", "registered in both, same ids")
         return Verdict(EXIT_DISAGREE, "disagree", "registered in both, but the ids differ")
-    if state is LedgerState.IN_FLIGHT:
+    if outcome is None:
         if lapsed:
             why = "its claim lapsed: `reconcile` settles it"
         else:
             why = f"{entry.claimed_by} holds a live claim: it is being recorded"
         return Verdict(EXIT_DISAGREE, "disagree", f"in flight in the ledger, registered at Amili; {why}")
-    if state is LedgerState.FAILED:
+    if outcome is Outcome.FAILED:
         fix = "" if not is_valid_ocr(receipt.ocr_number_ocr) else ": `reconcile` settles it"
         return Verdict(EXIT_DISAGREE, "disagree", f"failed in the ledger, registered at Amili{fix}")
     return Verdict(EXIT_DISAGREE, "disagree", f"{state} in the ledger, yet registered at Amili")
@@ -161,14 +161,14 @@ def compare(
 def lease_left(entry: LedgerEntry, lease: timedelta, at: datetime) -> timedelta | None:
     """How long the claim of an in-flight record holds (negative: lapsed that long ago);
     ``None`` when it is not in flight, or claimed by no one (taken over at once)."""
-    if entry.state is not LedgerState.IN_FLIGHT or entry.claimed_at is None or entry.claimed_by is None:
+    if entry.outcome is not None or entry.claimed_at is None or entry.claimed_by is None:
         return None
     return entry.claimed_at + lease - at
 
 
 def lapsed(entry: LedgerEntry, lease: timedelta, at: datetime) -> bool:
     left = lease_left(entry, lease, at)
-    return entry.state is LedgerState.IN_FLIGHT and (left is None or left <= timedelta(0))
+    return entry.outcome is None and (left is None or left <= timedelta(0))
 
 
 def _seconds(span: timedelta) -> str:
@@ -180,7 +180,7 @@ def ledger_view(entry: LedgerEntry, lease: timedelta, at: datetime) -> dict[str,
     result = entry.result or {}
     left = lease_left(entry, lease, at)
     view: dict[str, Any] = {
-        "state": entry.state.value,
+        "state": entry.state,
         "attempts": entry.attempts,
         "owner": entry.claimed_by,
         "claimed_at": entry.claimed_at.isoformat() if entry.claimed_at else None,
@@ -189,7 +189,7 @@ def ledger_view(entry: LedgerEntry, lease: timedelta, at: datetime) -> dict[str,
         "inbound_event_id": entry.event_id,
         "created_at": entry.created_at.isoformat(),
         "updated_at": entry.updated_at.isoformat(),
-        "result_published": entry.result_published if entry.state.is_final else None,
+        "result_published": entry.result_published if entry.is_final else None,
         "outcome": result.get("outcome"),
         "amili": result.get("amili"),
         "reasons": result.get("reasons") or [],
@@ -237,7 +237,7 @@ def table_rows(
     else:
         row("state", ledger["state"], "registered" if amili else "none")
         row("attempts", ledger["attempts"])
-        if ledger["state"] == LedgerState.IN_FLIGHT.value:  # a final record's claim is over
+        if ledger["state"] == IN_FLIGHT:  # a final record's claim is over
             row("owner", ledger["owner"] or "nobody (given back)")
             left = ledger["lease_left_seconds"]
             lease = "" if left is None else f" ({_seconds(timedelta(seconds=left))})"
@@ -354,7 +354,7 @@ class Settlement:
 def registered_result(entry: LedgerEntry, receipt: InvoiceRegistrationReceipt) -> RegistrationResult:
     """The result the service records when it adopts Amili's registration on a look-up."""
     return RegistrationResult(
-        outcome=Outcome.REGISTERED.value,
+        outcome=Outcome.REGISTERED,
         creditor=entry.creditor,
         invoice_number=entry.invoice_number,
         inbound_event_id=entry.event_id,
@@ -407,14 +407,14 @@ class Reconciler:
                 done(settlement)
             if len(entries) < size:
                 break
-            after = (entries[-1].creditor, entries[-1].invoice_number)
+            after = entries[-1].key
         return settled
 
     async def settle(self, entry: LedgerEntry) -> Settlement:
         creditor, number = entry.creditor, entry.invoice_number
 
         def settlement(status: str, note: str, event_id: str | None = None) -> Settlement:
-            return Settlement(creditor, number, entry.state.value, status, note, event_id)
+            return Settlement(creditor, number, entry.state, status, note, event_id)
 
         try:
             receipt = await self._amili.find_registration(creditor, number)
@@ -423,7 +423,7 @@ class Reconciler:
         except AmiliError as error:
             return settlement(ERROR, f"Amili look-up failed: {error}")
         if receipt is None:
-            if entry.state is LedgerState.FAILED:
+            if entry.outcome is Outcome.FAILED:
                 return settlement(LEFT, "not at Amili: a replay of its event registers it")
             return settlement(LEFT, "not at Amili: left for the service's next attempt")
         if not is_valid_ocr(receipt.ocr_number_ocr):
@@ -454,7 +454,7 @@ class Reconciler:
             await self._ledger.finish(
                 creditor=creditor,
                 invoice_number=number,
-                state=LedgerState.REGISTERED,
+                outcome=Outcome.REGISTERED,
                 result=result.model_dump(mode="json"),
                 now=self._clock(),
             )

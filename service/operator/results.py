@@ -133,14 +133,14 @@ async def result_producer(settings: Settings) -> AsyncIterator[ResultProducer]:
 def stored_result(entry: LedgerEntry) -> RegistrationResult:
     """The result a final record holds (what the service published)."""
     if entry.result is None:
-        raise OperatorError(f"{entry.creditor}/{entry.invoice_number} holds no result (state {entry.state})")
+        raise OperatorError(f"{entry.key} holds no result (state {entry.state})")
     return RegistrationResult.model_validate(entry.result)
 
 
 def result_of(result: RegistrationResult) -> tuple[CloudEvent, bytes]:
     """The event and key the service publishes for ``result``: the id is derived from creditor,
     invoice number and outcome (``result_event``), so it is the id the result first had."""
-    return result_event(result, time=now()), result_key(result.creditor, result.invoice_number)
+    return result_event(result, time=now()), result_key(result.key)
 
 
 # -- arguments
@@ -166,10 +166,10 @@ def moment(text: str) -> datetime:
 
 def invoice_key(text: str) -> InvoiceKey:
     """``CREDITOR/INVOICE_NUMBER`` (split at the first ``/``: the invoice number may hold more)."""
-    creditor, slash, number = text.strip().partition("/")
-    if not slash or not creditor or not number:
-        raise argparse.ArgumentTypeError(f"{text!r} is not CREDITOR/INVOICE_NUMBER")
-    return creditor, number
+    try:
+        return InvoiceKey.parse(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CREDITOR/INVOICE_NUMBER") from None
 
 
 def read_invoice_keys(path: str) -> list[InvoiceKey]:
@@ -243,7 +243,7 @@ class Republished:
         return {
             "creditor": self.creditor,
             "invoice_number": self.invoice_number,
-            "key": f"{self.creditor}/{self.invoice_number}",
+            "key": str(InvoiceKey(self.creditor, self.invoice_number)),
             "outcome": self.outcome,
             "event_id": self.event_id,
             "published": self.published,
@@ -257,13 +257,13 @@ async def selected_entries(
     """The final records ``selection`` names, page by page; an invoice named that has no final
     record comes as ``Unpublishable``."""
     if selection.by_name:
-        for creditor, number in selection.invoices:
-            with ledger_errors(f"cannot read {creditor}/{number} from the ledger"):
-                entry = await ledger.get(creditor=creditor, invoice_number=number)
+        for key in selection.invoices:
+            with ledger_errors(f"cannot read {key} from the ledger"):
+                entry = await ledger.get(creditor=key.creditor, invoice_number=key.invoice_number)
             if entry is None:
-                yield Unpublishable((creditor, number), "no ledger record")
-            elif not entry.state.is_final:
-                yield Unpublishable((creditor, number), f"no final result yet ({entry.state})")
+                yield Unpublishable(key, "no ledger record")
+            elif not entry.is_final:
+                yield Unpublishable(key, f"no final result yet ({entry.state})")
             else:
                 yield entry
         return
@@ -281,7 +281,7 @@ async def selected_entries(
             yield entry
         if len(entries) < page:
             return
-        after = (entries[-1].creditor, entries[-1].invoice_number)
+        after = entries[-1].key
 
 
 class ManyResultPublisher(Protocol):
@@ -308,7 +308,7 @@ async def republish(
             await publisher.publish_many(events)
             for entry in batch:
                 if not entry.result_published:  # the service would have published it on restart
-                    with ledger_errors(f"published, but cannot mark {entry.creditor}/{entry.invoice_number}"):
+                    with ledger_errors(f"published, but cannot mark {entry.key}"):
                         await ledger.mark_published(
                             creditor=entry.creditor, invoice_number=entry.invoice_number, now=now()
                         )

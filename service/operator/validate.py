@@ -101,7 +101,7 @@ def check_events(
     """The service's verdict on each event (whole CloudEvents), as ``InvoiceProcessor.prepare``
     would decide it for the record ``produce`` writes (structured mode)."""
     from service.operator.event_files import encode, event_key
-    from service.processing import InvoiceProcessor
+    from service.processing import InvoiceProcessor, Undecodable
 
     offline = cast(Any, _Offline())
     processor = InvoiceProcessor(
@@ -127,10 +127,10 @@ def check_events(
         prepared = processor.prepare(record)
         event_id = event.get("id")
         shown_id = event_id if isinstance(event_id, str) else None
-        if prepared.error is not None or prepared.event is None or prepared.payload is None:
+        if isinstance(prepared, Undecodable):
             data = event.get("data")
             number = data.get("invoice_number") if isinstance(data, dict) else None
-            rule, message = (prepared.error.rule, str(prepared.error)) if prepared.error else ("internal", "")
+            rule, message = prepared.error.rule, str(prepared.error)
             checked.append(
                 Checked(
                     index=index,
@@ -146,8 +146,8 @@ def check_events(
         common: dict[str, Any] = {
             "index": index,
             "event_id": prepared.event.id,
-            "invoice_number": prepared.invoice_number,
-            "creditor": prepared.creditor or None,
+            "invoice_number": prepared.key.invoice_number,
+            "creditor": prepared.key.creditor or None,
             "unknown_fields": list(prepared.unknown_fields),
         }
         if isinstance(payload, Rejection):

@@ -18,6 +18,7 @@ from devkit.produce import create_topics
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
 from service.processing import Handled, Prepared, Route
+from tests.fakes import passed_on
 from tests.integration.harness import committed, kafka_producer, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -39,7 +40,7 @@ class StandInProcessor:
         return Route((record.key or b"").decode(), "")
 
     def prepare(self, record: InboundRecord) -> Prepared:
-        return Prepared(record, (record.key or b"").decode())
+        return passed_on(record)
 
     async def handle(self, prepared: Prepared) -> Handled:
         record = prepared.record
@@ -50,7 +51,7 @@ class StandInProcessor:
             if gate is not None:
                 await gate.wait()
             await asyncio.sleep(self.rng.uniform(0, self.max_delay))
-            self.order[prepared.ordering_key].append(int(record.value or b"0"))
+            self.order[(prepared.record.key or b"").decode()].append(int(record.value or b"0"))
             self.done.add((record.partition, record.offset))
         finally:
             self.running -= 1

@@ -136,7 +136,7 @@ async def test_a_stop_that_runs_out_of_time_gives_back_the_claims_that_never_wen
     assert len(posted) == 2
     for number, entry in entries.items():
         assert entry is not None
-        assert entry.state.value == "in_flight"
+        assert entry.state == "in_flight"
         if number in posted:  # its POST reached Amili: the claim stays until its lease lapses
             assert entry.claimed_by is not None
         else:  # it never went to Amili: given back, the next owner takes it over at once

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from devkit.localkafka import free_port
-from service.ledger import Claim, ClaimStatus, Ledger, LedgerEntry, LedgerError, LedgerState
+from service.domain.outcomes import Outcome
+from service.ledger import Claim, ClaimStatus, Ledger, LedgerEntry, LedgerError
 from service.ledger.factory import open_ledger
 from service.ledger.postgres import PostgresLedger
 from service.ledger.sqlite import SqliteLedger
@@ -57,11 +58,15 @@ async def claim(
 
 
 async def finished(
-    ledger: Ledger, state: LedgerState, *, number: str = NUMBER, now: datetime = T0
+    ledger: Ledger, outcome: Outcome, *, number: str = NUMBER, now: datetime = T0
 ) -> LedgerEntry:
     await claim(ledger, number=number, now=now)
     await ledger.finish(
-        creditor=CREDITOR, invoice_number=number, state=state, result=RESULT, now=now + timedelta(seconds=1)
+        creditor=CREDITOR,
+        invoice_number=number,
+        outcome=outcome,
+        result=RESULT,
+        now=now + timedelta(seconds=1),
     )
     return await stored(ledger, number)
 
@@ -85,7 +90,7 @@ async def test_claiming_a_new_invoice_records_it_in_flight(ledger: Ledger) -> No
         creditor=CREDITOR,
         invoice_number=NUMBER,
         fingerprint="fp-1",
-        state=LedgerState.IN_FLIGHT,
+        outcome=None,
         attempts=1,
         event_id="event-1",
         claimed_by="replica-a",
@@ -132,7 +137,7 @@ async def test_a_lapsed_claim_is_taken_over_at_expiry(ledger: Ledger) -> None:
     result = await claim(ledger, owner="replica-b", event_id="event-2", now=expiry)
 
     assert result.status is ClaimStatus.RECLAIMED
-    assert result.entry.state is LedgerState.IN_FLIGHT
+    assert result.entry.outcome is None
     assert (result.entry.claimed_by, result.entry.claimed_at, result.entry.attempts) == (
         "replica-b",
         expiry,
@@ -145,7 +150,7 @@ async def test_a_lapsed_claim_is_taken_over_at_expiry(ledger: Ledger) -> None:
 
 async def test_another_fingerprint_is_a_conflict_and_changes_nothing(ledger: Ledger) -> None:
     in_flight = await claim(ledger)
-    registered = await finished(ledger, LedgerState.REGISTERED, number="INV-2")
+    registered = await finished(ledger, Outcome.REGISTERED, number="INV-2")
 
     for number, before in ((NUMBER, in_flight.entry), ("INV-2", registered)):
         result = await claim(ledger, number=number, owner="replica-b", fingerprint="fp-other", now=T0 + LEASE)
@@ -154,9 +159,9 @@ async def test_another_fingerprint_is_a_conflict_and_changes_nothing(ledger: Led
         assert await stored(ledger, number) == before
 
 
-@pytest.mark.parametrize("state", [LedgerState.REGISTERED, LedgerState.REJECTED, LedgerState.CONFLICT])
-async def test_a_final_record_is_final_and_unchanged(ledger: Ledger, state: LedgerState) -> None:
-    before = await finished(ledger, state)
+@pytest.mark.parametrize("outcome", [Outcome.REGISTERED, Outcome.REJECTED, Outcome.CONFLICT])
+async def test_a_final_record_is_final_and_unchanged(ledger: Ledger, outcome: Outcome) -> None:
+    before = await finished(ledger, outcome)
 
     result = await claim(ledger, owner="replica-b", event_id="event-2", now=T0 + timedelta(hours=1))
 
@@ -167,7 +172,7 @@ async def test_a_final_record_is_final_and_unchanged(ledger: Ledger, state: Ledg
 
 
 async def test_a_rejected_invoice_corrected_is_claimed_afresh(ledger: Ledger) -> None:
-    await finished(ledger, LedgerState.REJECTED)
+    await finished(ledger, Outcome.REJECTED)
     await ledger.mark_published(creditor=CREDITOR, invoice_number=NUMBER, now=T0 + timedelta(seconds=2))
     later = T0 + timedelta(hours=1)
 
@@ -178,7 +183,7 @@ async def test_a_rejected_invoice_corrected_is_claimed_afresh(ledger: Ledger) ->
         creditor=CREDITOR,
         invoice_number=NUMBER,
         fingerprint="fp-2",
-        state=LedgerState.IN_FLIGHT,
+        outcome=None,
         attempts=1,
         event_id="event-2",
         claimed_by="replica-b",
@@ -192,7 +197,7 @@ async def test_a_rejected_invoice_corrected_is_claimed_afresh(ledger: Ledger) ->
 
 
 async def test_a_failed_invoice_is_reclaimed_on_replay(ledger: Ledger) -> None:
-    before = await finished(ledger, LedgerState.FAILED)
+    before = await finished(ledger, Outcome.FAILED)
     later = T0 + timedelta(hours=1)
 
     result = await claim(ledger, owner="replica-b", event_id="event-2", now=later)
@@ -200,7 +205,7 @@ async def test_a_failed_invoice_is_reclaimed_on_replay(ledger: Ledger) -> None:
     assert result.status is ClaimStatus.RECLAIMED
     assert result.entry == dataclasses.replace(
         before,
-        state=LedgerState.IN_FLIGHT,
+        outcome=None,
         claimed_by="replica-b",
         claimed_at=later,
         attempts=2,
@@ -214,7 +219,7 @@ async def test_a_failed_invoice_is_reclaimed_on_replay(ledger: Ledger) -> None:
 
 
 async def test_a_failed_invoice_with_other_content_is_a_conflict(ledger: Ledger) -> None:
-    before = await finished(ledger, LedgerState.FAILED)
+    before = await finished(ledger, Outcome.FAILED)
 
     result = await claim(ledger, fingerprint="fp-other", now=T0 + timedelta(hours=1))
 
@@ -249,7 +254,7 @@ async def test_renew_extends_only_the_holders_claim(ledger: Ledger) -> None:
     )
 
     await ledger.finish(
-        creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=later
+        creditor=CREDITOR, invoice_number=NUMBER, outcome=Outcome.REGISTERED, result=RESULT, now=later
     )
     assert not await ledger.renew(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=later)
 
@@ -262,16 +267,16 @@ async def test_a_released_claim_is_taken_over_at_once_and_only_its_owner_release
 
     assert await ledger.release(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-a", now=later)
     released = await stored(ledger)
-    assert (released.state, released.claimed_by, released.claimed_at) == (LedgerState.IN_FLIGHT, None, None)
+    assert (released.outcome, released.claimed_by, released.claimed_at) == (None, None, None)
     taken = await claim(ledger, owner="replica-b", now=later)
     assert taken.status is ClaimStatus.RECLAIMED  # looked up at Amili first, like any claim taken over
     assert taken.entry.claimed_by == "replica-b"
 
     await ledger.finish(
-        creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=later
+        creditor=CREDITOR, invoice_number=NUMBER, outcome=Outcome.REGISTERED, result=RESULT, now=later
     )
     assert not await ledger.release(creditor=CREDITOR, invoice_number=NUMBER, owner="replica-b", now=later)
-    assert (await stored(ledger)).state is LedgerState.REGISTERED
+    assert (await stored(ledger)).outcome is Outcome.REGISTERED
     assert not await ledger.release(
         creditor=CREDITOR, invoice_number="INV-absent", owner="replica-a", now=later
     )
@@ -292,13 +297,13 @@ async def test_finish_then_publish(ledger: Ledger) -> None:
     done_at = T0 + timedelta(seconds=3)
 
     await ledger.finish(
-        creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=done_at
+        creditor=CREDITOR, invoice_number=NUMBER, outcome=Outcome.REGISTERED, result=RESULT, now=done_at
     )
 
     entry = await stored(ledger)
     assert entry == dataclasses.replace(
         claimed.entry,
-        state=LedgerState.REGISTERED,
+        outcome=Outcome.REGISTERED,
         result=RESULT,
         result_published=False,
         claimed_by=None,
@@ -316,25 +321,20 @@ async def test_finish_then_publish(ledger: Ledger) -> None:
 async def test_unpublished_lists_final_records_oldest_first(ledger: Ledger) -> None:
     await claim(ledger, number="INV-in-flight")
     for minute, number in ((3, "INV-c"), (1, "INV-a"), (2, "INV-b"), (4, "INV-d")):
-        await finished(ledger, LedgerState.REGISTERED, number=number, now=T0 + timedelta(minutes=minute))
+        await finished(ledger, Outcome.REGISTERED, number=number, now=T0 + timedelta(minutes=minute))
     await ledger.mark_published(creditor=CREDITOR, invoice_number="INV-d", now=T0 + timedelta(minutes=5))
 
     assert [e.invoice_number for e in await ledger.unpublished()] == ["INV-a", "INV-b", "INV-c"]
     assert [e.invoice_number for e in await ledger.unpublished(limit=2)] == ["INV-a", "INV-b"]
 
 
-async def test_finish_and_publish_need_a_record_and_a_final_state(ledger: Ledger) -> None:
+async def test_finish_and_publish_need_a_record(ledger: Ledger) -> None:
     with pytest.raises(KeyError):
         await ledger.finish(
-            creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.REGISTERED, result=RESULT, now=T0
+            creditor=CREDITOR, invoice_number=NUMBER, outcome=Outcome.REGISTERED, result=RESULT, now=T0
         )
     with pytest.raises(KeyError):
         await ledger.mark_published(creditor=CREDITOR, invoice_number=NUMBER, now=T0)
-    await claim(ledger)
-    with pytest.raises(ValueError, match="final state"):
-        await ledger.finish(
-            creditor=CREDITOR, invoice_number=NUMBER, state=LedgerState.IN_FLIGHT, result=RESULT, now=T0
-        )
 
 
 # -- lifecycle
@@ -350,7 +350,7 @@ async def test_ping(ledger: Ledger, make_ledger: LedgerFactory) -> None:
 async def test_opening_again_migrates_nothing_and_keeps_the_data(
     ledger: Ledger, make_ledger: LedgerFactory
 ) -> None:
-    entry = await finished(ledger, LedgerState.REGISTERED)
+    entry = await finished(ledger, Outcome.REGISTERED)
     async with opened(make_ledger()) as again:
         await again.open()  # a second open() of the same ledger is a no-op
         assert await stored(again) == entry
@@ -368,7 +368,7 @@ async def test_replicas_starting_together_migrate_once(make_ledger: LedgerFactor
 
 async def test_records_survive_close_and_reopen(make_ledger: LedgerFactory) -> None:
     async with opened(make_ledger()) as first:
-        entry = await finished(first, LedgerState.REJECTED)
+        entry = await finished(first, Outcome.REJECTED)
         held = await claim(first, number="INV-2")
 
     async with opened(make_ledger()) as reopened:
@@ -516,7 +516,7 @@ async def test_a_failing_write_in_a_group_undoes_only_itself(tmp_path: Any) -> N
             ledger.finish(  # no such record: fails in the middle of the group
                 creditor=CREDITOR,
                 invoice_number="INV-404",
-                state=LedgerState.REGISTERED,
+                outcome=Outcome.REGISTERED,
                 result=RESULT,
                 now=T0,
             ),
@@ -529,8 +529,8 @@ async def test_a_failing_write_in_a_group_undoes_only_itself(tmp_path: Any) -> N
         ] * 2
         assert ledger.groups == [3]
         assert await ledger.get(creditor=CREDITOR, invoice_number="INV-404") is None
-        assert (await stored(ledger, "INV-1")).state is LedgerState.IN_FLIGHT
-        assert (await stored(ledger, "INV-2")).state is LedgerState.IN_FLIGHT
+        assert (await stored(ledger, "INV-1")).outcome is None
+        assert (await stored(ledger, "INV-2")).outcome is None
 
 
 async def test_a_cancelled_writer_still_has_its_write_committed(tmp_path: Any) -> None:
@@ -541,7 +541,7 @@ async def test_a_cancelled_writer_still_has_its_write_committed(tmp_path: Any) -
         with pytest.raises(asyncio.CancelledError):
             await task
         await claim(ledger, number="INV-later")  # committed in the same group or a later one
-        assert (await stored(ledger)).state is LedgerState.IN_FLIGHT
+        assert (await stored(ledger)).outcome is None
 
 
 async def test_reads_get_their_turn_while_writes_keep_coming(tmp_path: Any) -> None:
@@ -580,7 +580,7 @@ async def test_closing_finishes_the_writes_handed_over_and_refuses_the_rest(tmp_
     assert all(isinstance(error, LedgerError) for error in refused)
     async with opened(SqliteLedger(path)) as reopened:
         for i in done:  # each answered write is on disk
-            assert (await stored(reopened, f"INV-{i}")).state is LedgerState.IN_FLIGHT
+            assert (await stored(reopened, f"INV-{i}")).outcome is None
 
 
 async def test_writes_after_close_fail_clearly(tmp_path: Any) -> None:
@@ -593,20 +593,20 @@ async def test_writes_after_close_fail_clearly(tmp_path: Any) -> None:
 
 async def _records_of_every_kind(ledger: Ledger) -> None:
     """Records in each state a write of a group can meet (the same on every ledger it is run on)."""
-    for number, state in (
-        ("INV-reg", LedgerState.REGISTERED),
-        ("INV-reg-pub", LedgerState.REGISTERED),
-        ("INV-rej", LedgerState.REJECTED),
-        ("INV-failed", LedgerState.FAILED),
+    for number, outcome in (
+        ("INV-reg", Outcome.REGISTERED),
+        ("INV-reg-pub", Outcome.REGISTERED),
+        ("INV-rej", Outcome.REJECTED),
+        ("INV-failed", Outcome.FAILED),
     ):
-        await finished(ledger, state, number=number)
+        await finished(ledger, outcome, number=number)
     await mark(ledger, "INV-reg-pub", T0 + timedelta(seconds=2))
     await claim(ledger, number="INV-held", owner="replica-b")
     await claim(ledger, number="INV-lapsed", owner="replica-b", now=T0 - timedelta(minutes=3))
     for number in ("INV-own", "INV-renew", *(f"INV-fin-{i}" for i in range(3))):
         await claim(ledger, number=number)
     for i in range(3):
-        await finished(ledger, LedgerState.REGISTERED, number=f"INV-mark-{i}")
+        await finished(ledger, Outcome.REGISTERED, number=f"INV-mark-{i}")
 
 
 async def mark(ledger: Ledger, number: str, now: datetime) -> None:
@@ -615,7 +615,7 @@ async def mark(ledger: Ledger, number: str, now: datetime) -> None:
 
 async def finish(ledger: Ledger, number: str, now: datetime) -> None:
     await ledger.finish(
-        creditor=CREDITOR, invoice_number=number, state=LedgerState.REGISTERED, result=RESULT, now=now
+        creditor=CREDITOR, invoice_number=number, outcome=Outcome.REGISTERED, result=RESULT, now=now
     )
 
 
@@ -689,7 +689,7 @@ async def test_writes_grouped_in_one_commit_do_what_they_do_one_by_one(tmp_path:
 async def test_a_group_writing_one_record_twice_runs_its_writes_in_order(tmp_path: Any) -> None:
     async with opened(_CountingSqliteLedger(tmp_path / "ledger.db")) as ledger:
         for number in (NUMBER, "INV-2"):
-            await finished(ledger, LedgerState.REGISTERED, number=number)
+            await finished(ledger, Outcome.REGISTERED, number=number)
         ledger.groups.clear()
         later = T0 + timedelta(seconds=5)
         async with ledger.one_group():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service.ledger import Ledger, LedgerEntry, LedgerState
+from service.domain.outcomes import Outcome
+from service.ledger import Ledger, LedgerEntry
+from service.ledger.base import InvoiceKey
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=2)
@@ -25,15 +27,15 @@ async def claim(
     )
 
 
-async def final(ledger: Ledger, creditor: str, number: str, state: LedgerState, *, at: datetime) -> None:
+async def final(ledger: Ledger, creditor: str, number: str, outcome: Outcome, *, at: datetime) -> None:
     await claim(ledger, creditor, number, at=at - timedelta(seconds=1))
     await ledger.finish(
-        creditor=creditor, invoice_number=number, state=state, result={"outcome": state.value}, now=at
+        creditor=creditor, invoice_number=number, outcome=outcome, result={"outcome": outcome.value}, now=at
     )
 
 
-def keys(entries: list[LedgerEntry]) -> list[tuple[str, str]]:
-    return [(entry.creditor, entry.invoice_number) for entry in entries]
+def keys(entries: list[LedgerEntry]) -> list[InvoiceKey]:
+    return [entry.key for entry in entries]
 
 
 async def test_unsettled_records_are_lapsed_claims_and_failures_in_key_order(ledger: Ledger) -> None:
@@ -42,17 +44,17 @@ async def test_unsettled_records_are_lapsed_claims_and_failures_in_key_order(led
     await claim(ledger, "c1", "live", at=now - LEASE + timedelta(seconds=1))
     await claim(ledger, "c2", "given-back", at=now)
     assert await ledger.release(creditor="c2", invoice_number="given-back", owner="replica-a", now=now)
-    await final(ledger, "c0", "failed", LedgerState.FAILED, at=T0)
-    await final(ledger, "c0", "registered", LedgerState.REGISTERED, at=T0)
-    await final(ledger, "c0", "rejected", LedgerState.REJECTED, at=T0)
+    await final(ledger, "c0", "failed", Outcome.FAILED, at=T0)
+    await final(ledger, "c0", "registered", Outcome.REGISTERED, at=T0)
+    await final(ledger, "c0", "rejected", Outcome.REJECTED, at=T0)
 
     found = await ledger.unsettled(now=now, lease=LEASE)
 
     assert keys(found) == [("c0", "failed"), ("c1", "lapsed"), ("c2", "given-back")]
-    assert [entry.state for entry in found] == [
-        LedgerState.FAILED,
-        LedgerState.IN_FLIGHT,
-        LedgerState.IN_FLIGHT,
+    assert [entry.outcome for entry in found] == [
+        Outcome.FAILED,
+        None,
+        None,
     ]
 
 
@@ -73,11 +75,11 @@ async def test_unsettled_records_come_in_pages(ledger: Ledger) -> None:
 
 
 async def test_final_entries_by_creditor_and_update_time(ledger: Ledger) -> None:
-    await final(ledger, "c1", "early", LedgerState.REGISTERED, at=T0 - timedelta(hours=1))
-    await final(ledger, "c1", "since", LedgerState.REJECTED, at=T0)  # --since is inclusive
-    await final(ledger, "c1", "within", LedgerState.FAILED, at=T0 + timedelta(minutes=30))
-    await final(ledger, "c1", "until", LedgerState.REGISTERED, at=T0 + timedelta(hours=1))  # exclusive
-    await final(ledger, "c2", "other", LedgerState.REGISTERED, at=T0 + timedelta(minutes=30))
+    await final(ledger, "c1", "early", Outcome.REGISTERED, at=T0 - timedelta(hours=1))
+    await final(ledger, "c1", "since", Outcome.REJECTED, at=T0)  # --since is inclusive
+    await final(ledger, "c1", "within", Outcome.FAILED, at=T0 + timedelta(minutes=30))
+    await final(ledger, "c1", "until", Outcome.REGISTERED, at=T0 + timedelta(hours=1))  # exclusive
+    await final(ledger, "c2", "other", Outcome.REGISTERED, at=T0 + timedelta(minutes=30))
     await claim(ledger, "c1", "in-flight", at=T0 + timedelta(minutes=30))
 
     everything = await ledger.final_entries()
@@ -100,7 +102,7 @@ async def test_final_entries_by_creditor_and_update_time(ledger: Ledger) -> None
 
 async def test_final_entries_come_in_pages_that_marking_does_not_reorder(ledger: Ledger) -> None:
     for number in ("a", "b", "c"):
-        await final(ledger, "c1", number, LedgerState.REGISTERED, at=T0)
+        await final(ledger, "c1", number, Outcome.REGISTERED, at=T0)
 
     first = await ledger.final_entries(limit=2, updated_since=T0)
     await ledger.mark_published(creditor="c1", invoice_number="a", now=T0 + timedelta(hours=1))

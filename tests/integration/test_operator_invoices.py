@@ -24,6 +24,7 @@ from service.amili.models import InvoiceRegistrationRequest
 from service.bootstrap import build_registrar
 from service.cli import main
 from service.config import Settings
+from service.domain.outcomes import Outcome
 from service.domain.rules import TransformDefaults
 from service.events.contract import (
     InvoiceCreated,
@@ -31,7 +32,6 @@ from service.events.contract import (
     decode_invoice_created,
     result_event,
 )
-from service.ledger import LedgerState
 from service.ledger.factory import open_ledger
 from service.registration import fingerprint
 from tests.fakes import structured_record
@@ -205,7 +205,7 @@ async def test_reconcile_settles_an_invoice_whose_answer_was_lost(
     async with opened(open_ledger(ledger_url)) as ledger:
         entry = await ledger.get(creditor=creditor, invoice_number="LOST-1")
     assert entry is not None
-    assert (entry.state, entry.result_published) == (LedgerState.REGISTERED, True)
+    assert (entry.outcome, entry.result_published) == (Outcome.REGISTERED, True)
     assert len(amili.store.all()) == 1  # looked up, never POSTed
 
     # Settled: the ledger and Amili agree, and another run finds nothing to do.
@@ -261,7 +261,7 @@ async def test_reconcile_leaves_an_invoice_amili_never_got(
     async with opened(open_ledger(ledger_url)) as ledger:
         entry = await ledger.get(creditor=request.creditor, invoice_number="NEVER-POSTED")
     assert entry is not None
-    assert (entry.state, entry.claimed_by) == (LedgerState.IN_FLIGHT, "replica-gone")
+    assert (entry.outcome, entry.claimed_by) == (None, "replica-gone")
     records = await read_records(
         kafka_bootstrap_servers, settings.registration_result_topic, count=1, wait_seconds=3
     )

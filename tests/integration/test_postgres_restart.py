@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from devkit.localkafka import free_port
-from service.ledger import ClaimStatus, Ledger, LedgerError, LedgerState
+from service.domain.outcomes import Outcome
+from service.ledger import ClaimStatus, Ledger, LedgerError
 from service.ledger.postgres import PostgresLedger
 from tests.ci import skip_or_fail
 from tests.fixtures.ledger import SCRIPT, SCRIPT_TIMEOUT, opened
@@ -105,7 +106,7 @@ async def _lifecycle(ledger: Ledger, number: str) -> None:
     await ledger.claim(
         **invoice, fingerprint="fp-1", event_id=f"event-{number}", owner=OWNER, now=now, lease=LEASE
     )
-    await ledger.finish(**invoice, state=LedgerState.REGISTERED, result={"outcome": "registered"}, now=now)
+    await ledger.finish(**invoice, outcome=Outcome.REGISTERED, result={"outcome": "registered"}, now=now)
     await ledger.unpublished(limit=10)
     await ledger.mark_published(**invoice, now=now)
     await ledger.get(**invoice)
@@ -191,7 +192,7 @@ async def test_a_postgres_restart_under_load_raises_only_ledger_errors_and_the_l
         for number in numbers:
             entry = await ledger.get(creditor=CREDITOR, invoice_number=number)
             assert entry is not None
-            assert (entry.state, entry.result_published, entry.attempts) == (LedgerState.REGISTERED, True, 3)
+            assert (entry.outcome, entry.result_published, entry.attempts) == (Outcome.REGISTERED, True, 3)
         again = await ledger.claim(
             creditor=CREDITOR,
             invoice_number=numbers[0],

@@ -24,6 +24,7 @@ from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine, EngineObserver, _Held
 from service.processing import Handled, Prepared, Route
 from service.registration import Backoff
+from tests.fakes import passed_on
 
 TOPIC = "invoices"
 TP = TopicPartition(TOPIC, 0)
@@ -48,7 +49,7 @@ class FailingProcessor:
         return Route((record.key or b"").decode(), "")
 
     def prepare(self, record: InboundRecord) -> Prepared:
-        return Prepared(record, (record.key or b"").decode())
+        return passed_on(record)
 
     async def handle(self, prepared: Prepared) -> Handled:
         self.handle_calls += 1

@@ -13,6 +13,7 @@ from service.domain.outcomes import Outcome
 from service.events.record import InboundRecord
 from service.kafka.engine import ConsumptionEngine
 from service.processing import Handled, Prepared, Route
+from tests.fakes import passed_on
 from tests.unit.test_engine_failures import FAST, TOPIC, TP, FakeConsumer, eventually
 
 
@@ -31,10 +32,10 @@ class CreditorProcessor:
         return Route(key, key.split("/")[0])
 
     def prepare(self, record: InboundRecord) -> Prepared:
-        return Prepared(record, (record.key or b"").decode())
+        return passed_on(record)
 
     async def handle(self, prepared: Prepared) -> Handled:
-        name = f"{prepared.ordering_key}@{prepared.record.offset}"
+        name = f"{(prepared.record.key or b'').decode()}@{prepared.record.offset}"
         self.started.append(name)
         self.timeline.append(f"start {name}")
         if self.release is not None:

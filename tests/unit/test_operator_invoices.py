@@ -11,8 +11,9 @@ import pytest
 from service.amili.mapping import amili_ids
 from service.amili.models import InvoiceRegistrationReceipt
 from service.domain.checksums import luhn_check_digit
+from service.domain.outcomes import Outcome
 from service.events.contract import RegistrationResult, result_event
-from service.ledger.base import LedgerEntry, LedgerState
+from service.ledger.base import LedgerEntry
 from service.operator.errors import OperatorError
 from service.operator.invoices import (
     EXIT_AGREE,
@@ -70,18 +71,18 @@ class LookUps:
 
 def entry(
     number: str,
-    state: LedgerState,
+    outcome: Outcome | None,
     *,
     claimed_at: datetime | None = NOW - timedelta(minutes=10),
     owner: str | None = "replica-a",
     result: dict[str, Any] | None = None,
 ) -> LedgerEntry:
-    final = state.is_final
+    final = outcome is not None
     return LedgerEntry(
         creditor=CREDITOR,
         invoice_number=number,
         fingerprint=f"fp-{number}",
-        state=state,
+        outcome=outcome,
         attempts=1,
         event_id=f"evt-{number}",
         claimed_by=None if final else owner,
@@ -115,14 +116,14 @@ def reconciler(ledger: FakeLedger, amili: LookUps, results: FakeResults | None) 
 
 async def test_an_invoice_in_flight_past_its_lease_that_amili_holds_is_settled_and_published() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    put(ledger, entry("INV-1", LedgerState.IN_FLIGHT))
+    put(ledger, entry("INV-1", None))
     found = amili.registrations[(CREDITOR, "INV-1")] = receipt("INV-1")
 
     [settlement] = await reconciler(ledger, amili, results).run()
 
     assert settlement.status == "settled"
     stored = ledger.entries[(CREDITOR, "INV-1")]
-    assert stored.state is LedgerState.REGISTERED
+    assert stored.outcome is Outcome.REGISTERED
     assert stored.result_published
     assert stored.attempts == 2  # claimed as the service claims
     expected = RegistrationResult(
@@ -142,20 +143,20 @@ async def test_an_invoice_in_flight_past_its_lease_that_amili_holds_is_settled_a
 
 async def test_a_failed_invoice_that_amili_holds_is_settled() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    put(ledger, entry("INV-2", LedgerState.FAILED, result=failed_result("INV-2")))
+    put(ledger, entry("INV-2", Outcome.FAILED, result=failed_result("INV-2")))
     amili.registrations[(CREDITOR, "INV-2")] = receipt("INV-2")
 
     [settlement] = await reconciler(ledger, amili, results).run()
 
     assert (settlement.was, settlement.status) == ("failed", "settled")
-    assert ledger.entries[(CREDITOR, "INV-2")].state is LedgerState.REGISTERED
+    assert ledger.entries[(CREDITOR, "INV-2")].outcome is Outcome.REGISTERED
     assert [event.type for event, _ in results.published] == ["amili-registrar.registration.registered.v1"]
 
 
 async def test_invoices_absent_at_amili_are_left_as_they_are() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    in_flight = entry("INV-1", LedgerState.IN_FLIGHT)
-    failed = entry("INV-2", LedgerState.FAILED, result=failed_result("INV-2"))
+    in_flight = entry("INV-1", None)
+    failed = entry("INV-2", Outcome.FAILED, result=failed_result("INV-2"))
     put(ledger, in_flight, failed)
 
     settlements = await reconciler(ledger, amili, results).run()
@@ -170,8 +171,8 @@ async def test_invoices_absent_at_amili_are_left_as_they_are() -> None:
 
 async def test_live_claims_and_final_records_are_not_looked_at() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    live = entry("INV-1", LedgerState.IN_FLIGHT, claimed_at=NOW - timedelta(seconds=30))
-    done = entry("INV-2", LedgerState.REGISTERED, result=failed_result("INV-2"))
+    live = entry("INV-1", None, claimed_at=NOW - timedelta(seconds=30))
+    done = entry("INV-2", Outcome.REGISTERED, result=failed_result("INV-2"))
     put(ledger, live, done)
     amili.registrations[(CREDITOR, "INV-1")] = receipt("INV-1")
 
@@ -182,7 +183,7 @@ async def test_live_claims_and_final_records_are_not_looked_at() -> None:
 
 async def test_a_claim_given_back_is_taken_over_at_once() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    put(ledger, entry("INV-1", LedgerState.IN_FLIGHT, claimed_at=None, owner=None))
+    put(ledger, entry("INV-1", None, claimed_at=None, owner=None))
     amili.registrations[(CREDITOR, "INV-1")] = receipt("INV-1")
 
     [settlement] = await reconciler(ledger, amili, results).run()
@@ -201,7 +202,7 @@ class RacedLedger(FakeLedger):
 
 async def test_an_invoice_claimed_meanwhile_by_the_service_is_held_for_it() -> None:
     ledger, amili, results = RacedLedger(), LookUps(), FakeResults()
-    put(ledger, entry("INV-1", LedgerState.IN_FLIGHT))
+    put(ledger, entry("INV-1", None))
     amili.registrations[(CREDITOR, "INV-1")] = receipt("INV-1")
 
     [settlement] = await reconciler(ledger, amili, results).run()
@@ -209,13 +210,13 @@ async def test_an_invoice_claimed_meanwhile_by_the_service_is_held_for_it() -> N
     assert settlement.status == "held"
     assert "replica-b" in settlement.note
     stored = ledger.entries[(CREDITOR, "INV-1")]
-    assert (stored.state, stored.claimed_by) == (LedgerState.IN_FLIGHT, "replica-b")
+    assert (stored.outcome, stored.claimed_by) == (None, "replica-b")
     assert results.published == []
 
 
 async def test_a_failed_look_up_is_an_error_of_that_invoice_only() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    put(ledger, entry("INV-1", LedgerState.IN_FLIGHT), entry("INV-2", LedgerState.IN_FLIGHT))
+    put(ledger, entry("INV-1", None), entry("INV-2", None))
     amili.errors[(CREDITOR, "INV-1")] = AmiliUnavailable("Amili answered HTTP 503")
     amili.registrations[(CREDITOR, "INV-2")] = receipt("INV-2")
 
@@ -223,12 +224,12 @@ async def test_a_failed_look_up_is_an_error_of_that_invoice_only() -> None:
 
     assert [s.status for s in settlements] == ["error", "settled"]
     assert "503" in settlements[0].note
-    assert ledger.entries[(CREDITOR, "INV-1")].state is LedgerState.IN_FLIGHT
+    assert ledger.entries[(CREDITOR, "INV-1")].outcome is None
 
 
 async def test_refused_credentials_stop_the_run_in_one_line() -> None:
     ledger, amili = FakeLedger(), LookUps()
-    put(ledger, entry("INV-1", LedgerState.IN_FLIGHT))
+    put(ledger, entry("INV-1", None))
     amili.errors[(CREDITOR, "INV-1")] = AmiliUnauthorized("GET …: Amili refused the credentials (401)")
 
     with pytest.raises(OperatorError, match="refused the credentials"):
@@ -237,19 +238,19 @@ async def test_refused_credentials_stop_the_run_in_one_line() -> None:
 
 async def test_an_ocr_number_failing_its_check_digit_is_not_settled() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
-    put(ledger, entry("INV-1", LedgerState.IN_FLIGHT))
+    put(ledger, entry("INV-1", None))
     amili.registrations[(CREDITOR, "INV-1")] = receipt("INV-1", valid_ocr=False)
 
     [settlement] = await reconciler(ledger, amili, results).run()
 
     assert settlement.status == "left"
     assert "check digit" in settlement.note
-    assert ledger.entries[(CREDITOR, "INV-1")].state is LedgerState.IN_FLIGHT
+    assert ledger.entries[(CREDITOR, "INV-1")].outcome is None
 
 
 async def test_a_dry_run_claims_records_and_publishes_nothing() -> None:
     ledger, amili = FakeLedger(), LookUps()
-    original = entry("INV-1", LedgerState.IN_FLIGHT)
+    original = entry("INV-1", None)
     put(ledger, original)
     amili.registrations[(CREDITOR, "INV-1")] = receipt("INV-1")
 
@@ -264,7 +265,7 @@ async def test_a_dry_run_claims_records_and_publishes_nothing() -> None:
 async def test_records_are_walked_page_by_page_up_to_the_limit() -> None:
     ledger, amili, results = FakeLedger(), LookUps(), FakeResults()
     numbers = [f"INV-{n}" for n in range(7)]
-    put(ledger, *(entry(number, LedgerState.IN_FLIGHT) for number in numbers))
+    put(ledger, *(entry(number, None) for number in numbers))
     for number in numbers:
         amili.registrations[(CREDITOR, number)] = receipt(number)
 
@@ -287,15 +288,15 @@ def registered(number: str, found: InvoiceRegistrationReceipt) -> LedgerEntry:
         inbound_event_id=f"evt-{number}",
         amili=amili_ids(found),
     )
-    return entry(number, LedgerState.REGISTERED, result=result.model_dump(mode="json"))
+    return entry(number, Outcome.REGISTERED, result=result.model_dump(mode="json"))
 
 
 def test_the_verdict_of_invoice_show() -> None:
     found = receipt("INV-1")
     other = receipt("INV-1")
-    in_flight = entry("INV-1", LedgerState.IN_FLIGHT)
-    rejected = entry("INV-1", LedgerState.REJECTED, result=failed_result("INV-1"))
-    failed = entry("INV-1", LedgerState.FAILED, result=failed_result("INV-1"))
+    in_flight = entry("INV-1", None)
+    rejected = entry("INV-1", Outcome.REJECTED, result=failed_result("INV-1"))
+    failed = entry("INV-1", Outcome.FAILED, result=failed_result("INV-1"))
 
     assert compare(None, None, lapsed=False).code == EXIT_NOT_FOUND
     assert compare(registered("INV-1", found), found, lapsed=False).code == EXIT_AGREE
@@ -318,9 +319,9 @@ def test_the_verdict_of_invoice_show() -> None:
 
 
 def test_the_lease_left_of_a_claim() -> None:
-    young = entry("INV-1", LedgerState.IN_FLIGHT, claimed_at=NOW - timedelta(seconds=30))
-    old = entry("INV-1", LedgerState.IN_FLIGHT)
-    given_back = entry("INV-1", LedgerState.IN_FLIGHT, claimed_at=None, owner=None)
+    young = entry("INV-1", None, claimed_at=NOW - timedelta(seconds=30))
+    old = entry("INV-1", None)
+    given_back = entry("INV-1", None, claimed_at=None, owner=None)
     assert not lapsed(young, LEASE, NOW)
     assert lapsed(old, LEASE, NOW)
     assert lapsed(given_back, LEASE, NOW)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from service.cli import main
+from service.domain.outcomes import Outcome
 from service.events.cloudevents import CloudEvent
 from service.events.contract import RegistrationResult, result_event
-from service.ledger.base import LedgerEntry, LedgerState
+from service.ledger.base import InvoiceKey, LedgerEntry
 from service.operator.results import (
     Selection,
     invoice_key,
@@ -39,21 +40,21 @@ class Sent:
 def record(
     creditor: str,
     number: str,
-    state: LedgerState = LedgerState.REGISTERED,
+    outcome: Outcome | None = Outcome.REGISTERED,
     *,
     updated: datetime = T0,
     published: bool = True,
 ) -> LedgerEntry:
     result: dict[str, Any] | None = None
-    if state.is_final:
+    if outcome is not None:
         result = RegistrationResult(
-            outcome=state.value, creditor=creditor, invoice_number=number, inbound_event_id=f"evt-{number}"
+            outcome=outcome, creditor=creditor, invoice_number=number, inbound_event_id=f"evt-{number}"
         ).model_dump(mode="json")
     return LedgerEntry(
         creditor=creditor,
         invoice_number=number,
         fingerprint="fp",
-        state=state,
+        outcome=outcome,
         attempts=1,
         event_id=f"evt-{number}",
         claimed_by=None,
@@ -80,9 +81,9 @@ def expected_id(entry: LedgerEntry) -> str:
 async def test_the_results_found_go_again_with_their_ids_and_keys() -> None:
     entries = [
         record("c1", "A-1"),
-        record("c1", "A-2", LedgerState.REJECTED),
-        record("c2", "B-1", LedgerState.FAILED),
-        record("c2", "B-2", LedgerState.IN_FLIGHT),
+        record("c1", "A-2", Outcome.REJECTED),
+        record("c2", "B-1", Outcome.FAILED),
+        record("c2", "B-2", None),
     ]
     ledger, sent = ledger_of(*entries), Sent()
 
@@ -112,10 +113,14 @@ async def test_filters_select_by_creditor_and_update_time() -> None:
 
 
 async def test_invoices_named_without_a_final_result_are_said_and_skipped() -> None:
-    ledger = ledger_of(record("c1", "A-1"), record("c1", "A-2", LedgerState.IN_FLIGHT))
+    ledger = ledger_of(record("c1", "A-1"), record("c1", "A-2", None))
     sent = Sent()
 
-    done = await republish(ledger, Selection(invoices=(("c1", "A-2"), ("c1", "A-1"), ("c1", "nope"))), sent)
+    done = await republish(
+        ledger,
+        Selection(invoices=(InvoiceKey("c1", "A-2"), InvoiceKey("c1", "A-1"), InvoiceKey("c1", "nope"))),
+        sent,
+    )
 
     assert sorted((item.invoice_number, item.published, item.note) for item in done) == [
         ("A-1", True, ""),

@@ -20,7 +20,7 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.rules import TransformDefaults
-from service.ledger.base import ClaimStatus, LedgerError, LedgerState
+from service.ledger.base import ClaimStatus, LedgerError
 from service.ops.metrics import Metrics, MetricsObserver
 from service.ports import (
     AmiliMisconfigured,
@@ -165,7 +165,7 @@ async def test_an_invoice_is_registered_recorded_and_its_result_published(
     assert world.results.published[0][1] == f"{CREDITOR}/DEMO-1001".encode()
     await world.processor.settle()  # marked published off the event's path
     entry = world.ledger.entries[(CREDITOR, "DEMO-1001")]
-    assert entry.state is LedgerState.REGISTERED
+    assert entry.outcome is Outcome.REGISTERED
     assert entry.result_published
     assert entry.result == data
 
@@ -200,7 +200,7 @@ async def test_amili_validation_errors_become_a_recorded_rejection(
         {"field": "data.customer.name", "rule": "amili_validation", "message": "required field"}
     ]
     assert world.sleep.waits == []
-    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.REJECTED
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].outcome is Outcome.REJECTED
 
 
 async def test_a_corrected_invoice_after_an_amili_rejection_is_registered(
@@ -271,7 +271,7 @@ async def test_a_claim_left_in_flight_by_a_crash_is_looked_up_before_any_post(
     world.amili.fail_next(AmiliUnavailable("killed", outcome_unknown=True), store_first=True)
     with pytest.raises(Crash):
         await crashed.process(structured_record(event))
-    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.IN_FLIGHT
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].outcome is None
 
     world.clock.now += timedelta(minutes=3)  # the dead replica's lease ran out
     handled = await world.processor.process(structured_record(event))
@@ -342,7 +342,7 @@ async def test_the_same_number_with_other_content_is_a_conflict(world: World, ev
     assert world.results.published[-1][0].type == "amili-registrar.registration.conflict.v1"
     stored, _ = world.amili.registrations[(CREDITOR, "DEMO-1001")]
     assert stored.matrix[0].unit_price == 399  # nothing overwritten
-    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.REGISTERED
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].outcome is Outcome.REGISTERED
 
 
 async def test_an_invoice_that_keeps_failing_gives_up_and_is_dead_lettered(
@@ -356,7 +356,7 @@ async def test_an_invoice_that_keeps_failing_gives_up_and_is_dead_lettered(
     assert handled.dead_letter_rule == "gave_up"
     assert world.data()["outcome"] == "failed"
     assert world.dead_letters.letters[0][0] is record
-    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].state is LedgerState.FAILED
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].outcome is Outcome.FAILED
     # A replay of the dead letter tries again (looking up first) and registers it.
     await world.processor.process(record)
     assert world.data()["outcome"] == "registered"
@@ -567,7 +567,7 @@ async def test_recording_an_outcome_does_not_hold_a_place(world: World, event: d
     assert not first.done()
     recorded.set()
     assert (await first).result.outcome == (await second).result.outcome == "registered"
-    assert world.ledger.entries[(CREDITOR, "N-1")].state is LedgerState.REGISTERED
+    assert world.ledger.entries[(CREDITOR, "N-1")].outcome is Outcome.REGISTERED
 
 
 async def test_waiting_for_another_replicas_claim_does_not_hold_a_place(

@@ -35,13 +35,12 @@ from devkit.schemas import (
     render,
 )
 from service.domain.invoice import Invoice
-from service.domain.outcomes import Outcome
+from service.domain.outcomes import Outcome, Reason
 from service.events.contract import (
     INVOICE_CREATED_TYPE,
     RESULT_SOURCE,
     RESULT_TYPES,
     AmiliIds,
-    Reason,
     RegistrationResult,
     result_event,
 )
