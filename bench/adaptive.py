@@ -81,12 +81,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
@@ -98,6 +93,8 @@ from bench.throughput import (
     Profile,
     machine_description,
     profile_emulator,
+    progress_display,
+    run_benchmark,
 )
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
 from devkit.emulator.settings import DEMO_CREDITOR
@@ -1600,17 +1597,9 @@ def plot(path: Path, bench: Bench) -> bool:
 
 
 async def main_async(options: Options, console: Console) -> Bench:
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
     machine = machine_description()
     began = time.monotonic()
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         progress.console.print(f"machine: {machine}; work dir {options.workdir}")
         progress.console.print(f"code: {code_version()}")
         async with broker("bench-adaptive-run", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) as kafka:
@@ -1645,16 +1634,7 @@ async def main_async(options: Options, console: Console) -> Bench:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=220)
-    try:
-        bench = asyncio.run(main_async(options, console))
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
-    del bench
-    return 0
+    return run_benchmark(functools.partial(main_async, options), width=220)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -51,9 +52,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -709,6 +711,33 @@ async def _finish(task: asyncio.Task[None]) -> None:
         await task
 
 
+def progress_display(console: Console) -> Progress:
+    """The live display of a benchmark: a line per task with its count, status and time."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def run_benchmark(work: Callable[[Console], Coroutine[Any, Any, object]], width: int) -> int:
+    """Run ``work`` with a console (``width`` columns when the output is no terminal); 130 when
+    interrupted."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=width)
+    try:
+        asyncio.run(work(console))
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    return 0
+
+
 def machine_description() -> str:
     memory = psutil.virtual_memory().total / 2**30
     cpu = platform.processor() or platform.machine()
@@ -741,15 +770,7 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
         ],
     }
     contenders = [contender for name in options.contenders for contender in all_contenders[name]]
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         progress.console.print(f"machine: {machine_description()}; work dir {options.workdir}")
         start = progress.add_task("starting the broker", total=None, status="")
         async with broker("bench-throughput", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) as kafka:
@@ -789,15 +810,7 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    try:
-        asyncio.run(main_async(options, console))
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
-    return 0
+    return run_benchmark(functools.partial(main_async, options), width=200)
 
 
 if __name__ == "__main__":
