@@ -82,31 +82,26 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
-from bench.measure import Result, ResultCollector, per_second, percentile, sustained_window
+from bench.measure import Result, ResultCollector, peak_rss_bytes, per_second, percentile, sustained_window
 from bench.throughput import (
     PARTITIONS,
     ROOT,
-    Child,
     Contender,
     Profile,
-    Topics,
-    emulator,
     machine_description,
+    profile_emulator,
+    progress_display,
+    run_benchmark,
 )
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
 from devkit.emulator.settings import DEMO_CREDITOR
-from devkit.localkafka import LocalKafka, free_port
+from devkit.harness import Child, Topics, broker, create_run_topics, service_command
+from devkit.localkafka import free_port
 from devkit.postgres import PostgresUnavailable, scratch_database
-from devkit.produce import create_topics
 from service.config import Settings
 
 SECOND_CREDITOR = "674dbeb208847b9501cc9139"  # the small sender of scenario C (the emulator is told)
@@ -508,17 +503,6 @@ def increments(counts: list[float]) -> list[float]:
     return rates
 
 
-def peak_resident_mb(pid: int) -> float:
-    """A running process's peak resident memory (Linux's VmHWM), in MiB; nan elsewhere."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return math.nan
-
-
 def parse_metrics(text: str) -> dict[str, float]:
     wanted = set(METRICS)
     values: dict[str, float] = {}
@@ -581,12 +565,6 @@ class Bench:
     def topics(self, label: str) -> Topics:
         base = f"adaptive-{self.run_id}-{self._next():02d}-{label}"
         return Topics(f"{base}-invoices", f"{base}-results", f"{base}-dead-letters", f"{base}-group")
-
-    async def prepare(self, topics: Topics) -> None:
-        await create_topics(
-            self.bootstrap, {topics.inbound: PARTITIONS, topics.results: PARTITIONS, topics.dead_letters: 1}
-        )
-        await asyncio.sleep(0.5)  # leaders elected before anyone produces
 
     def service_env(
         self, topics: Topics, url: str, http_port: int, env: Mapping[str, str], ledger_url: str | None
@@ -656,7 +634,7 @@ class Bench:
         ``time_box`` seconds since the start."""
         options = self.options
         topics = self.topics(label)
-        await self.prepare(topics)
+        await create_run_topics(self.bootstrap, topics, PARTITIONS)
         sent: dict[str, float] = {}
         groups: dict[str, list[str]] = {}
         for group, factory, count in backlog:
@@ -687,17 +665,18 @@ class Bench:
                 name = "service" if replicas == 1 else f"replica-{index + 1}"
                 port = ports[name] = free_port()
                 service_env = self.service_env(topics, url, port, env, ledger_url)
-                command = [sys.executable, "-m", "service", "run"]
+                command = service_command("run")
                 if options.trace_service:
                     trace = options.workdir / f"{topics.inbound}.{name}.trace.json"
                     traces.append(trace)
                     service_env["BENCH_TRACE_FILE"] = str(trace)
                     command = [sys.executable, "-m", "bench.trace_service"]
-                child = await Child.start(
+                child = Child.start(
                     name,
                     command,
                     service_env,
                     options.workdir / f"{topics.inbound}.{name}.log",
+                    cwd=ROOT,
                 )
                 children.append(child)
             stopping: list[asyncio.Task[None]] = []
@@ -705,7 +684,8 @@ class Bench:
             async def stop_all() -> None:
                 for child in children:  # once, while they run (the exit stack calls this again)
                     if child.running and child.name not in peak_resident:
-                        peak_resident[child.name] = peak_resident_mb(child.pid)
+                        peak = peak_rss_bytes(child.pid)
+                        peak_resident[child.name] = math.nan if peak is None else peak / 2**20
                 await asyncio.gather(*(child.stop() for child in children))
 
             stack.push_async_callback(stop_all)
@@ -723,7 +703,7 @@ class Bench:
                 for child in children:
                     if not child.running:
                         raise PhaseError(
-                            f"{child.name} exited early (code {child.process.returncode}):\n{child.tail()}"
+                            f"{child.name} exited early (code {child.returncode}):\n{child.tail()}"
                         )
 
             async def first_result() -> float:
@@ -837,7 +817,8 @@ class Bench:
             count = round(bound * options.overload_seconds)
             ideal_seconds = count / bound
             self.say(f"[bold cyan]A. overload: {amili.title}[/]; backlog {count:,} per contender")
-            async with emulator(amili.profile(), options.workdir) as (url, _):
+            async with profile_emulator(amili.profile(), options.workdir) as emulated:
+                url = emulated.url
                 by_contender: dict[str, dict[str, Any]] = {}
                 for name in options.contenders:
                     env = CONTENDERS[name]
@@ -1028,7 +1009,8 @@ class Bench:
             "of both contenders, in turn"
         )
         rows: list[dict[str, Any]] = []
-        async with emulator(amili.profile(), options.workdir) as (url, _):
+        async with profile_emulator(amili.profile(), options.workdir) as emulated:
+            url = emulated.url
             for round_number in range(1, rounds + 1):
                 # each round in the other order: a machine that slows down or speeds up over the
                 # run favours neither
@@ -1086,7 +1068,8 @@ class Bench:
         def small() -> Feed:
             return Feed("S", self.factory("S", SECOND_CREDITOR), 10.0, 10.0)
 
-        async with emulator(amili.profile(), options.workdir) as (url, _):
+        async with profile_emulator(amili.profile(), options.workdir) as emulated:
+            url = emulated.url
             alone = await self.phase(
                 "c-alone", url, env, time_box=90, warmup=self.factory("W"), feeds=[small()]
             )
@@ -1184,7 +1167,7 @@ class Bench:
                 )
                 self.notes.append(f"D: {ledger_note}")
                 self.say(f"[yellow]D: {ledger_note}[/]")
-            url, _ = await stack.enter_async_context(emulator(amili.profile(), options.workdir))
+            url = (await stack.enter_async_context(profile_emulator(amili.profile(), options.workdir))).url
             phase = await self.phase(
                 "d-replicas",
                 url,
@@ -1274,25 +1257,6 @@ async def postgres_ledger(options: Options, say: Callable[[str], None]) -> Async
         "bench_adaptive", admin_dsn=options.postgres_dsn, cluster=options.postgres_dir, say=say
     ) as url:
         yield url
-
-
-# the broker ---------------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def broker() -> AsyncIterator[tuple[str, bool]]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a local broker of this benchmark's own (its own
-    name, so that a ``bench.throughput`` running meanwhile keeps its own)."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured, False
-        return
-    kafka = LocalKafka(name="bench-adaptive-run", port=0)
-    bootstrap = await asyncio.to_thread(kafka.start)
-    try:
-        yield bootstrap, True
-    finally:
-        await asyncio.to_thread(kafka.stop)
 
 
 # the report ---------------------------------------------------------------------------------------
@@ -1662,21 +1626,14 @@ def plot(path: Path, bench: Bench) -> bool:
 
 
 async def main_async(options: Options, console: Console) -> Bench:
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
     machine = machine_description()
     began = time.monotonic()
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         progress.console.print(f"machine: {machine}; work dir {options.workdir}")
         progress.console.print(f"code: {code_version()}")
-        async with broker() as (bootstrap, ours):
-            progress.console.print(f"broker {bootstrap}" + (" (ours)" if ours else " (given)"))
+        async with broker("bench-adaptive-run", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) as kafka:
+            bootstrap = kafka.bootstrap
+            progress.console.print(f"broker {bootstrap}" + (" (ours)" if kafka.kafka else " (given)"))
             bench = Bench(options, bootstrap, progress, console)
             steps = {"a": bench.overload, "b": bench.no_overload, "c": bench.fairness, "d": bench.replicas}
             for scenario in options.scenarios:
@@ -1706,16 +1663,7 @@ async def main_async(options: Options, console: Console) -> Bench:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=220)
-    try:
-        bench = asyncio.run(main_async(options, console))
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
-    del bench
-    return 0
+    return run_benchmark(functools.partial(main_async, options), width=220)
 
 
 if __name__ == "__main__":

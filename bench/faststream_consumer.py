@@ -5,7 +5,7 @@ The handler POSTs the invoice to Amili with httpx and publishes the result. The 
 event is lost, which is what a payments consumer needs. With any policy but the default
 ``ACK_FIRST`` (at-most-once: aiokafka auto-commits before the handler ran), FastStream implements
 ``max_workers=N`` as N consumers in the group, one event at a time each: the concurrency is capped
-at the partition count (see /work/shared/faststream-notes.md).
+at the partition count (FastStream's documentation of ``max_workers`` and ``ack_policy``).
 
     .venv/bin/python -m bench.faststream_consumer --bootstrap HOST:PORT --topic T --results R \\
         --group G --amili-url http://127.0.0.1:8080 --workers 6 [--stats stats.json]

@@ -26,7 +26,9 @@ from datetime import datetime
 from pathlib import Path
 
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+
+from devkit.harness import TopicReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,45 +38,27 @@ class Result:
 
 
 class ResultCollector:
-    """Reads a result topic from its beginning while a contender runs."""
+    """Reads a result topic from its beginning while a contender runs (``devkit.harness.TopicReader``)."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._partitions = partitions
         self.results: dict[str, Result] = {}
         self.duplicates = 0
-        self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader = TopicReader(
+            bootstrap,
+            [TopicPartition(topic, p) for p in range(partitions)],
+            lambda record: self._take(record.value),
+            name="bench-result-collector",
+        )
 
     @property
     def count(self) -> int:
         return len(self.results)
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        consumer.assign([TopicPartition(self._topic, p) for p in range(self._partitions)])
-        await consumer.seek_to_beginning()
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run(consumer))
+        await self._reader.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    self._take(record.value)
+        await self._reader.stop()
 
     def _take(self, value: bytes | None) -> None:
         try:

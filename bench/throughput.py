@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -51,9 +52,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -84,10 +86,18 @@ from bench.measure import (
     sustained_window,
 )
 from bench.workload import EventFactory, load_templates, produce_backlog, produce_paced
-from devkit.chaos.processes import clean_environment
 from devkit.emulator.settings import DEMO_API_KEY
-from devkit.localkafka import LocalKafka, free_port
-from devkit.produce import create_topics
+from devkit.harness import (
+    Child,
+    Emulator,
+    Topics,
+    broker,
+    clean_environment,
+    create_run_topics,
+    emulator,
+    service_env,
+)
+from devkit.localkafka import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 6
@@ -257,85 +267,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
 
 
-# processes ----------------------------------------------------------------------------------------
-
-
-class Child:
-    """A subprocess of the benchmark, with its output in a log file; stopped with SIGTERM."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process.returncode is None
-
-    @classmethod
-    async def start(cls, name: str, argv: list[str], env: Mapping[str, str], log: Path) -> Child:
-        with log.open("wb") as output:
-            process = await asyncio.create_subprocess_exec(
-                *argv, cwd=ROOT, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
-            )
-        return cls(name, process, log)
-
-    async def stop(self, sig: int = signal.SIGTERM, grace_seconds: float = 30.0) -> None:
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.process.wait(), grace_seconds)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-@contextlib.asynccontextmanager
-async def emulator(profile: Profile, workdir: Path) -> AsyncIterator[tuple[str, Child]]:
-    """``python -m service emulator`` in its own process, with the profile's latency."""
-    port = free_port()
+def profile_emulator(profile: Profile, workdir: Path) -> contextlib.AbstractAsyncContextManager[Emulator]:
+    """The emulator in its own process, with the profile's latency, for as long as the context."""
     quiet = {"AMILI_EMULATOR_FAULT_SEED": "7", "AMILI_EMULATOR_ACCESS_LOG": "false"}
-    env = clean_environment() | dict(profile.env) | quiet
-    child = await Child.start(
-        EMULATOR,
-        [sys.executable, "-m", "service", "emulator", "--port", str(port)],
-        env,
-        workdir / f"emulator-{profile.name}.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as http:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/openapi.json")).status_code == 200:
-                        break
-                if not child.running or time.monotonic() > deadline:
-                    raise RuntimeError(f"the emulator did not start:\n{child.tail()}")
-                await asyncio.sleep(0.1)
-        yield url, child
-    finally:
-        await child.stop()
-
-
-@dataclass(frozen=True)
-class Topics:
-    inbound: str
-    results: str
-    dead_letters: str
-    group: str
+    return emulator({**profile.env, **quiet}, workdir / f"emulator-{profile.name}.log")
 
 
 @dataclass(frozen=True)
@@ -434,27 +369,19 @@ class Contender:
         http_port: int,
         trace: Path | None = None,
     ) -> dict[str, str]:
-        env = clean_environment()
         if not self.is_service:
-            return env
-        ledger = ledger_dir / f"ledger-{topics.inbound}.db"
+            return clean_environment()
+        tuning = {"HTTP_PORT": str(http_port), "SHUTDOWN_GRACE_SECONDS": "5"}
         if trace is not None:
-            env["BENCH_TRACE_FILE"] = str(trace)
-        return env | {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "INVOICE_CREATED_TOPIC": topics.inbound,
-            "REGISTRATION_RESULT_TOPIC": topics.results,
-            "DEAD_LETTER_TOPIC": topics.dead_letters,
-            "CONSUMER_GROUP_ID": topics.group,
-            "AMILI_BASE_URL": url,
-            "AMILI_API_KEY": DEMO_API_KEY,
-            "LEDGER_URL": f"sqlite:///{ledger}",
-            "MAX_IN_FLIGHT": str(self.in_flight),
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_PORT": str(http_port),
-            "LOG_LEVEL": "WARNING",
-            "SHUTDOWN_GRACE_SECONDS": "5",
-        }
+            tuning["BENCH_TRACE_FILE"] = str(trace)
+        return service_env(
+            bootstrap,
+            topics,
+            url,
+            ledger_url=f"sqlite:///{ledger_dir / f'ledger-{topics.inbound}.db'}",
+            max_in_flight=self.in_flight,
+            tuning=tuning,
+        )
 
 
 async def service_mean_latency_ms(http_port: int) -> float:
@@ -506,12 +433,6 @@ class Bench:
         base = f"bench-{self.run_id}-{profile.name}-{contender.slug}-{phase}"
         return Topics(f"{base}-invoices", f"{base}-results", f"{base}-dead-letters", f"{base}-group")
 
-    async def prepare(self, topics: Topics) -> None:
-        await create_topics(
-            self.bootstrap, {topics.inbound: PARTITIONS, topics.results: PARTITIONS, topics.dead_letters: 1}
-        )
-        await asyncio.sleep(0.5)  # give the broker a moment to elect leaders before anyone produces
-
     async def watch(
         self,
         task: TaskID,
@@ -526,9 +447,7 @@ class Bench:
         last_cpu: tuple[float, float] | None = None
         while not done():
             if not child.running:
-                raise RuntimeError(
-                    f"{child.name} exited early (code {child.process.returncode}):\n{child.tail()}"
-                )
+                raise RuntimeError(f"{child.name} exited early (code {child.returncode}):\n{child.tail()}")
             await asyncio.sleep(0.5)
             count = collector.count - baseline
             sample = sampler.latest()
@@ -540,11 +459,12 @@ class Bench:
                 rss = f"RSS {sample.rss.get(child.name, 0) / 2**20:4.0f} MB"
             self.progress.update(task, completed=count, status=f"{rates.add(count):8,.0f}/s  {cpu}  {rss}")
 
-    async def run_contender(self, profile: Profile, contender: Contender, url: str, emu: Child) -> None:
+    async def run_contender(self, profile: Profile, contender: Contender, amili: Emulator) -> None:
         options = self.options
+        url = amili.url
         label = f"{profile.name} · {contender.label}"
         topics = self.topics(profile, contender, "backlog")
-        await self.prepare(topics)
+        await create_run_topics(self.bootstrap, topics, PARTITIONS)
         produce_task = self.progress.add_task(
             f"{label}: producing the backlog", total=options.invoices, status=""
         )
@@ -572,16 +492,17 @@ class Bench:
             await collector.start()
             stack.push_async_callback(collector.stop)
             started = time.time()
-            child = await Child.start(
+            child = Child.start(
                 contender.name,
                 contender.argv(topics, self.bootstrap, url, stats, options),
                 contender.env(topics, self.bootstrap, url, options.ledger_dir, http_port, trace),
                 options.workdir / f"{topics.inbound}.log",
+                cwd=ROOT,
             )
             stack.push_async_callback(asyncio.sleep, 0.5)  # the last results, after the child stopped
             stop_signal = signal.SIGINT if options.profiler != "none" else signal.SIGTERM
             stack.push_async_callback(child.stop, stop_signal, 120.0)
-            processes = {contender.name: child.pid, EMULATOR: emu.pid, HARNESS: os.getpid()}
+            processes = {contender.name: child.pid, EMULATOR: amili.child.pid, HARNESS: os.getpid()}
             if self.broker_pid is not None:
                 processes[BROKER] = self.broker_pid
             sampler = ProcessSampler(processes)
@@ -683,7 +604,7 @@ class Bench:
         options = self.options
         label = f"{profile.name} · {contender.label}"
         topics = self.topics(profile, contender, "paced")
-        await self.prepare(topics)
+        await create_run_topics(self.bootstrap, topics, PARTITIONS)
         stats = options.workdir / f"{topics.inbound}.stats.json"
         factory = EventFactory(self.templates, f"P{self.run_id}{profile.name[0]}".upper() + contender.code)
         total = max(1, round(rate * options.paced_seconds))
@@ -694,7 +615,7 @@ class Bench:
             collector = ResultCollector(self.bootstrap, topics.results, PARTITIONS)
             await collector.start()
             stack.push_async_callback(collector.stop)
-            child = await Child.start(
+            child = Child.start(
                 contender.name,
                 contender.argv(
                     topics,
@@ -705,6 +626,7 @@ class Bench:
                 ),
                 contender.env(topics, self.bootstrap, url, options.ledger_dir, free_port()),
                 options.workdir / f"{topics.inbound}.log",
+                cwd=ROOT,
             )
             stack.push_async_callback(child.stop)
             sampler = ProcessSampler({contender.name: child.pid})
@@ -756,9 +678,9 @@ class Bench:
     async def run(self, profiles: list[Profile], contenders: list[Contender]) -> None:
         for profile in profiles:
             self.say(f"[bold cyan]{profile.title}[/]: emulator in its own process")
-            async with emulator(profile, self.options.workdir) as (url, emu):
+            async with profile_emulator(profile, self.options.workdir) as amili:
                 for contender in contenders:
-                    await self.run_contender(profile, contender, url, emu)
+                    await self.run_contender(profile, contender, amili)
 
 
 def read_trace(path: Path) -> dict[str, list[float]]:
@@ -789,21 +711,31 @@ async def _finish(task: asyncio.Task[None]) -> None:
         await task
 
 
-@contextlib.asynccontextmanager
-async def broker() -> AsyncIterator[tuple[str, int | None]]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` if set (its process is not ours to measure), else a local broker."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured, None
-        return
-    kafka = LocalKafka(name="bench-throughput", port=0)
-    bootstrap = await asyncio.to_thread(kafka.start)
+def progress_display(console: Console) -> Progress:
+    """The live display of a benchmark: a line per task with its count, status and time."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def run_benchmark(work: Callable[[Console], Coroutine[Any, Any, object]], width: int) -> int:
+    """Run ``work`` with a console (``width`` columns when the output is no terminal); 130 when
+    interrupted."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=width)
     try:
-        status = kafka.status() or {}
-        pid = status.get("pid")
-        yield bootstrap, pid if isinstance(pid, int) else None
-    finally:
-        await asyncio.to_thread(kafka.stop)
+        asyncio.run(work(console))
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    return 0
 
 
 def machine_description() -> str:
@@ -838,18 +770,11 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
         ],
     }
     contenders = [contender for name in options.contenders for contender in all_contenders[name]]
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         progress.console.print(f"machine: {machine_description()}; work dir {options.workdir}")
         start = progress.add_task("starting the broker", total=None, status="")
-        async with broker() as (bootstrap, broker_pid):
+        async with broker("bench-throughput", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) as kafka:
+            bootstrap, broker_pid = kafka.bootstrap, kafka.pid
             progress.remove_task(start)
             progress.console.print(f"broker {bootstrap}" + (" (ours)" if broker_pid else " (given)"))
             bench = Bench(options, bootstrap, broker_pid, progress)
@@ -885,15 +810,7 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    try:
-        asyncio.run(main_async(options, console))
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
-    return 0
+    return run_benchmark(functools.partial(main_async, options), width=200)
 
 
 if __name__ == "__main__":

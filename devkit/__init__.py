@@ -5,6 +5,9 @@ on one machine, kept out of the product.
 - ``localkafka/``: a real Kafka broker from Apache Kafka's jars (``amili-registrar kafka``).
 - ``produce.py``, ``demo.py``: sending events from a file; the end-to-end demo.
 - ``chaos/``: the chaos run (``amili-registrar chaos``), split into plan, run and verdict.
+- ``harness.py``: what the chaos run and the benchmarks (``bench/``) share to run the service on one
+  machine: the broker, the emulator and the service as processes, the topics, reading them back.
+- ``postgres.py``: a scratch PostgreSQL database for one run.
 - ``schemas.py``: generating the documents in ``schemas/`` and ``docs/field-mapping.md``.
 - ``cli.py``: those commands, registered on ``amili-registrar``'s parser.
 

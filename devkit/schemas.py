@@ -16,7 +16,10 @@ of the service's contract layer must not import.
 The AsyncAPI document is FastStream's, generated from the broker ``build_registrar`` wires: its
 servers, and the channels and operations of the two publishers (results, dead letters). The
 consumption engine reads ``invoice-created`` through aiokafka, not a FastStream subscriber, so one is
-declared here on that broker (never started) to put the consumed channel into the document.
+declared here on that broker (never started) to put the consumed channel into the document. It
+stays: FastStream documents a channel only through a subscriber or publisher declared on a broker
+(its public API, used as meant), and declared here alone the running service has no such consumer;
+writing the channel into the document by hand would leave its servers and bindings in two hands.
 FastStream cannot know the messages themselves (results go out as ready-made bytes, dead letters
 through the raw producer, the engine reads raw records) and its message model has no headers or
 content type; so each channel's messages are replaced by ones built from the models here, their

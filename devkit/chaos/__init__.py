@@ -34,6 +34,9 @@ One concern per module:
 - ``run.py``: the run itself (``run_chaos``, ``ChaosOptions``): broker, emulator, replicas, sending,
   kills, the broker outage, and the report.
 - ``verdict.py``: the evidence the run gathers and the checks held against the plan.
-- ``topics.py``: reading the result and dead-letter topics for the whole run.
-- ``processes.py``: starting, stopping and measuring the processes (shared with the benchmarks).
+- ``topics.py``: the run's topics, and reading the result and dead-letter topics for the whole run.
+- ``processes.py``: the replicas and what is measured of them (CPU, log lines).
+
+Starting the broker, the emulator and the replicas, creating the topics and reading them back is the
+harness's (``devkit.harness``), which the benchmarks use too.
 """

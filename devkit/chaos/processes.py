@@ -1,7 +1,5 @@
-"""The processes of a chaos run: starting ``amili-registrar`` commands, stopping them, and measuring
-them (CPU from ``/proc``, lines in their logs).
-
-The benchmarks start their services the same way (``clean_environment``).
+"""The replicas of a chaos run and what is measured of them: CPU from ``/proc``, lines in their
+logs. Starting and stopping them is the harness's (``devkit.harness``), shared with the benchmarks.
 """
 
 from __future__ import annotations
@@ -9,58 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.config import Settings
+from devkit.harness import Child
 
 CPU_SAMPLE_SECONDS = 0.5
 MARKER = "----- chaos:"  # lines the run writes into the service logs (not counted as the service's)
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without any of the service's or the emulator's settings, so
-    nothing set in the caller's shell changes the run."""
-    ours = {name.upper() for name in Settings.model_fields}
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name.upper() not in ours and not name.upper().startswith("AMILI_EMULATOR_")
-    }
-
-
-def spawn_command(arguments: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
-    """Start ``amili-registrar ARGUMENTS`` (``run``, ``emulator``) with exactly ``env``, its output
-    appended to ``log_file``."""
-    with log_file.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "service", *arguments],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches only the chaos run
-        )
-
-
-def end_process(process: subprocess.Popen[bytes] | None, *, grace: float = 10.0) -> None:
-    """Stop ``process`` (SIGTERM, then SIGKILL) and reap it."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -102,7 +56,7 @@ class Replica:
 
     index: int
     log: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: Child | None = None
     started: float = 0.0  # time.monotonic() of its current life
     lives: int = 0
 
@@ -111,7 +65,7 @@ class Replica:
         return f"r{self.index}"
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.running
 
 
 class CpuSampler:

@@ -9,9 +9,7 @@ import json
 import logging
 import os
 import random
-import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,17 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from devkit.chaos.plan import CONFLICT, Plan, plan_events, sample_templates
-from devkit.chaos.processes import (
-    MARKER,
-    CpuSampler,
-    Replica,
-    clean_environment,
-    end_process,
-    file_size,
-    lines_since,
-    spawn_command,
-)
-from devkit.chaos.topics import Topics, TopicWatcher, close_quietly
+from devkit.chaos.processes import MARKER, CpuSampler, Replica, file_size, lines_since
+from devkit.chaos.topics import TopicWatcher, run_topics
 from devkit.chaos.verdict import (
     AmiliRecords,
     Check,
@@ -49,10 +38,20 @@ from devkit.chaos.verdict import (
     emulator_answers,
     evaluate,
 )
-from devkit.emulator.settings import DEMO_API_KEY
-from devkit.localkafka import LocalKafka, LocalKafkaError, default_version, free_port, project_root
+from devkit.harness import (
+    Child,
+    Emulator,
+    HarnessError,
+    close_quietly,
+    create_run_topics,
+    local_broker,
+    remove_broker,
+    service_command,
+    service_env,
+    start_emulator,
+)
+from devkit.localkafka import LocalKafka, LocalKafkaError, free_port, project_root
 from devkit.postgres import PostgresUnavailable, scratch_database
-from devkit.produce import create_topics
 
 # What the emulator injects: 5% 5xx (half of them after the registration was stored), 2% stored and
 # never answered in time (HANG_SECONDS beyond the service's total timeout), 1% 429.
@@ -80,8 +79,6 @@ SERVICE_TUNING: dict[str, str] = {
     "SHUTDOWN_GRACE_SECONDS": "2",
     "CLAIM_LEASE_SECONDS": "10",
     "CIRCUIT_OPEN_SECONDS": "1",
-    "LOG_LEVEL": "WARNING",
-    "HTTP_HOST": "127.0.0.1",
     # Short Kafka client timeouts, so that a broker outage of 20 s or more outlasts every one of them
     # (request, delivery, session): the outage is then more than a hiccup the clients ride out.
     "KAFKA_REQUEST_TIMEOUT_MS": "5000",
@@ -95,7 +92,6 @@ OUTAGE_LATENCY: dict[str, str] = {
 STALL_SECONDS = 90.0  # a life that shows no work for this long is reported, then killed anyway
 SETTLE_SECONDS = 60.0  # after the last result: how long the service may take to commit everything
 TIMED_OUT_SETTLE_SECONDS = 10.0  # the same when the run timed out: a look at the lag, no more
-PROCESS_START_SECONDS = 30.0
 # The broker outage: how long it is watched once the broker is back, how long its stop and start take.
 LOG_WINDOW_AFTER_BACK = 30.0  # log lines are counted from the stop until this long after it is back
 BROKER_STOP_SECONDS = 60.0  # SIGTERM: how long the controlled shutdown may take before SIGKILL
@@ -104,7 +100,7 @@ PORT_BUSY_RETRY_SECONDS = 30.0  # a restart finding its port held retries this l
 MAX_REPLICAS = 16
 
 
-class ChaosError(Exception):
+class ChaosError(HarnessError):
     """The run could not be set up (no broker, the emulator did not start, ...)."""
 
 
@@ -150,7 +146,7 @@ class ChaosRun:
         self.options = options
         self.console = console
         self.tag = f"{options.seed}-{uuid.uuid4().hex[:6]}"
-        self.topics = Topics.for_run(self.tag)
+        self.topics = run_topics(self.tag)
         self.stats = RunStats(replicas=options.replicas, kills_enabled=options.kills)
         if options.broker_outage > 0:
             self.stats.outage = OutageStats(
@@ -169,8 +165,7 @@ class ChaosRun:
             Replica(index, self.workdir / ("service.log" if single else f"service-{index}.log"))
             for index in range(1, options.replicas + 1)
         ]
-        self.emulator: subprocess.Popen[bytes] | None = None
-        self.emulator_url = ""
+        self.emulator: Emulator | None = None
         self.poison_sources: dict[tuple[int, int], str] = {}
         self.kafka: LocalKafka | None = None
         self.watcher: TopicWatcher | None = None
@@ -193,60 +188,37 @@ class ChaosRun:
 
     # set-up ---------------------------------------------------------------------------------
 
-    def _partitions(self) -> dict[str, int]:
-        """The run's topics and their numbers of partitions (at least one per replica)."""
-        partitions = max(self.options.partitions, self.options.replicas)
-        return {
-            self.topics.inbound: partitions,
-            self.topics.results: partitions,
-            self.topics.dead_letters: 1,
-        }
+    @property
+    def emulator_url(self) -> str:
+        return self.emulator.url if self.emulator is not None else ""
+
+    def _partitions(self) -> int:
+        """Partitions of the run's event and result topics: at least one per replica."""
+        return max(self.options.partitions, self.options.replicas)
 
     async def _start_emulator(self) -> None:
-        port = free_port()
         faults = (
             EMULATOR_FAULTS
             if self.options.amili_faults
             else {name: value for name, value in EMULATOR_FAULTS.items() if "_LATENCY_" in name}
         )
         env = {
-            **clean_environment(),
             **faults,
             **(OUTAGE_LATENCY if self.options.broker_outage > 0 else {}),
-            "AMILI_EMULATOR_HOST": "127.0.0.1",
-            "AMILI_EMULATOR_PORT": str(port),
-            "AMILI_EMULATOR_API_KEYS": DEMO_API_KEY,
             "AMILI_EMULATOR_STORE_PATH": str(self.store_path),
             "AMILI_EMULATOR_FAULT_SEED": str(self.options.seed),
         }
-        self.emulator = spawn_command(["emulator"], env, self.emulator_log)
-        self.emulator_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + PROCESS_START_SECONDS
-        async with httpx.AsyncClient(base_url=self.emulator_url, timeout=2.0) as http:
-            while True:
-                if self.emulator.poll() is not None:
-                    raise ChaosError(f"the emulator exited at start-up; see {self.emulator_log}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/_admin/faults")).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise ChaosError(f"the emulator did not answer in time; see {self.emulator_log}")
-                await asyncio.sleep(0.1)
+        self.emulator = await start_emulator(env, self.emulator_log)
 
     def _service_env(self, bootstrap: str, ledger_url: str) -> dict[str, str]:
-        return {
-            **clean_environment(),
-            **SERVICE_TUNING,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "INVOICE_CREATED_TOPIC": self.topics.inbound,
-            "REGISTRATION_RESULT_TOPIC": self.topics.results,
-            "DEAD_LETTER_TOPIC": self.topics.dead_letters,
-            "CONSUMER_GROUP_ID": self.topics.group,
-            "AMILI_BASE_URL": self.emulator_url,
-            "AMILI_API_KEY": DEMO_API_KEY,
-            "LEDGER_URL": ledger_url,
-            "MAX_IN_FLIGHT": str(self.options.max_in_flight),
-        }
+        return service_env(
+            bootstrap,
+            self.topics,
+            self.emulator_url,
+            ledger_url=ledger_url,
+            max_in_flight=self.options.max_in_flight,
+            tuning=SERVICE_TUNING,
+        )
 
     def _start_replica(self, replica: Replica, env: dict[str, str]) -> None:
         self.stats.lives += 1
@@ -255,7 +227,13 @@ class ChaosRun:
             log.write(
                 f"{MARKER} life {replica.lives} of replica {replica.name} starts at {self.elapsed():.1f}s\n"
             )
-        replica.process = spawn_command(["run"], {**env, "HTTP_PORT": str(free_port())}, replica.log)
+        replica.process = Child.start(
+            replica.name,
+            service_command("run"),
+            {**env, "HTTP_PORT": str(free_port())},
+            replica.log,
+            append=True,
+        )
         replica.started = time.monotonic()
 
     def _revive(self, env: dict[str, str]) -> None:
@@ -263,7 +241,7 @@ class ChaosRun:
         would."""
         for replica in self.replicas:
             process = replica.process
-            if process is not None and process.poll() is not None:
+            if process is not None and not process.running:
                 self.stats.unexpected_exits += 1
                 self.say(
                     f"[red]replica {replica.name} exited by itself (status {process.returncode}) after "
@@ -276,7 +254,7 @@ class ChaosRun:
 
     async def _stop_replicas(self, grace: float) -> None:
         await asyncio.gather(
-            *(asyncio.to_thread(end_process, replica.process, grace=grace) for replica in self.replicas)
+            *(replica.process.stop(grace_seconds=grace) for replica in self.replicas if replica.process)
         )
 
     async def _broker_call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -429,8 +407,7 @@ class ChaosRun:
             )
             process = victim.process
             assert process is not None
-            os.kill(process.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.wait)
+            await process.kill()
             self.stats.life_seconds.append(time.monotonic() - victim.started)
             who = f"replica {victim.name}, " if len(self.replicas) > 1 else ""
             self.say(
@@ -587,7 +564,9 @@ class ChaosRun:
         await consumer.start()
         try:
             partitions = [
-                TopicPartition(topic, n) for topic, count in self._partitions().items() for n in range(count)
+                TopicPartition(topic, n)
+                for topic, count in self.topics.partitions(self._partitions()).items()
+                for n in range(count)
             ]
             ends: dict[Any, int] = await consumer.end_offsets(partitions)
             return ends
@@ -675,7 +654,7 @@ class ChaosRun:
                 async with contextlib.AsyncExitStack() as stack:
                     bootstrap = options.kafka_bootstrap
                     if not bootstrap:
-                        kafka = LocalKafka(name=f"chaos-{os.getpid()}", version=default_version(), port=0)
+                        kafka = local_broker(f"chaos-{os.getpid()}")
                         self.kafka = kafka
                         console.print(
                             f"Starting Apache Kafka {kafka.version} (first run downloads its jars)…"
@@ -687,10 +666,12 @@ class ChaosRun:
                         )
                     else:
                         ledger_url = f"sqlite:///{self.workdir / 'ledger.db'}"
-                    await create_topics(bootstrap, self._partitions())
+                    await create_run_topics(bootstrap, self.topics, self._partitions())
                     await self._start_emulator()
                     console.print(f"Kafka at {bootstrap}, Amili emulator at {self.emulator_url}")
-                    self.watcher = watcher = TopicWatcher(bootstrap, self.topics, self._partitions())
+                    self.watcher = watcher = TopicWatcher(
+                        bootstrap, self.topics, self.topics.partitions(self._partitions())
+                    )
                     await watcher.start()
                     env = self._service_env(bootstrap, ledger_url)
                     self._t0 = time.monotonic()
@@ -746,7 +727,7 @@ class ChaosRun:
         steps: list[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = [
             ("topic reader", lambda: self.watcher.stop() if self.watcher else asyncio.sleep(0)),
             ("service", lambda: self._stop_replicas(grace=10.0)),
-            ("emulator", lambda: asyncio.to_thread(end_process, self.emulator)),
+            ("emulator", lambda: self.emulator.stop() if self.emulator else asyncio.sleep(0)),
             ("broker", self._remove_broker),
         ]
         for name, step in steps:
@@ -758,8 +739,7 @@ class ChaosRun:
     async def _remove_broker(self) -> None:
         kafka = self.kafka
         if kafka is not None:
-            await self._broker_call(kafka.stop)
-            shutil.rmtree(kafka.run_dir, ignore_errors=True)  # its data: this run's topics only
+            await self._broker_call(remove_broker, kafka)
 
     async def _amili_registrations(self) -> AmiliRecords:
         async with httpx.AsyncClient(base_url=self.emulator_url, timeout=30.0) as http:

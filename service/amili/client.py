@@ -512,6 +512,19 @@ class AmiliClient:
             raise _unexpected(answer, mutating=False, budget=self._keeps_rate_budget)
         return _receipt(_json_body(answer, unreadable=AmiliUnavailable), answer.status)
 
+    async def get_case(self, case_id: str) -> dict[str, Any] | None:
+        """Amili's case ``case_id`` (``GET /cases/{id}``) as Amili answers it, or ``None`` when the
+        answer is no case (any status but 200, or a body that is not a JSON object). Refused
+        credentials and an Amili that cannot be reached raise, as every call does."""
+        answer = await self._send("case", "GET", f"/cases/{case_id}", mutating=False)
+        if answer.status != 200:
+            return None
+        try:
+            body = json.loads(answer.content)
+        except (ValueError, RecursionError):
+            return None
+        return body if isinstance(body, dict) else None
+
     def _misconfigured(self, method: str, path: str, status: int) -> AmiliMisconfigured:
         return AmiliMisconfigured(method, self._location + path, status)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -92,12 +91,10 @@ async def case_state(amili: AmiliClient, case_id: str) -> dict[str, Any] | None:
     """The case's ``state`` and ``status`` from ``GET /cases/{id}``, or ``None`` when Amili (or
     the way to it) does not answer that: the case is extra, never a reason to fail."""
     try:
-        # The client has no public call for cases: its sender, with its credentials and timeouts.
-        answer = await amili._send("case", "GET", f"/cases/{case_id}", mutating=False)
-        body = json.loads(answer.content) if answer.status == 200 else None
-    except (AmiliError, ValueError, RecursionError):
+        body = await amili.get_case(case_id)
+    except AmiliError:
         return None
-    if not isinstance(body, dict):
+    if body is None:
         return None
     found = {name: body[name] for name in ("state", "status") if isinstance(body.get(name), str)}
     return found or None

@@ -68,6 +68,16 @@ async def test_register_then_find_and_get() -> None:
             await amili.register(REQUEST)
 
 
+async def test_a_registrations_case_is_read_and_an_unknown_case_is_none() -> None:
+    async with client(emulator_transport()) as amili:
+        receipt = await amili.register(REQUEST)
+        case = await amili.get_case(receipt.case)
+        assert case is not None
+        assert case["_id"] == receipt.case
+        assert isinstance(case["state"], str)
+        assert await amili.get_case("f" * 24) is None
+
+
 async def test_wrong_key_is_unauthorized_and_never_echoed() -> None:
     async with client(emulator_transport(), key="s3cr3t-key") as amili:
         with pytest.raises(AmiliUnauthorized) as caught:

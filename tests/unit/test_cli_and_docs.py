@@ -74,6 +74,20 @@ def test_the_readme_documents_every_setting() -> None:
     assert expected <= documented, expected - documented
 
 
+def test_the_readme_module_map_has_one_line_for_every_module_and_none_for_a_module_gone() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Architecture") :]
+    mapped = re.findall(r"^\| `((?:service|devkit|bench)/[\w/]+\.py)` \|", section, re.M)
+    assert len(mapped) == len(set(mapped)), "a module has two lines"
+    modules = {
+        str(path.relative_to(ROOT))
+        for tree in ("service", "devkit", "bench")
+        for path in (ROOT / tree).rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert set(mapped) == modules
+
+
 def test_the_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = re.search(r"^## Quick start\s*$(.*?)(?=^## )", readme, re.S | re.M)

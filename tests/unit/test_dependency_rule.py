@@ -258,3 +258,26 @@ def test_the_architecture_doc_places_every_module_as_the_rule_does() -> None:
         if path.name != "__init__.py" and module not in KNOWN_EXCEPTIONS and layer is not None:
             expected[str(path.relative_to(ROOT))] = LAYERS[layer].name
     assert documented == expected
+
+
+def _top_level_imports(source: str) -> set[str]:
+    """The first name of every absolute import in ``source``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names
+
+
+def test_the_development_kit_never_imports_the_benchmarks() -> None:
+    """The benchmarks build on the development kit (its harness), not the other way round: the kit
+    is installed, ``bench/`` runs only from a checkout."""
+    offending = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / DEVKIT).rglob("*.py"))
+        if "bench" in _top_level_imports(path.read_text(encoding="utf-8"))
+    ]
+    assert offending == []
+    assert _top_level_imports("from bench.measure import ResultCollector\n") == {"bench"}
