@@ -233,8 +233,14 @@ class InvoiceProcessor:
             await self._publish(result, event.time, record.taken_at)
             return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice_number)
 
-        decision = await self._registration.register(payload, event_id=event.id, warnings=prepared.warnings)
-        await self._publish(decision.result, event.time, record.taken_at)
+        async def announce(result: RegistrationResult) -> None:
+            await self._publish(result, event.time, record.taken_at)
+
+        decision = await self._registration.register(
+            payload, event_id=event.id, warnings=prepared.warnings, announce=announce
+        )
+        if not decision.announced:
+            await announce(decision.result)
         if decision.recorded and not decision.already_published:
             self._mark_published_later(decision.result)
         dead_letter_rule = None

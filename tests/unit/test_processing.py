@@ -668,3 +668,80 @@ async def test_an_abandoned_claim_is_given_back_only_if_it_never_went_to_amili(
 
     assert await claimed_by_b("N-2") is ClaimStatus.RECLAIMED  # given back: taken over at once
     assert await claimed_by_b("N-1") is ClaimStatus.HELD  # its POST may have reached Amili: kept
+
+
+class _LedgerWatchingResults(FakeResults):
+    """Results that note, at each publication, the ledger's outcome for the invoice then."""
+
+    def __init__(self, ledger: FakeLedger, *, refuse: bool = False) -> None:
+        super().__init__()
+        self.ledger = ledger
+        self.refuse = refuse
+        self.outcomes_seen: list[Outcome | None] = []
+        self.published_once = asyncio.Event()
+
+    async def publish_result(self, event: Any, key: bytes) -> None:
+        entry = self.ledger.entries.get((CREDITOR, "DEMO-1001"))
+        self.outcomes_seen.append(None if entry is None else entry.outcome)
+        self.published_once.set()
+        if self.refuse:
+            raise RuntimeError("the broker refused the record")
+        await super().publish_result(event, key)
+
+
+class _SlowFinishLedger(FakeLedger):
+    """A ledger whose outcome write waits for the result's publication (as a group commit under
+    way would): run one after the other, the two would never end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: asyncio.Event | None = None
+
+    async def finish(self, **arguments: Any) -> None:
+        if self.published is not None:
+            await asyncio.wait_for(self.published.wait(), timeout=2)
+        await super().finish(**arguments)
+
+
+async def test_a_registrations_result_goes_out_while_the_ledger_records_it(
+    world: World, event: dict[str, Any]
+) -> None:
+    ledger = _SlowFinishLedger()
+    results = _LedgerWatchingResults(ledger)
+    ledger.published = results.published_once
+    world.ledger, world.results = ledger, results
+    handled = await world.build("replica-a").process(structured_record(event))
+    assert handled.outcome is Outcome.REGISTERED
+    assert results.outcomes_seen == [None]  # published before the outcome was written...
+    assert ledger.entries[(CREDITOR, "DEMO-1001")].outcome is Outcome.REGISTERED  # ...and recorded
+    assert len(results.published) == 1
+
+
+async def test_an_amili_rejection_is_recorded_before_its_result_goes_out(
+    world: World, event: dict[str, Any]
+) -> None:
+    # A replay may end otherwise than a rejection or a give-up, so those keep the ledger first.
+    results = _LedgerWatchingResults(world.ledger)
+    world.results = results
+    world.amili.fail_next(AmiliRejected(422, {"customer.name": "required field"}))
+    await world.build("replica-a").process(structured_record(event))
+    assert results.outcomes_seen == [Outcome.REJECTED]
+
+
+async def test_a_refused_publication_still_leaves_the_outcome_recorded_and_the_retry_publishes_it(
+    world: World, event: dict[str, Any]
+) -> None:
+    results = _LedgerWatchingResults(world.ledger, refuse=True)
+    world.results = results
+    processor = world.build("replica-a")
+    with pytest.raises(RuntimeError, match="refused"):
+        await processor.process(structured_record(event))
+    entry = world.ledger.entries[(CREDITOR, "DEMO-1001")]
+    assert entry.outcome is Outcome.REGISTERED  # the write ended though the publication failed
+    assert not entry.result_published
+    results.refuse = False
+    handled = await processor.process(structured_record(event))  # the engine tries the event again
+    assert handled.outcome is Outcome.REGISTERED
+    assert world.amili.posts == 1
+    assert len(results.published) == 1
+    assert results.outcomes_seen[-1] is Outcome.REGISTERED
