@@ -1,0 +1,556 @@
+"""Exactly-once results: an event's results, dead letters and consumed offset in one Kafka transaction.
+
+With ``KAFKA_TRANSACTIONS=true`` nothing an event publishes is sent while it is handled: its records
+are held (``EventOutputs``) until the offset committed for its partition passes it, and then go to
+the broker in the same transaction as that offset. A ``read_committed`` consumer of the result or
+dead-letter topic thus sees each event's records exactly once, whatever crashes, rebalances or
+frozen instances come between: a transaction not committed is aborted, its events' offsets were not
+committed either, so they are processed again (the ledger returns their recorded outcomes, nothing
+is registered twice) and published in a later transaction.
+
+**Which fencing model.** aiokafka 0.14 speaks version 0 of the transactional requests only
+(``InitProducerId``, ``AddPartitionsToTxn``, ``AddOffsetsToTxn``, ``TxnOffsetCommit``, ``EndTxn``),
+and ``send_offsets_to_transaction(offsets, group_id)`` sends the group id alone: no member id, no
+generation. KIP-447's fencing by consumer-group metadata (``TxnOffsetCommit`` v3, Kafka 2.5) is
+therefore not available. The classic model is: **one transactional id per consumed partition**
+(``<prefix>-<topic>-<partition>``, the prefix being ``KAFKA_TRANSACTIONAL_ID_PREFIX`` or the group
+id), whose producer is initialised when the partition is assigned. ``InitProducerId`` bumps the id's
+epoch, aborts whatever transaction the previous holder left open and, from then on, refuses the
+previous holder's requests (``INVALID_PRODUCER_EPOCH``: aiokafka's ``ProducerFenced``). An instance
+frozen past its session timeout whose partitions went to another therefore commits neither results
+nor offsets of those partitions once it wakes. Verified on Apache Kafka 3.9.2 and 4.1.0 (4.0 removed
+old protocol versions, KIP-896, but not the version 0 transactional requests; KIP-890's stricter
+transactions apply to newer request versions only): ``tests/integration/test_transactions.py``.
+
+Consequences of the model, each handled here:
+
+- The new owner reads the committed offset only after its producer is initialised (the
+  initialisation waits for the previous holder's transaction to end), and seeks there: records
+  fetched before are put back.
+- A producer is re-initialised after a failure other than fencing (the broker away, a timeout) only
+  while the partition is still assigned, after a pause of ``reinit_delay_seconds`` in which the
+  consumer's heartbeat finds out whether the group moved on: re-initialising a partition that is no
+  longer ours would fence its new owner.
+- An event's records are committed only with an offset past the event, so they wait for the events
+  before them in their partition (per-partition order is kept, as the commits always did); such
+  finished events count among the events held (``MAX_EVENTS_HELD``), which bounds the memory.
+- One producer per assigned partition: each has its own connections and sender task (measured in
+  ``docs/performance.md``).
+
+Transactions are batched: each partition commits what it finished every ``interval_seconds``, or as
+soon as ``max_events`` finished events wait. The ledger's "published" mark of a result waits for the
+commit (``EventOutputs.committed``); a result recorded but never committed stays unpublished in the
+ledger, and its event, whose offset was not committed either, publishes it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+from aiokafka.structs import OffsetAndMetadata
+
+from service.events.cloudevents import CloudEvent
+from service.events.record import InboundRecord
+from service.kafka.link import BROKER_ERRORS, REFUSED_RECORD_ERRORS
+from service.kafka.publishing import RESULT_HEADERS, dead_letter_headers, truncated_dead_letter
+from service.registration import Backoff
+
+log = logging.getLogger(__name__)
+
+_FENCED = (ProducerFenced, InvalidProducerEpoch)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record an event publishes, and what to write instead should the broker refuse it for
+    its size (a dead letter's truncated form)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    smaller: Output | None = None
+
+
+class EventOutputs:
+    """What one event publishes, held until the transaction that commits its offset."""
+
+    def __init__(self) -> None:
+        self.records: list[Output] = []
+        self.committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        """True once the transaction carrying the records committed; False when they were
+        dropped (aborted, fenced, or the event abandoned): the event is processed again."""
+
+    def settle(self, committed: bool) -> None:
+        if not self.committed.done():
+            self.committed.set_result(committed)
+
+
+_current: ContextVar[EventOutputs | None] = ContextVar("event_outputs", default=None)
+
+
+@contextlib.contextmanager
+def event_outputs() -> Iterator[EventOutputs]:
+    """Collect what the event handled in this task publishes (the engine runs each event in a task
+    of its own, so the collection is the event's, wherever in the use case the publisher is
+    called). Outputs never handed to a transaction are settled as dropped."""
+    outputs = EventOutputs()
+    token = _current.set(outputs)
+    try:
+        yield outputs
+    finally:
+        _current.reset(token)
+
+
+def _collecting() -> EventOutputs:
+    outputs = _current.get()
+    if outputs is None:
+        # Only the engine's events publish in transactional mode; a publish from elsewhere (the
+        # start's publish_pending) would go out outside any transaction.
+        raise RuntimeError("a transactional publish outside an event")
+    return outputs
+
+
+class TransactionalResultPublisher:
+    """Holds an event's result for the transaction that commits the event's offset."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    async def publish_result(self, event: CloudEvent, key: bytes) -> Awaitable[bool]:
+        outputs = _collecting()
+        outputs.records.append(Output(self._topic, key, event.to_structured(), RESULT_HEADERS))
+        return outputs.committed
+
+
+class TransactionalDeadLetterPublisher:
+    """Holds an event's dead letter for the transaction that commits the event's offset, with its
+    truncated form should the broker refuse it whole (as ``KafkaDeadLetterPublisher`` does)."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    async def dead_letter(self, record: InboundRecord, rule: str, reason: str) -> None:
+        headers = dead_letter_headers(record, rule, reason, datetime.now(UTC))
+        value, kept = truncated_dead_letter(record, headers)
+        smaller = Output(self._topic, record.key, value, kept)
+        _collecting().records.append(Output(self._topic, record.key, record.value, headers, smaller))
+
+
+class TransactionObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def transaction(self, outcome: str, events: int, seconds: float) -> None: ...
+
+    def producers(self, count: int) -> None: ...
+
+
+class LinkState(Protocol):
+    """What the partitions' transactions need of the broker link: whether the broker is
+    reachable, and where to report that it is not (consumption pauses, one probe runs)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    async def wait_up(self) -> None: ...
+
+    def failed(self, operation: str, error: BaseException) -> None: ...
+
+
+class _AlwaysUp:
+    """No link to ask: every failure is tried again after the backoff."""
+
+    @property
+    def up(self) -> bool:
+        return True
+
+    async def wait_up(self) -> None:
+        return None
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        log.warning("transaction failed", extra={"operation": operation, "error": repr(error)})
+
+
+@dataclass
+class _Waiting:
+    """Finished events of one partition not committed yet, by offset."""
+
+    outputs: dict[int, EventOutputs] = field(default_factory=dict)
+    target: int | None = None
+    """The offset to commit: the partition's lowest unfinished one."""
+
+
+class PartitionTransactions:
+    """One consumed partition's transactional producer and the transactions it commits."""
+
+    def __init__(
+        self,
+        partition: TopicPartition,
+        *,
+        make_producer: Callable[[str], AIOKafkaProducer],
+        transactional_id: str,
+        group_id: str,
+        link: LinkState,
+        owned: Callable[[], bool],
+        interval_seconds: float,
+        max_events: int,
+        timeout_seconds: float,
+        reinit_delay_seconds: float,
+        backoff: Backoff,
+        observer: TransactionObserver,
+        on_committed: Callable[[int, int], None],
+    ) -> None:
+        self.partition = partition
+        self.transactional_id = transactional_id
+        self._make_producer = make_producer
+        self._group_id = group_id
+        self._link = link
+        self._owned = owned
+        self._interval = interval_seconds
+        self._max_events = max_events
+        self._timeout = timeout_seconds
+        self._reinit_delay = reinit_delay_seconds
+        self._backoff = backoff
+        self._observer = observer
+        self._on_committed = on_committed
+        self._rng = random.Random()
+        self._producer: AIOKafkaProducer | None = None
+        self._waiting = _Waiting()
+        self._committed: int | None = None
+        self._full = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.fenced = False
+        self.ready = False
+        """Initialised and positioned: the partition's records may be processed."""
+
+    @property
+    def waiting(self) -> int:
+        """Finished events waiting for a transaction."""
+        return len(self._waiting.outputs)
+
+    # life cycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Initialise the partition's producer (fencing any other holder of the transactional id,
+        and waiting for its open transaction to be aborted) and start committing."""
+        await self._initialise()
+        self._task = asyncio.create_task(self._run(), name=f"transactions-{self.transactional_id}")
+
+    async def close(self, *, commit_seconds: float) -> None:
+        """Commit what is finished (within ``commit_seconds``), then stop: what is left is dropped,
+        to be processed again by the partition's next owner."""
+        self._closing = True
+        self._full.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self.fenced and self._producer is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.1, commit_seconds)):
+                    await self.commit()
+        self._drop_waiting()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer)
+
+    # what the engine reports ----------------------------------------------------------------
+
+    def finished(self, offset: int, outputs: EventOutputs, target: int | None) -> None:
+        """An event finished: its records wait for the transaction whose offset passes ``offset``;
+        ``target`` is the partition's new committable offset."""
+        if self.fenced or self._closing:
+            outputs.settle(False)
+            return
+        self._waiting.outputs[offset] = outputs
+        self._waiting.target = target
+        if target is not None and self._ready_count(target) >= self._max_events:
+            self._full.set()
+
+    def _ready_count(self, target: int) -> int:
+        # Offsets are taken in order, so every waiting offset below the target is committable.
+        return sum(1 for offset in self._waiting.outputs if offset < target)
+
+    # committing ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing and not self.fenced:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), timeout=self._interval)
+            self._full.clear()
+            if self._closing:
+                return
+            if not self._link.up:
+                await self._link.wait_up()
+            try:
+                await self.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a loop that ended would stop the partition's commits silently
+                log.exception("transaction loop failed", extra=self._where())
+                await asyncio.sleep(1.0)
+
+    async def commit(self) -> None:
+        """Commit, in one transaction, the records of the finished events below the committable
+        offset and that offset. A failure other than fencing leaves them waiting for the next
+        try; fencing drops them (another instance owns the partition and processes them again)."""
+        async with self._lock:
+            target = self._waiting.target
+            if target is None or target == self._committed or self.fenced:
+                return
+            if self._producer is None and (self._closing or not await self._reinitialise()):
+                return
+            offsets = sorted(offset for offset in self._waiting.outputs if offset < target)
+            batch = [self._waiting.outputs[offset] for offset in offsets]
+            started = time.monotonic()
+            try:
+                await self._transaction(batch, target)
+            except _FENCED as error:
+                self._fence(error)
+                return
+            except REFUSED_RECORD_ERRORS as error:
+                # A dead letter too large for the broker: written truncated in the next try, as
+                # outside transactions. The aborted transaction leaves the producer usable.
+                self._observer.transaction("refused", len(batch), time.monotonic() - started)
+                self._shrink(batch, error)
+                await self._abort()
+                return
+            except (*BROKER_ERRORS, AssertionError) as error:
+                # aiokafka asserts its transaction states: after a failure it may be in none that
+                # lets the transaction go on. Either way the producer is replaced.
+                self._observer.transaction("failed", len(batch), time.monotonic() - started)
+                self._link.failed("transaction", error)
+                self._discard()
+                return
+            self._observer.transaction("committed", len(batch), time.monotonic() - started)
+            for offset in offsets:
+                self._waiting.outputs.pop(offset).settle(True)
+            self._committed = target
+            self._on_committed(target, len(offsets))
+
+    async def _transaction(self, batch: list[EventOutputs], target: int) -> None:
+        producer = self._producer
+        assert producer is not None
+        async with asyncio.timeout(self._timeout):
+            await producer.begin_transaction()
+            sent = [
+                await producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
+                for outputs in batch
+                for record in outputs.records
+            ]
+            offsets = {self.partition: OffsetAndMetadata(target, "")}
+            await producer.send_offsets_to_transaction(offsets, self._group_id)
+            await producer.commit_transaction()
+            # Committed: every send is acknowledged (a failed one fails the commit first).
+            for future in sent:
+                await future
+
+    def _shrink(self, batch: list[EventOutputs], error: BaseException) -> None:
+        shrunk = 0
+        for outputs in batch:
+            for index, record in enumerate(outputs.records):
+                if record.smaller is not None:
+                    outputs.records[index] = record.smaller
+                    shrunk += 1
+        log.warning(
+            "the broker refused a record of a transaction: dead letters written truncated",
+            extra={**self._where(), "error": repr(error), "truncated": shrunk},
+        )
+
+    async def _abort(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await producer.abort_transaction()
+        except _FENCED as error:
+            self._fence(error)
+        except Exception as error:
+            self._link.failed("transaction", error)
+            self._discard()
+
+    # producers ------------------------------------------------------------------------------------
+
+    async def _initialise(self) -> None:
+        producer = self._make_producer(self.transactional_id)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await producer.start()
+                # An empty transaction waits for the producer id: InitProducerId has bumped the
+                # epoch (fencing the previous holder) and its open transaction has been aborted.
+                await producer.begin_transaction()
+                await producer.commit_transaction()
+        except BaseException:
+            await _stop_quietly(producer)
+            raise
+        self._producer = producer
+
+    async def _reinitialise(self) -> bool:
+        """A fresh producer after a failure, only for a partition still ours: wait a moment for the
+        consumer's heartbeat to learn whether the group moved on (then the partition is revoked
+        and closed meanwhile), and for the broker to be back."""
+        await asyncio.sleep(self._reinit_delay)
+        attempt = 0
+        while not self._closing and not self.fenced and self._owned():
+            if not self._link.up:
+                await self._link.wait_up()
+                continue
+            attempt += 1
+            try:
+                await self._initialise()
+            except BROKER_ERRORS as error:
+                self._link.failed("transaction", error)
+                await asyncio.sleep(self._backoff.delay(attempt, self._rng))
+                continue
+            log.info("transactional producer initialised again", extra=self._where())
+            return True
+        return False
+
+    def _discard(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            task = asyncio.create_task(_stop_quietly(producer))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    def _fence(self, error: BaseException) -> None:
+        if not self.fenced:
+            log.warning(
+                "fenced: another instance owns this partition now; its finished events are dropped "
+                "here and processed again there",
+                extra={**self._where(), "error": repr(error), "dropped": self.waiting},
+            )
+        self.fenced = True
+        self._drop_waiting()
+        self._discard()
+
+    def _drop_waiting(self) -> None:
+        for outputs in self._waiting.outputs.values():
+            outputs.settle(False)
+        self._waiting.outputs.clear()
+
+    def _where(self) -> dict[str, object]:
+        return {"topic": self.partition.topic, "partition": self.partition.partition}
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await producer.stop()
+    except TimeoutError:
+        with contextlib.suppress(*BROKER_ERRORS):
+            await producer.client.close()
+    except (*BROKER_ERRORS, AssertionError):
+        pass
+
+
+class Transactions:
+    """The transactional producers of the partitions an instance consumes, one each."""
+
+    def __init__(
+        self,
+        make_producer: Callable[[str], AIOKafkaProducer],
+        *,
+        group_id: str,
+        id_prefix: str,
+        link: LinkState | None = None,
+        interval_seconds: float = 0.1,
+        max_events: int = 1000,
+        timeout_seconds: float = 10.0,
+        reinit_delay_seconds: float = 3.0,
+        backoff: Backoff | None = None,
+        observer: TransactionObserver | None = None,
+    ) -> None:
+        self._make_producer = make_producer
+        self._group_id = group_id
+        self._prefix = id_prefix
+        self._link: LinkState = link or _AlwaysUp()
+        self._interval = interval_seconds
+        self._max_events = max_events
+        self._timeout = timeout_seconds
+        self._reinit_delay = reinit_delay_seconds
+        self._backoff = backoff or Backoff(initial_seconds=0.5, max_seconds=5.0)
+        self._observer = observer or TransactionObserver()
+        self._rng = random.Random()
+        self._partitions: dict[TopicPartition, PartitionTransactions] = {}
+
+    def transactional_id(self, partition: TopicPartition) -> str:
+        return f"{self._prefix}-{partition.topic}-{partition.partition}"
+
+    def get(self, partition: TopicPartition) -> PartitionTransactions | None:
+        return self._partitions.get(partition)
+
+    def ready(self, partition: TopicPartition) -> bool:
+        channel = self._partitions.get(partition)
+        return channel is not None and channel.ready and not channel.fenced
+
+    @property
+    def waiting(self) -> int:
+        """Finished events of all partitions waiting for their transaction."""
+        return sum(channel.waiting for channel in self._partitions.values())
+
+    async def open(
+        self,
+        partition: TopicPartition,
+        *,
+        owned: Callable[[], bool],
+        on_committed: Callable[[int, int], None],
+        stopping: Callable[[], bool],
+    ) -> PartitionTransactions | None:
+        """The partition's producer, initialised (tried again with backoff while the broker is
+        away, the partition still assigned and the instance not stopping); ``None`` if given up."""
+        channel = PartitionTransactions(
+            partition,
+            make_producer=self._make_producer,
+            transactional_id=self.transactional_id(partition),
+            group_id=self._group_id,
+            link=self._link,
+            owned=owned,
+            interval_seconds=self._interval,
+            max_events=self._max_events,
+            timeout_seconds=self._timeout,
+            reinit_delay_seconds=self._reinit_delay,
+            backoff=self._backoff,
+            observer=self._observer,
+            on_committed=on_committed,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await channel.open()
+            except BROKER_ERRORS as error:
+                self._link.failed("transaction", error)
+                if stopping() or not owned():
+                    return None
+                await asyncio.sleep(self._backoff.delay(attempt, self._rng))
+                continue
+            break
+        old = self._partitions.pop(partition, None)
+        if old is not None:
+            await old.close(commit_seconds=0)
+        self._partitions[partition] = channel
+        self._observer.producers(len(self._partitions))
+        return channel
+
+    async def close(self, partition: TopicPartition, *, commit_seconds: float) -> None:
+        channel = self._partitions.pop(partition, None)
+        if channel is not None:
+            await channel.close(commit_seconds=commit_seconds)
+        self._observer.producers(len(self._partitions))
