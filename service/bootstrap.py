@@ -44,6 +44,7 @@ from service.kafka.startup import (
 from service.kafka.transactions import (
     TransactionalDeadLetterPublisher,
     TransactionalResultPublisher,
+    TransactionObserver,
     Transactions,
 )
 from service.ledger.factory import open_ledger
@@ -197,7 +198,11 @@ def amili_flow(settings: Settings, observer: FlowObserver | None = None) -> Amil
 
 
 def kafka_transactions(
-    settings: Settings, security: dict[str, Any], link: BrokerLink, backoff: Backoff
+    settings: Settings,
+    security: dict[str, Any],
+    link: BrokerLink,
+    backoff: Backoff,
+    observer: TransactionObserver | None = None,
 ) -> Transactions:
     """The transactional producers, one per consumed partition, when KAFKA_TRANSACTIONS is on."""
     producer = partial(
@@ -222,6 +227,7 @@ def kafka_transactions(
         # Two heartbeats: a consumer the group has left behind learns it by then.
         reinit_delay_seconds=2 * max(0.1, settings.kafka_session_timeout_ms / 3000),
         backoff=Backoff(initial_seconds=backoff.initial_seconds, max_seconds=5.0),
+        observer=observer,
     )
 
 

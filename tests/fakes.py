@@ -15,7 +15,7 @@ from service.events.cloudevents import CloudEvent
 from service.events.record import InboundRecord
 from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError, LedgerState
 from service.ledger.claims import decide_claim
-from service.ports import AmiliDuplicate, AmiliError
+from service.ports import AmiliDuplicate, AmiliError, Committed
 
 _ids = itertools.count(1)
 Stored = tuple[InvoiceRegistrationRequest, InvoiceRegistrationReceipt]
@@ -76,8 +76,9 @@ class FakeResults:
     def __init__(self) -> None:
         self.published: list[tuple[CloudEvent, bytes]] = []
 
-    async def publish_result(self, event: CloudEvent, key: bytes) -> None:
+    async def publish_result(self, event: CloudEvent, key: bytes) -> Committed | None:
         self.published.append((event, key))
+        return None
 
 
 class FakeDeadLetters:

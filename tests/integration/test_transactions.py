@@ -8,9 +8,8 @@ import json
 import os
 import signal
 from collections import Counter
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
