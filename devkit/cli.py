@@ -147,6 +147,7 @@ def _chaos(args: argparse.Namespace) -> int:
         outage_signal=args.outage_signal,
         conflict_share=args.conflicts,
         amili_faults=not args.no_amili_faults,
+        transactions=args.transactions,
     )
     try:
         return asyncio.run(run_chaos(options))
@@ -279,5 +280,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--no-amili-faults",
         action="store_true",
         help="no 5xx, hangs or 429 at the emulator (its latency stays)",
+    )
+    chaos.add_argument(
+        "--transactions",
+        action="store_true",
+        help="run the service with KAFKA_TRANSACTIONS=true and read its topics with read_committed: "
+        "every event must then have exactly one result or dead-letter record",
     )
     chaos.set_defaults(handler=_chaos)

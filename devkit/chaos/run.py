@@ -132,6 +132,7 @@ class ChaosOptions:
     outage_signal: Literal["term", "kill"] = "term"
     conflict_share: float = 0.0  # events re-using an invoice number with other content
     amili_faults: bool = True  # 5xx, hangs and 429 at the emulator (its latency stays)
+    transactions: bool = False  # KAFKA_TRANSACTIONS=true; the topics read with read_committed
 
 
 @contextlib.asynccontextmanager
@@ -151,7 +152,9 @@ class ChaosRun:
         self.console = console
         self.tag = f"{options.seed}-{uuid.uuid4().hex[:6]}"
         self.topics = Topics.for_run(self.tag)
-        self.stats = RunStats(replicas=options.replicas, kills_enabled=options.kills)
+        self.stats = RunStats(
+            replicas=options.replicas, kills_enabled=options.kills, transactions=options.transactions
+        )
         if options.broker_outage > 0:
             self.stats.outage = OutageStats(
                 signal="SIGTERM" if options.outage_signal == "term" else "SIGKILL",
@@ -246,6 +249,7 @@ class ChaosRun:
             "AMILI_API_KEY": DEMO_API_KEY,
             "LEDGER_URL": ledger_url,
             "MAX_IN_FLIGHT": str(self.options.max_in_flight),
+            "KAFKA_TRANSACTIONS": "true" if self.options.transactions else "false",
         }
 
     def _start_replica(self, replica: Replica, env: dict[str, str]) -> None:
@@ -650,9 +654,10 @@ class ChaosRun:
             else ""
         )
         replicas = f"{options.replicas} replicas" if options.replicas > 1 else "1 replica"
+        transactions = ", Kafka transactions (read_committed)" if options.transactions else ""
         return (
             f"[bold]Chaos run[/] {self.tag}: {options.invoices} invoices, seed {options.seed}, {replicas}, "
-            f"{kills}{outage}, ledger {options.ledger}; files in {self.workdir}"
+            f"{kills}{outage}{transactions}, ledger {options.ledger}; files in {self.workdir}"
         )
 
     async def run(self) -> int:
@@ -690,7 +695,9 @@ class ChaosRun:
                     await create_topics(bootstrap, self._partitions())
                     await self._start_emulator()
                     console.print(f"Kafka at {bootstrap}, Amili emulator at {self.emulator_url}")
-                    self.watcher = watcher = TopicWatcher(bootstrap, self.topics, self._partitions())
+                    self.watcher = watcher = TopicWatcher(
+                        bootstrap, self.topics, self._partitions(), read_committed=options.transactions
+                    )
                     await watcher.start()
                     env = self._service_env(bootstrap, ledger_url)
                     self._t0 = time.monotonic()

@@ -36,8 +36,11 @@ class TopicWatcher:
     RETRY_SECONDS = 1.0
     CLOSE_SECONDS = 10.0
 
-    def __init__(self, bootstrap: str, topics: Topics, partitions: dict[str, int]) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, partitions: dict[str, int], *, read_committed: bool = False
+    ) -> None:
         self.observed = Observed()
+        self._isolation = "read_committed" if read_committed else "read_uncommitted"
         self.errors = 0
         self.reconnects = 0
         self._bootstrap = bootstrap
@@ -80,6 +83,7 @@ class TopicWatcher:
             group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            isolation_level=self._isolation,
         )
         await consumer.start()
         self._consumer = consumer
@@ -119,6 +123,11 @@ class TopicWatcher:
                     else:
                         self.observed.add_dead_letter(record.headers, self._topics.inbound)
                     self._next[partition] = record.offset + 1
+            if self._isolation == "read_committed":
+                # Transactions leave commit markers no record shows: the position passes them.
+                with contextlib.suppress(Exception):
+                    for partition in self._partitions:
+                        self._next[partition] = await self._consumer.position(partition)
             if batches:
                 self._batch.set()
 
