@@ -33,12 +33,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 class Result:
     time: float
     outcome: str
+    seen: float = 0.0
+    """When the collector read it (wall clock): with transactions, when it became visible."""
 
 
 class ResultCollector:
     """Reads a result topic from its beginning while a contender runs."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int, *, read_committed: bool = False) -> None:
+        self._isolation = "read_committed" if read_committed else "read_uncommitted"
         self._bootstrap = bootstrap
         self._topic = topic
         self._partitions = partitions
@@ -53,7 +56,10 @@ class ResultCollector:
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=self._isolation,
         )
         await consumer.start()
         consumer.assign([TopicPartition(self._topic, p) for p in range(self._partitions)])
@@ -88,7 +94,7 @@ class ResultCollector:
         if event_id in self.results:
             self.duplicates += 1
             return
-        self.results[event_id] = Result(moment, outcome)
+        self.results[event_id] = Result(moment, outcome, time.time())
 
 
 MAIN_THREAD = ":main"  # suffix of a process name: its main thread only
