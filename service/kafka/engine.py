@@ -638,6 +638,7 @@ class ConsumptionEngine:
             partition,
             owned=assigned,
             on_committed=lambda offset, events: self._committed_in_transaction(partition, offset),
+            committed_offset=lambda: self._consumer.committed(partition),
             stopping=lambda: self._stopping,
         )
         if channel is None or not assigned():

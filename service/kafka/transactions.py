@@ -210,8 +210,10 @@ class PartitionTransactions:
         backoff: Backoff,
         observer: TransactionObserver,
         on_committed: Callable[[int, int], None],
+        committed_offset: Callable[[], Awaitable[int | None]],
     ) -> None:
         self.partition = partition
+        self._committed_offset = committed_offset
         self.transactional_id = transactional_id
         self._make_producer = make_producer
         self._group_id = group_id
@@ -232,6 +234,7 @@ class PartitionTransactions:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._unsure = False
         self.fenced = False
         self.ready = False
         """Initialised and positioned: the partition's records may be processed."""
@@ -312,6 +315,11 @@ class PartitionTransactions:
                 return
             if self._producer is None and (self._closing or not await self._reinitialise()):
                 return
+            if self._unsure and not await self._learn_outcome():
+                return
+            target = self._waiting.target
+            if target is None or target == self._committed:
+                return
             offsets = sorted(offset for offset in self._waiting.outputs if offset < target)
             batch = [self._waiting.outputs[offset] for offset in offsets]
             started = time.monotonic()
@@ -322,10 +330,11 @@ class PartitionTransactions:
                 return
             except REFUSED_RECORD_ERRORS as error:
                 # A dead letter too large for the broker: written truncated in the next try, as
-                # outside transactions. The aborted transaction leaves the producer usable.
+                # outside transactions, through a fresh producer (aiokafka keeps the sequence
+                # numbers of records the broker refused, which a later batch would then skip).
                 self._observer.transaction("refused", len(batch), time.monotonic() - started)
                 self._shrink(batch, error)
-                await self._abort()
+                self._discard()
                 return
             except (*BROKER_ERRORS, AssertionError) as error:
                 # aiokafka asserts its transaction states: after a failure it may be in none that
@@ -333,12 +342,35 @@ class PartitionTransactions:
                 self._observer.transaction("failed", len(batch), time.monotonic() - started)
                 self._link.failed("transaction", error)
                 self._discard()
+                # A commit whose answer was lost may have been carried out all the same.
+                self._unsure = True
                 return
             self._observer.transaction("committed", len(batch), time.monotonic() - started)
-            for offset in offsets:
-                self._waiting.outputs.pop(offset).settle(True)
-            self._committed = target
-            self._on_committed(target, len(offsets))
+            self._settle_below(target)
+
+    def _settle_below(self, target: int) -> None:
+        """Everything below ``target`` is committed: its records are out."""
+        offsets = [offset for offset in self._waiting.outputs if offset < target]
+        for offset in offsets:
+            self._waiting.outputs.pop(offset).settle(True)
+        self._committed = target
+        self._on_committed(target, len(offsets))
+
+    async def _learn_outcome(self) -> bool:
+        """After a transaction whose end is unknown and a fresh producer (whose initialisation
+        completed that transaction, one way or the other): the group's committed offset says
+        whether it was committed. If it was, its records are out and are not sent again."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                committed = await self._committed_offset()
+        except BROKER_ERRORS as error:
+            self._link.failed("transaction", error)
+            return False
+        self._unsure = False
+        if committed is not None and (self._committed is None or committed > self._committed):
+            log.info("a transaction whose answer was lost had committed", extra=self._where())
+            self._settle_below(committed)
+        return True
 
     async def _transaction(self, batch: list[EventOutputs], target: int) -> None:
         producer = self._producer
@@ -368,19 +400,6 @@ class PartitionTransactions:
             "the broker refused a record of a transaction: dead letters written truncated",
             extra={**self._where(), "error": repr(error), "truncated": shrunk},
         )
-
-    async def _abort(self) -> None:
-        producer = self._producer
-        if producer is None:
-            return
-        try:
-            async with asyncio.timeout(self._timeout):
-                await producer.abort_transaction()
-        except _FENCED as error:
-            self._fence(error)
-        except Exception as error:
-            self._link.failed("transaction", error)
-            self._discard()
 
     # producers ------------------------------------------------------------------------------------
 
@@ -511,6 +530,7 @@ class Transactions:
         *,
         owned: Callable[[], bool],
         on_committed: Callable[[int, int], None],
+        committed_offset: Callable[[], Awaitable[int | None]],
         stopping: Callable[[], bool],
     ) -> PartitionTransactions | None:
         """The partition's producer, initialised (tried again with backoff while the broker is
@@ -529,6 +549,7 @@ class Transactions:
             backoff=self._backoff,
             observer=self._observer,
             on_committed=on_committed,
+            committed_offset=committed_offset,
         )
         attempt = 0
         while True:
