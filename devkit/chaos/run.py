@@ -133,6 +133,8 @@ class ChaosOptions:
     conflict_share: float = 0.0  # events re-using an invoice number with other content
     amili_faults: bool = True  # 5xx, hangs and 429 at the emulator (its latency stays)
     transactions: bool = False  # KAFKA_TRANSACTIONS=true; the topics read with read_committed
+    freeze: float = 0.0  # seconds one replica is frozen (SIGSTOP, then SIGCONT); 0: none
+    freeze_after: float = 10.0  # seconds after the first result or dead letter
 
 
 @contextlib.asynccontextmanager
@@ -446,6 +448,36 @@ class ChaosRun:
             await self._switch_hang_mode()
             self._start_replica(victim, env)
 
+    async def _freeze(self, observed: Observed, deadline: float) -> None:
+        """Freeze one replica (SIGSTOP) ``freeze_after`` s after the first result or dead letter,
+        for ``freeze`` s, then let it go on (SIGCONT): past its session timeout the group gives its
+        partitions to others, and what it held must not be committed when it wakes."""
+        options = self.options
+        while observed.activity == 0:
+            if await self._wait(0.1) or time.monotonic() >= deadline:
+                return
+        if await self._wait(options.freeze_after):
+            return
+        running = [replica for replica in self.replicas if replica.running()]
+        if not running:
+            return
+        victim = running[self.kill_rng.randrange(len(running))]
+        process = victim.process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        self.say(
+            f"froze replica {victim.name} (pid {process.pid}) for {options.freeze:g}s; "
+            f"invoices with a result {len(observed.results)}"
+        )
+        try:
+            await asyncio.sleep(options.freeze)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+        self.stats.frozen.append(time.monotonic() - frozen_at)
+        self.say(f"woke replica {victim.name} (pid {process.pid})")
+
     async def _switch_hang_mode(self) -> None:
         """Alternate the emulator's hangs between "no answer in time" and "connection dropped"."""
         mode = "reset" if self.stats.kills % 2 else "sleep"
@@ -655,6 +687,8 @@ class ChaosRun:
         )
         replicas = f"{options.replicas} replicas" if options.replicas > 1 else "1 replica"
         transactions = ", Kafka transactions (read_committed)" if options.transactions else ""
+        if options.freeze > 0:
+            transactions += f", one replica frozen {options.freeze:g}s"
         return (
             f"[bold]Chaos run[/] {self.tag}: {options.invoices} invoices, seed {options.seed}, {replicas}, "
             f"{kills}{outage}{transactions}, ledger {options.ledger}; files in {self.workdir}"
@@ -710,8 +744,15 @@ class ChaosRun:
                         if kafka is not None and options.broker_outage > 0
                         else None
                     )
+                    freezing = (
+                        asyncio.create_task(self._freeze(watcher.observed, deadline))
+                        if options.freeze > 0
+                        else None
+                    )
                     tasks = [
-                        task for task in (completion, producing, supervising, outage) if task is not None
+                        task
+                        for task in (completion, producing, supervising, outage, freezing)
+                        if task is not None
                     ]
                     try:
                         await self._until_supervised(supervising, producing, outage)
@@ -878,6 +919,8 @@ def check_options(options: ChaosOptions) -> None:
         )
     if not 0 <= options.conflict_share <= 0.5:
         raise ChaosError("--conflicts must be a share between 0 and 0.5")
+    if options.freeze < 0 or options.freeze_after < 0:
+        raise ChaosError("--freeze and --freeze-after cannot be negative")
 
 
 async def run_chaos(options: ChaosOptions, console: Console | None = None) -> int:

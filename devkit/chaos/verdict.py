@@ -281,6 +281,8 @@ def evaluate(
     # unique"); the service adopts the first. Each such answer is a duplicate the service attempted.
     add("POSTs Amili refused as not unique", "-", (answers or {}).get("POST 422", 0), None)
     add("SIGKILLs", ">= 1" if stats.kills_enabled else "0 (--no-kills)", stats.kills, None)
+    if stats.frozen:
+        add("replica frozen (SIGSTOP, then SIGCONT)", "-", ", ".join(f"{f:.1f}s" for f in stats.frozen), None)
     if stats.outage is not None:
         checks.extend(outage_checks(stats.outage, stats.all_in_seconds))
     return checks
