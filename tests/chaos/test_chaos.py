@@ -179,7 +179,7 @@ def test_a_short_chaos_run_with_transactions_has_one_record_per_event(
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers, "COLUMNS": "250"}
     command = [
         sys.executable, "-m", "service", "chaos", "--transactions",
-        "--invoices", "300", "--kill-every-min", "2", "--kill-every-max", "4", "--rate", "60",
+        "--invoices", "300", "--kill-every-min", "1", "--kill-every-max", "3", "--rate", "30",
         "--timeout", "150", "--workdir", str(tmp_path),
     ]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
