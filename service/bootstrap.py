@@ -327,7 +327,7 @@ def build_registrar(
     )
     metrics.kafka_sends_waiting.set_function(lambda: link.waiting)
     transactions = (
-        kafka_transactions(settings, consumer_security, link, backoff)
+        kafka_transactions(settings, consumer_security, link, backoff, observer)
         if settings.kafka_transactions
         else None
     )
