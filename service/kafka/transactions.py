@@ -235,6 +235,7 @@ class PartitionTransactions:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._unsure = False
+        self._finished_since_commit = 0
         self.fenced = False
         self.ready = False
         """Initialised and positioned: the partition's records may be processed."""
@@ -279,12 +280,12 @@ class PartitionTransactions:
             return
         self._waiting.outputs[offset] = outputs
         self._waiting.target = target
-        if target is not None and self._ready_count(target) >= self._max_events:
+        # Counted as they finish, not as they become committable: counting those below the target
+        # would walk every waiting event at each finish, and a partition held up by one invoice
+        # can have thousands waiting. At worst a commit comes early with less in it.
+        self._finished_since_commit += 1
+        if self._finished_since_commit >= self._max_events:
             self._full.set()
-
-    def _ready_count(self, target: int) -> int:
-        # Offsets are taken in order, so every waiting offset below the target is committable.
-        return sum(1 for offset in self._waiting.outputs if offset < target)
 
     # committing ---------------------------------------------------------------------------------
 
@@ -293,6 +294,7 @@ class PartitionTransactions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), timeout=self._interval)
             self._full.clear()
+            self._finished_since_commit = 0
             if self._closing:
                 return
             if not self._link.up:
