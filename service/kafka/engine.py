@@ -58,7 +58,7 @@ from aiokafka.structs import OffsetAndMetadata
 from service.events.record import InboundRecord
 from service.flow.fair import FairQueue
 from service.kafka.link import BROKER_ERRORS
-from service.kafka.transactions import EventOutputs, Transactions, event_outputs
+from service.kafka.transactions import EventOutputs, Transactions, committed_with_metadata, event_outputs
 from service.processing import Handled, Prepared, Route
 from service.registration import Backoff
 
@@ -361,6 +361,14 @@ class ConsumptionEngine:
             now = time.monotonic()
             for raw in records:
                 progress.take(raw.offset, now)
+                if self._transactions is not None and self._transactions.already_out(partition, raw.offset):
+                    # Its results went out in a committed transaction past the committed offset:
+                    # finished, not processed again.
+                    progress.finish(raw.offset)
+                    channel = self._transactions.get(partition)
+                    if channel is not None:
+                        channel.advance(progress.committable)
+                    continue
                 record = to_inbound_record(raw, now)
                 self._admit(_Held(partition, record, self._processor.route(record)))
 
@@ -638,7 +646,7 @@ class ConsumptionEngine:
             partition,
             owned=assigned,
             on_committed=lambda offset, events: self._committed_in_transaction(partition, offset),
-            committed_offset=lambda: self._consumer.committed(partition),
+            committed_offset=lambda: committed_with_metadata(self._consumer, partition),
             stopping=lambda: self._stopping,
         )
         if channel is None or not assigned():
@@ -646,7 +654,7 @@ class ConsumptionEngine:
         failures = 0
         while True:
             try:
-                committed: int | None = await self._consumer.committed(partition)
+                committed, metadata = await committed_with_metadata(self._consumer, partition)
                 break
             except BROKER_ERRORS as error:
                 # Until it is read the partition stays unready (its records are put back): an
@@ -665,7 +673,7 @@ class ConsumptionEngine:
             self._consumer.seek(partition, committed)
         progress = self._progress.setdefault(partition, PartitionProgress())
         progress.committed = committed
-        channel.ready = True
+        channel.positioned(committed, metadata)
 
     def _committed_in_transaction(self, partition: TopicPartition, offset: int) -> None:
         progress = self._progress.get(partition)

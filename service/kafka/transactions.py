@@ -50,13 +50,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
@@ -191,6 +191,64 @@ class _Waiting:
     """The offset to commit: the partition's lowest unfinished one."""
 
 
+DONE_PREFIX = "amili-registrar/done:"
+DONE_METADATA_CHARACTERS = 1000
+"""How long the list of events committed past the offset may grow in the offset's metadata (the
+broker's ``offset.metadata.max.bytes`` is 4096 by default). Beyond it, results wait for the
+offset to pass them, as the offsets always do."""
+
+
+def encode_done(base: int, offsets: Iterable[int]) -> str:
+    """The offsets at or after ``base`` whose records are committed, as the commit's metadata:
+    ranges, each as its distance from the end of the one before and its length, in hex."""
+    parts: list[str] = []
+    end = base
+    start: int | None = None
+    previous = 0
+    for offset in sorted(offset for offset in offsets if offset >= base):
+        if start is not None and offset == previous + 1:
+            previous = offset
+            continue
+        if start is not None:
+            parts.append(f"{start - end:x}.{previous - start + 1:x}")
+            end = previous + 1
+        start = previous = offset
+    if start is not None:
+        parts.append(f"{start - end:x}.{previous - start + 1:x}")
+    return DONE_PREFIX + ",".join(parts) if parts else ""
+
+
+def decode_done(base: int, metadata: str) -> set[int]:
+    """The offsets ``encode_done`` wrote; none for metadata of another kind (a commit made without
+    transactions, or by another tool)."""
+    if not metadata.startswith(DONE_PREFIX):
+        return set()
+    done: set[int] = set()
+    end = base
+    try:
+        for part in metadata.removeprefix(DONE_PREFIX).split(","):
+            gap, _, length = part.partition(".")
+            start = end + int(gap, 16)
+            end = start + int(length, 16)
+            done.update(range(start, end))
+    except ValueError:
+        log.warning("unreadable offset metadata: every event after the offset is processed again")
+        return set()
+    return done
+
+
+async def committed_with_metadata(
+    consumer: AIOKafkaConsumer, partition: TopicPartition
+) -> tuple[int | None, str]:
+    """The group's committed offset of ``partition`` and its metadata, asked of the coordinator.
+    ``AIOKafkaConsumer.committed`` drops the metadata; this is the call it makes."""
+    found = await consumer._coordinator.fetch_committed_offsets([partition])
+    committed = found.get(partition)
+    if committed is None or committed.offset == -1:
+        return None, ""
+    return committed.offset, committed.metadata or ""
+
+
 class PartitionTransactions:
     """One consumed partition's transactional producer and the transactions it commits."""
 
@@ -210,7 +268,7 @@ class PartitionTransactions:
         backoff: Backoff,
         observer: TransactionObserver,
         on_committed: Callable[[int, int], None],
-        committed_offset: Callable[[], Awaitable[int | None]],
+        committed_offset: Callable[[], Awaitable[tuple[int | None, str]]],
     ) -> None:
         self.partition = partition
         self._committed_offset = committed_offset
@@ -230,6 +288,8 @@ class PartitionTransactions:
         self._producer: AIOKafkaProducer | None = None
         self._waiting = _Waiting()
         self._committed: int | None = None
+        self._done: set[int] = set()
+        """Offsets at or after the committed one whose records are committed (out of order)."""
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -270,6 +330,18 @@ class PartitionTransactions:
         if producer is not None:
             await _stop_quietly(producer)
 
+    def positioned(self, committed: int | None, metadata: str) -> None:
+        """The group's committed offset and metadata, read after the initialisation: events listed
+        there are out already and are not processed again."""
+        self._committed = committed
+        self._done = decode_done(committed, metadata) if committed is not None else set()
+        self.ready = True
+
+    def already_out(self, offset: int) -> bool:
+        """Whether the event at ``offset`` had its records committed (before the last
+        rebalance or crash), though the offset has not passed it yet."""
+        return offset in self._done
+
     # what the engine reports ----------------------------------------------------------------
 
     def finished(self, offset: int, outputs: EventOutputs, target: int | None) -> None:
@@ -286,6 +358,12 @@ class PartitionTransactions:
         self._finished_since_commit += 1
         if self._finished_since_commit >= self._max_events:
             self._full.set()
+
+    def advance(self, target: int | None) -> None:
+        """The committable offset moved without an event of this instance finishing (one that
+        was out already was skipped)."""
+        if not self.fenced and not self._closing:
+            self._waiting.target = target
 
     # committing ---------------------------------------------------------------------------------
 
@@ -313,25 +391,27 @@ class PartitionTransactions:
                 await asyncio.sleep(1.0)
 
     async def commit(self) -> None:
-        """Commit, in one transaction, the records of the finished events below the committable
-        offset and that offset. A failure other than fencing leaves them waiting for the next
-        try; fencing drops them (another instance owns the partition and processes them again)."""
+        """Commit, in one transaction, the records of the finished events and the partition's
+        committable offset (its lowest unfinished one), whose metadata lists the events past it
+        whose records are committed too (``encode_done``): so a result need not wait for the
+        events before it in its partition, and none is published twice after a crash or a
+        rebalance. A failure other than fencing leaves the records waiting for the next try;
+        fencing drops them (another instance owns the partition and processes them again)."""
         async with self._lock:
-            target = self._waiting.target
-            if target is None or target == self._committed or self.fenced:
+            if self.fenced or not self._pending():
                 return
             if self._producer is None and (self._closing or not await self._reinitialise()):
                 return
             if self._unsure and not await self._learn_outcome():
                 return
             target = self._waiting.target
-            if target is None or target == self._committed:
+            if target is None or not self._pending():
                 return
-            offsets = sorted(offset for offset in self._waiting.outputs if offset < target)
+            offsets, done, metadata = self._next_batch(target)
             batch = [self._waiting.outputs[offset] for offset in offsets]
             started = time.monotonic()
             try:
-                await self._transaction(batch, target)
+                await self._transaction(batch, target, metadata)
             except _FENCED as error:
                 self._fence(error)
                 return
@@ -353,33 +433,51 @@ class PartitionTransactions:
                 self._unsure = True
                 return
             self._observer.transaction("committed", len(batch), time.monotonic() - started)
-            self._settle_below(target)
+            self._settle(target, done)
 
-    def _settle_below(self, target: int) -> None:
-        """Everything below ``target`` is committed: its records are out."""
-        offsets = [offset for offset in self._waiting.outputs if offset < target]
-        for offset in offsets:
+    def _pending(self) -> bool:
+        """Whether there is anything to commit: records waiting, or an offset that moved."""
+        target = self._waiting.target
+        return bool(self._waiting.outputs) or (target is not None and target != self._committed)
+
+    def _next_batch(self, target: int) -> tuple[list[int], set[int], str]:
+        """Which waiting events go into the next transaction, the offsets past ``target`` that will
+        then be out, and the metadata that says so: every waiting event, unless the list would
+        outgrow the metadata; then those below ``target`` only."""
+        waiting = sorted(self._waiting.outputs)
+        done = {offset for offset in self._done if offset >= target}
+        everything = done | {offset for offset in waiting if offset >= target}
+        metadata = encode_done(target, everything)
+        if len(metadata) <= DONE_METADATA_CHARACTERS:
+            return waiting, everything, metadata
+        return [offset for offset in waiting if offset < target], done, encode_done(target, done)
+
+    def _settle(self, committed: int, done: set[int]) -> None:
+        """``committed`` and the events of ``done`` past it are out: so are their records."""
+        settled = [offset for offset in self._waiting.outputs if offset < committed or offset in done]
+        for offset in settled:
             self._waiting.outputs.pop(offset).settle(True)
-        self._committed = target
-        self._on_committed(target, len(offsets))
+        self._committed = committed
+        self._done = done
+        self._on_committed(committed, len(settled))
 
     async def _learn_outcome(self) -> bool:
         """After a transaction whose end is unknown and a fresh producer (whose initialisation
-        completed that transaction, one way or the other): the group's committed offset says
-        whether it was committed. If it was, its records are out and are not sent again."""
+        completed that transaction, one way or the other): the group's committed offset and its
+        metadata say whether it was committed. If it was, its records are out and are not sent
+        again."""
         try:
             async with asyncio.timeout(self._timeout):
-                committed = await self._committed_offset()
+                committed, metadata = await self._committed_offset()
         except BROKER_ERRORS as error:
             self._link.failed("transaction", error)
             return False
         self._unsure = False
-        if committed is not None and (self._committed is None or committed > self._committed):
-            log.info("a transaction whose answer was lost had committed", extra=self._where())
-            self._settle_below(committed)
+        if committed is not None:
+            self._settle(committed, decode_done(committed, metadata))
         return True
 
-    async def _transaction(self, batch: list[EventOutputs], target: int) -> None:
+    async def _transaction(self, batch: list[EventOutputs], target: int, metadata: str) -> None:
         producer = self._producer
         assert producer is not None
         async with asyncio.timeout(self._timeout):
@@ -389,7 +487,7 @@ class PartitionTransactions:
                 for outputs in batch
                 for record in outputs.records
             ]
-            offsets = {self.partition: OffsetAndMetadata(target, "")}
+            offsets = {self.partition: OffsetAndMetadata(target, metadata)}
             await producer.send_offsets_to_transaction(offsets, self._group_id)
             await producer.commit_transaction()
             # Committed: every send is acknowledged (a failed one fails the commit first).
@@ -526,6 +624,10 @@ class Transactions:
         channel = self._partitions.get(partition)
         return channel is not None and channel.ready and not channel.fenced
 
+    def already_out(self, partition: TopicPartition, offset: int) -> bool:
+        channel = self._partitions.get(partition)
+        return channel is not None and channel.already_out(offset)
+
     @property
     def waiting(self) -> int:
         """Finished events of all partitions waiting for their transaction."""
@@ -537,7 +639,7 @@ class Transactions:
         *,
         owned: Callable[[], bool],
         on_committed: Callable[[int, int], None],
-        committed_offset: Callable[[], Awaitable[int | None]],
+        committed_offset: Callable[[], Awaitable[tuple[int | None, str]]],
         stopping: Callable[[], bool],
     ) -> PartitionTransactions | None:
         """The partition's producer, initialised (tried again with backoff while the broker is

@@ -19,6 +19,9 @@ from devkit.emulator.app import Emulator
 from devkit.localkafka import free_port
 from devkit.produce import create_topics, produce
 from service.bootstrap import build_registrar
+from service.events.record import InboundRecord
+from service.kafka.engine import Processor
+from service.processing import Handled, Prepared, Route
 from tests.integration.harness import (
     committed,
     kafka_producer,
@@ -242,3 +245,69 @@ async def test_an_instance_frozen_past_its_session_is_fenced(
     assert invoice_numbers(results) == Counter({f"FROZEN-{n}": 1 for n in range(20)})
     assert sum(offset or 0 for offset in offsets.values()) == 20
     assert len(amili.store.all()) == 20
+
+
+class HoldsOneInvoice:
+    """Never finishes the event of one invoice: the events after it in its partition finish."""
+
+    def __init__(self, inner: Processor, number: str) -> None:
+        self.inner = inner
+        self.number = number
+
+    def route(self, record: InboundRecord) -> Route:
+        return self.inner.route(record)
+
+    def prepare(self, record: InboundRecord) -> Prepared:
+        return self.inner.prepare(record)
+
+    async def give_up(self, prepared: Prepared, error: BaseException) -> Handled:
+        return await self.inner.give_up(prepared, error)
+
+    async def handle(self, prepared: Prepared) -> Handled:
+        if prepared.invoice_number == self.number:
+            await asyncio.Event().wait()
+        return await self.inner.handle(prepared)
+
+
+async def test_results_do_not_wait_for_an_earlier_event_and_are_not_published_again(
+    kafka_bootstrap_servers: str,
+    emulator: tuple[str, Emulator],
+    sample_events: list[dict[str, Any]],
+    unique_name: str,
+) -> None:
+    """The partition's first event is held: the offset stays at it, yet the nine after it are
+    committed, listed in the offset's metadata. Stopped and started again, the service processes
+    the held event and none of the nine a second time."""
+    amili_url, amili = emulator
+    settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name, kafka_transactions=True)
+    numbers = [f"HELD-{n}" for n in range(10)]
+    topic, group = settings.invoice_created_topic, settings.consumer_group_id
+    await produce(
+        kafka_bootstrap_servers, topic, [numbered(sample_events[0], n) for n in numbers], show_progress=False
+    )
+
+    async with build_registrar(settings, around_processor=lambda inner: HoldsOneInvoice(inner, "HELD-0")).app:
+        visible = await read_records(
+            kafka_bootstrap_servers,
+            settings.registration_result_topic,
+            count=9,
+            isolation_level=READ_COMMITTED,
+        )
+        assert invoice_numbers(visible) == Counter({number: 1 for number in numbers[1:]})
+        assert (await committed(kafka_bootstrap_servers, group, topic, 1))[0] == 0
+
+    async with build_registrar(settings).app:
+
+        async def all_committed() -> bool:
+            return (await committed(kafka_bootstrap_servers, group, topic, 1))[0] == 10
+
+        await wait_for(all_committed)
+    results = await read_records(
+        kafka_bootstrap_servers,
+        settings.registration_result_topic,
+        count=20,
+        wait_seconds=3,
+        isolation_level=READ_COMMITTED,
+    )
+    assert invoice_numbers(results) == Counter({number: 1 for number in numbers})
+    assert len(amili.store.all()) == 10
