@@ -1,12 +1,14 @@
 """Exactly-once results: an event's results, dead letters and consumed offset in one Kafka transaction.
 
 With ``KAFKA_TRANSACTIONS=true`` nothing an event publishes is sent while it is handled: its records
-are held (``EventOutputs``) until the offset committed for its partition passes it, and then go to
-the broker in the same transaction as that offset. A ``read_committed`` consumer of the result or
-dead-letter topic thus sees each event's records exactly once, whatever crashes, rebalances or
-frozen instances come between: a transaction not committed is aborted, its events' offsets were not
-committed either, so they are processed again (the ledger returns their recorded outcomes, nothing
-is registered twice) and published in a later transaction.
+are held (``EventOutputs``) and go to the broker in the partition's next transaction, together with
+the partition's committed offset (its lowest unfinished event) and, in that offset's metadata, the
+list of events past it whose records are committed too (``encode_done``). A ``read_committed``
+consumer of the result or dead-letter topic thus sees each event's records exactly once, whatever
+crashes, rebalances or frozen instances come between: a transaction not committed is aborted, its
+events are neither below the committed offset nor in its list, so they are processed again (the
+ledger returns their recorded outcomes, nothing is registered twice) and published in a later
+transaction; the events in the list are skipped by whoever consumes the partition next.
 
 **Which fencing model.** aiokafka 0.14 speaks version 0 of the transactional requests only
 (``InitProducerId``, ``AddPartitionsToTxn``, ``AddOffsetsToTxn``, ``TxnOffsetCommit``, ``EndTxn``),
@@ -31,9 +33,13 @@ Consequences of the model, each handled here:
   while the partition is still assigned, after a pause of ``reinit_delay_seconds`` in which the
   consumer's heartbeat finds out whether the group moved on: re-initialising a partition that is no
   longer ours would fence its new owner.
-- An event's records are committed only with an offset past the event, so they wait for the events
-  before them in their partition (per-partition order is kept, as the commits always did); such
-  finished events count among the events held (``MAX_EVENTS_HELD``), which bounds the memory.
+- The list lets a result go out without waiting for the events before it in its partition (an
+  invoice held up at Amili would otherwise hold back every result behind it). It is kept as
+  ranges, so a long run of finished events costs a few characters; should it outgrow
+  ``DONE_METADATA_CHARACTERS``, the events past the offset wait for it, as the offsets always did.
+  Finished events waiting for their transaction count among the events held (``MAX_EVENTS_HELD``).
+- The offset's metadata is read with the coordinator call ``AIOKafkaConsumer.committed`` makes
+  (which drops the metadata): ``committed_with_metadata``.
 - One producer per assigned partition: each has its own connections and sender task (measured in
   ``docs/performance.md``).
 
