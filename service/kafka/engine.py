@@ -24,9 +24,10 @@ and commit either too early or everything at once, so the engine is built on aio
   ``close_seconds`` at most, whether the broker answers or not.
 - Transactions (``transactions`` given, ``KAFKA_TRANSACTIONS=true``): the consumer commits nothing
   itself. What an event publishes is held and committed by its partition's transactional producer
-  together with the offset that passes it (``service.kafka.transactions``); a partition's records
-  are processed only once its producer is initialised and the consumer positioned at the offset
-  committed after that. Finished events waiting for their transaction count among those held.
+  together with the partition's offset, whose metadata lists the events past it that are out
+  (``service.kafka.transactions``); a partition's records are processed only once its producer is
+  initialised and the consumer positioned at the offset committed after that, and listed events
+  are skipped. Finished events waiting for their transaction count among those held.
 - Failures: an event whose handling keeps failing (a fault of ours, never an outage: the processor
   waits out Kafka, Amili and ledger outages itself) goes to dead letters after ``max_failures``
   tries; if dead-lettering fails too, it is tried again with backoff, logged each time, and the
