@@ -181,6 +181,7 @@ class ChaosRun:
         self.watcher: TopicWatcher | None = None
         self._t0 = time.monotonic()
         self._all_in = asyncio.Event()
+        self._frozen: Replica | None = None
         self._producing_done = False
         # The broker outage: the producer sends only while the broker is up, and never while it is
         # being stopped; after it is back it sends through a new producer.
@@ -428,10 +429,12 @@ class ChaosRun:
                 continue  # one exited by itself: counted and started again above
             if time.monotonic() >= deadline:
                 return
+            # A frozen replica is left frozen: killing it would end the freeze the run is showing.
+            candidates = [
+                replica for replica in self.replicas if replica is not self._frozen
+            ] or self.replicas
             victim = (
-                self.replicas[self.kill_rng.randrange(len(self.replicas))]
-                if len(self.replicas) > 1
-                else self.replicas[0]
+                candidates[self.kill_rng.randrange(len(candidates))] if len(candidates) > 1 else candidates[0]
             )
             process = victim.process
             assert process is not None
@@ -465,6 +468,7 @@ class ChaosRun:
         process = victim.process
         assert process is not None
         os.kill(process.pid, signal.SIGSTOP)
+        self._frozen = victim
         frozen_at = time.monotonic()
         self.say(
             f"froze replica {victim.name} (pid {process.pid}) for {options.freeze:g}s; "
@@ -475,6 +479,7 @@ class ChaosRun:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGCONT)
+            self._frozen = None
         self.stats.frozen.append(time.monotonic() - frozen_at)
         self.say(f"woke replica {victim.name} (pid {process.pid})")
 
