@@ -297,6 +297,7 @@ class PartitionTransactions:
         self._done: set[int] = set()
         """Offsets at or after the committed one whose records are committed (out of order)."""
         self._full = asyncio.Event()
+        self._work = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -324,6 +325,7 @@ class PartitionTransactions:
         to be processed again by the partition's next owner."""
         self._closing = True
         self._full.set()
+        self._work.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -362,6 +364,7 @@ class PartitionTransactions:
         # would walk every waiting event at each finish, and a partition held up by one invoice
         # can have thousands waiting. At worst a commit comes early with less in it.
         self._finished_since_commit += 1
+        self._work.set()
         if self._finished_since_commit >= self._max_events:
             self._full.set()
 
@@ -370,6 +373,7 @@ class PartitionTransactions:
         was out already was skipped)."""
         if not self.fenced and not self._closing:
             self._waiting.target = target
+            self._work.set()
 
     # committing ---------------------------------------------------------------------------------
 
@@ -377,6 +381,15 @@ class PartitionTransactions:
         loop = asyncio.get_running_loop()
         due = loop.time() + self._interval
         while not self._closing and not self.fenced:
+            if not self._pending():
+                # Idle: no timer ticks (a hundred partitions ticking ten times a second cost 0.05 of
+                # a core doing nothing). The first event to finish is committed at once if the last
+                # commit is an interval ago.
+                self._work.clear()
+                if not self._pending():
+                    await self._work.wait()
+                if self._closing:
+                    return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), timeout=max(0.0, due - loop.time()))
             # Every interval from the start of the last commit, not from its end: a result waits
