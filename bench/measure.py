@@ -35,12 +35,14 @@ from devkit.harness import TopicReader
 class Result:
     time: float
     outcome: str
+    seen: float = 0.0
+    """When the collector read it (wall clock): with transactions, when it became visible."""
 
 
 class ResultCollector:
     """Reads a result topic from its beginning while a contender runs (``devkit.harness.TopicReader``)."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int, *, read_committed: bool = False) -> None:
         self.results: dict[str, Result] = {}
         self.duplicates = 0
         self._reader = TopicReader(
@@ -48,6 +50,7 @@ class ResultCollector:
             [TopicPartition(topic, p) for p in range(partitions)],
             lambda record: self._take(record.value),
             name="bench-result-collector",
+            read_committed=read_committed,
         )
 
     @property
@@ -72,7 +75,7 @@ class ResultCollector:
         if event_id in self.results:
             self.duplicates += 1
             return
-        self.results[event_id] = Result(moment, outcome)
+        self.results[event_id] = Result(moment, outcome, time.time())
 
 
 MAIN_THREAD = ":main"  # suffix of a process name: its main thread only

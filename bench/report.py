@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 SERVICE = "service"
+TRANSACTIONAL = "+tx"
+"""The suffix of a service contender run with KAFKA_TRANSACTIONS=true (``service+tx``)."""
 SEQUENTIAL = "sequential"
 FASTSTREAM = "faststream"
 LABELS = {
@@ -34,13 +36,15 @@ def service_contender(in_flight: int, primary: bool) -> str:
 
 
 def is_service(contender: str) -> bool:
-    return contender == SERVICE or contender.startswith(f"{SERVICE}@")
+    name = contender.removesuffix(TRANSACTIONAL)
+    return name == SERVICE or name.startswith(f"{SERVICE}@")
 
 
 def label(contender: str, in_flight: int) -> str:
     """How a contender is shown; the service with its in-flight limit, e.g. ``amili-registrar (64)``."""
     if is_service(contender):
-        return f"{LABELS[SERVICE]} ({in_flight})"
+        transactions = ", transactions" if contender.endswith(TRANSACTIONAL) else ""
+        return f"{LABELS[SERVICE]} ({in_flight}{transactions})"
     return LABELS.get(contender, contender)
 
 
@@ -216,6 +220,39 @@ def _service_verdicts(run: Run, sequential: Run | None, cores: int) -> list[Verd
     return result
 
 
+TRANSACTION_INTERVAL_MS = 100.0
+"""KAFKA_TRANSACTION_INTERVAL_MS as the benchmark runs it (the default)."""
+
+
+def _transaction_verdicts(plain: Run, transactional: Run) -> list[Verdict]:
+    """Transactions against the same service without them, side by side in one run."""
+
+    def verdict(target: str, measured: str, required: str, passed: bool) -> Verdict:
+        run = transactional
+        return Verdict(target, run.profile, run.contender, run.in_flight, measured, required, passed)
+
+    share = transactional.sustained / plain.sustained if plain.sustained > 0 else math.nan
+    result = [
+        verdict(
+            "transactions: ≥ 85% of the throughput without",
+            f"{transactional.sustained:,.0f}/s = {share:.0%} of {plain.sustained:,.0f}/s",
+            f"≥ {0.85 * plain.sustained:,.0f}/s",
+            share >= 0.85,
+        )
+    ]
+    if plain.paced is not None and transactional.paced is not None:
+        bound = TRANSACTION_INTERVAL_MS + plain.paced.p99_ms
+        result.append(
+            verdict(
+                "transactions: event→result p99 ≤ interval + p99 without",
+                f"{transactional.paced.p99_ms:,.0f} ms",
+                f"≤ {TRANSACTION_INTERVAL_MS:.0f} + {plain.paced.p99_ms:,.0f} ms",
+                transactional.paced.p99_ms <= bound,
+            )
+        )
+    return result
+
+
 def verdicts(runs: Sequence[Run], cores: int) -> list[Verdict]:
     """The issue's targets, for each service contender (in-flight limit), from the runs at hand."""
     found = {(run.contender, run.profile): run for run in runs}
@@ -224,8 +261,12 @@ def verdicts(runs: Sequence[Run], cores: int) -> list[Verdict]:
     for service in services:
         for profile in ("fixed", "heavy"):
             run = found.get((service, profile))
-            if run is not None:
-                result += _service_verdicts(run, found.get((SEQUENTIAL, profile)), cores)
+            if run is None:
+                continue
+            result += _service_verdicts(run, found.get((SEQUENTIAL, profile)), cores)
+            plain = found.get((service.removesuffix(TRANSACTIONAL), profile))
+            if service.endswith(TRANSACTIONAL) and plain is not None:
+                result += _transaction_verdicts(plain, run)
     return result
 
 

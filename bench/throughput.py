@@ -76,6 +76,7 @@ from bench.measure import (
     MAIN_THREAD,
     ProcessSampler,
     Rates,
+    Result,
     ResultCollector,
     Sample,
     cpu_in_window,
@@ -161,6 +162,7 @@ class Options:
     switch_interval: float | None
     trace_service: bool
     command: str
+    transactions: bool = False
 
 
 def _in_flight_limits(text: str) -> tuple[int, ...]:
@@ -236,6 +238,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="diagnostic: time the steps of each event in the service (bench/trace_service.py)",
     )
+    parser.add_argument(
+        "--transactions",
+        action="store_true",
+        help="also run the primary service contender with KAFKA_TRANSACTIONS=true, right after it; "
+        "then every contender's results are read with read_committed and timed when read",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 2 minutes")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -261,6 +269,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         ledger_dir=(args.ledger_dir or workdir).resolve(),
         switch_interval=args.switch_interval,
         trace_service=args.trace_service,
+        transactions=args.transactions,
         command=shlex.join(
             ["python", "-m", "bench.throughput", *(argv if argv is not None else sys.argv[1:])]
         ),
@@ -275,9 +284,13 @@ def profile_emulator(profile: Profile, workdir: Path) -> contextlib.AbstractAsyn
 
 @dataclass(frozen=True)
 class Contender:
-    name: str  # also its process's name for the sampler: service, service@64, sequential, faststream
+    name: str  # also its process's name for the sampler: service, service@64, service+tx, sequential...
     in_flight: int
     time_box: float | None  # seconds, or None: until the backlog is done
+
+    @property
+    def transactions(self) -> bool:
+        return self.name.endswith(report.TRANSACTIONAL)
 
     @property
     def is_service(self) -> bool:
@@ -290,14 +303,15 @@ class Contender:
     @property
     def slug(self) -> str:
         """The name as it may go into a topic name (no '@')."""
-        return self.name.replace("@", "-")
+        return self.name.replace("@", "-").replace("+", "-")
 
     @property
     def code(self) -> str:
         """A short tag for invoice numbers, distinct per contender (the emulator refuses a number it
         has seen, and all contenders of a profile share one emulator)."""
-        kind, _, limit = self.name.partition("@")  # SER, SER64, SEQ, FAS
-        return (kind[:3] + limit).upper()
+        kind, _, limit = self.name.partition("@")  # SER, SER64, SEQ, FAS, SERTX
+        limit = limit.removesuffix(report.TRANSACTIONAL)
+        return (kind[:3] + limit + ("TX" if self.transactions else "")).upper()
 
     def argv(self, topics: Topics, bootstrap: str, url: str, stats: Path, options: Options) -> list[str]:
         if self.is_service:
@@ -374,6 +388,7 @@ class Contender:
         tuning = {"HTTP_PORT": str(http_port), "SHUTDOWN_GRACE_SECONDS": "5"}
         if trace is not None:
             tuning["BENCH_TRACE_FILE"] = str(trace)
+        tuning["KAFKA_TRANSACTIONS"] = "true" if self.transactions else "false"
         return service_env(
             bootstrap,
             topics,
@@ -488,7 +503,9 @@ class Bench:
         box = f" (time box {contender.time_box:.0f} s)" if contender.time_box else ""
         task = self.progress.add_task(f"{label}: backlog{box}", total=options.invoices, status="starting")
         async with contextlib.AsyncExitStack() as stack:
-            collector = ResultCollector(self.bootstrap, topics.results, PARTITIONS)
+            collector = ResultCollector(
+                self.bootstrap, topics.results, PARTITIONS, read_committed=options.transactions
+            )
             await collector.start()
             stack.push_async_callback(collector.stop)
             started = time.time()
@@ -540,6 +557,12 @@ class Bench:
                 f"p99 {run.paced.p99_ms:,.0f} ms ({run.paced.received:,}/{run.paced.sent:,} results)"
             )
 
+    def stamp(self, result: Result) -> float:
+        """When a result counts as out: its event's ``time``, or, comparing transactions with their
+        absence, when the harness read it (a transaction's results are visible only once it commits;
+        the same clock for every contender of the run)."""
+        return result.seen if self.options.transactions else result.time
+
     def summarise(
         self,
         profile: Profile,
@@ -552,7 +575,7 @@ class Bench:
         latency: float,
     ) -> report.Run:
         results = list(collector.results.values())
-        times = [result.time for result in results]
+        times = [self.stamp(result) for result in results]
         outcomes = dict(Counter(result.outcome for result in results))
         window = sustained_window(times)
         samples = sampler.samples
@@ -612,7 +635,9 @@ class Bench:
         sent: dict[str, float] = {}
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.progress.remove_task, task)
-            collector = ResultCollector(self.bootstrap, topics.results, PARTITIONS)
+            collector = ResultCollector(
+                self.bootstrap, topics.results, PARTITIONS, read_committed=options.transactions
+            )
             await collector.start()
             stack.push_async_callback(collector.stop)
             child = Child.start(
@@ -662,7 +687,7 @@ class Bench:
             )
             await feeding
         latencies = [
-            (collector.results[event_id].time - moment) * 1000
+            (self.stamp(collector.results[event_id]) - moment) * 1000
             for event_id, moment in sent.items()
             if event_id in collector.results
         ]
@@ -758,8 +783,12 @@ async def main_async(options: Options, console: Console) -> list[report.Run]:
     all_contenders = {
         # the service once per in-flight limit, the primary one first
         report.SERVICE: [
-            Contender(report.service_contender(limit, primary=index == 0), limit, None)
+            Contender(name, limit, None)
             for index, limit in enumerate(options.max_in_flight)
+            for name in (
+                [report.service_contender(limit, primary=index == 0)]
+                + ([report.SERVICE + report.TRANSACTIONAL] if options.transactions and index == 0 else [])
+            )
         ],
         report.SEQUENTIAL: [Contender(report.SEQUENTIAL, 1, options.baseline_seconds)],
         # NACK_ON_ERROR: one consumer per worker, so no more in flight than partitions

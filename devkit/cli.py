@@ -147,6 +147,9 @@ def _chaos(args: argparse.Namespace) -> int:
         outage_signal=args.outage_signal,
         conflict_share=args.conflicts,
         amili_faults=not args.no_amili_faults,
+        transactions=args.transactions,
+        freeze=args.freeze,
+        freeze_after=args.freeze_after,
     )
     try:
         return asyncio.run(run_chaos(options))
@@ -279,5 +282,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--no-amili-faults",
         action="store_true",
         help="no 5xx, hangs or 429 at the emulator (its latency stays)",
+    )
+    chaos.add_argument(
+        "--transactions",
+        action="store_true",
+        help="run the service with KAFKA_TRANSACTIONS=true and read its topics with read_committed: "
+        "every event must then have exactly one result or dead-letter record",
+    )
+    chaos.add_argument(
+        "--freeze",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="freeze one replica (SIGSTOP) this long, then let it go on (SIGCONT); longer than the "
+        "session timeout (6 s here) to have its partitions given to the others",
+    )
+    chaos.add_argument(
+        "--freeze-after",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when to freeze: this long after the first result or dead letter (default 10)",
     )
     chaos.set_defaults(handler=_chaos)

@@ -49,7 +49,7 @@ from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings
 from service.kafka.engine import ConsumptionEngine, Processor
 from service.kafka.limits import check_at_start
 from service.kafka.link import BrokerLink
-from service.kafka.pacing import paced_consumer, paced_producer
+from service.kafka.pacing import paced_consumer, paced_producer, paced_transactional_producer
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
 from service.kafka.startup import (
     ClusterWait,
@@ -58,9 +58,16 @@ from service.kafka.startup import (
     missing_topics,
     wait_for_cluster,
 )
+from service.kafka.transactions import (
+    TransactionalDeadLetterPublisher,
+    TransactionalResultPublisher,
+    TransactionObserver,
+    Transactions,
+)
 from service.ledger.factory import open_ledger
 from service.ops.http import Check, HealthEndpoint, progress_check
 from service.ops.metrics import Metrics, MetricsObserver
+from service.ports import DeadLetterPublisher, ResultPublisher
 from service.processing import InvoiceProcessor
 from service.registration import Backoff, InvoiceRegistration, RegistrationPolicy
 
@@ -207,6 +214,40 @@ def amili_flow(settings: Settings, observer: FlowObserver | None = None) -> Amil
     return AmiliFlow(limit, budget=RateBudget() if settings.amili_rate_budget else None, observer=observer)
 
 
+def kafka_transactions(
+    settings: Settings,
+    security: dict[str, Any],
+    link: BrokerLink,
+    backoff: Backoff,
+    observer: TransactionObserver | None = None,
+) -> Transactions:
+    """The transactional producers, one per consumed partition, when KAFKA_TRANSACTIONS is on."""
+    producer = partial(
+        AIOKafkaProducer,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.kafka_linger_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        max_request_size=settings.kafka_max_request_bytes,
+        client_id=APP_NAME,
+        **security,
+    )
+    return Transactions(
+        paced_transactional_producer(producer),
+        group_id=settings.consumer_group_id,
+        id_prefix=settings.transactional_id_prefix,
+        link=link,
+        interval_seconds=settings.kafka_transaction_interval_ms / 1000,
+        max_events=settings.kafka_transaction_max_events,
+        timeout_seconds=settings.kafka_request_timeout_seconds,
+        # Two heartbeats: a consumer the group has left behind learns it by then.
+        reinit_delay_seconds=2 * max(0.1, settings.kafka_session_timeout_ms / 3000),
+        backoff=Backoff(initial_seconds=backoff.initial_seconds, max_seconds=5.0),
+        observer=observer,
+    )
+
+
 def build_registrar(
     settings: Settings,
     *,
@@ -302,11 +343,24 @@ def build_registrar(
         observer=observer,
     )
     metrics.kafka_sends_waiting.set_function(lambda: link.waiting)
+    transactions = (
+        kafka_transactions(settings, consumer_security, link, backoff, observer)
+        if settings.kafka_transactions
+        else None
+    )
+    results: ResultPublisher
+    dead_letters: DeadLetterPublisher
+    if transactions is not None:
+        results = TransactionalResultPublisher(settings.registration_result_topic)
+        dead_letters = TransactionalDeadLetterPublisher(settings.dead_letter_topic)
+    else:
+        results = KafkaResultPublisher(link, settings.registration_result_topic)
+        dead_letters = KafkaDeadLetterPublisher(link, settings.dead_letter_topic)
     processor = InvoiceProcessor(
         registration=registration,
         ledger=ledger,
-        results=KafkaResultPublisher(link, settings.registration_result_topic),
-        dead_letters=KafkaDeadLetterPublisher(link, settings.dead_letter_topic),
+        results=results,
+        dead_letters=dead_letters,
         defaults=TransformDefaults(
             account=settings.amili_default_account,
             creditor=settings.amili_default_creditor,
@@ -333,6 +387,8 @@ def build_registrar(
             request_timeout_ms=settings.kafka_request_timeout_ms,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),
+            # With transactions, what upstream producers aborted is not processed either.
+            isolation_level="read_committed" if settings.kafka_transactions else "read_uncommitted",
             **consumer_security,
         )
     )
@@ -351,6 +407,7 @@ def build_registrar(
         backoff=backoff,
         observer=observer,
         broker=link,
+        transactions=transactions,
     )
 
     async def check_size_limits() -> None:
@@ -410,7 +467,14 @@ def build_registrar(
         # The broker is waited for, and the topics and their size limits checked, when FastStream
         # starts it (WaitingKafkaBroker): after the health endpoints answer.
         on_startup=[ledger.open],
-        after_startup=[link.start, processor.publish_pending, engine.start, freeze_long_lived_objects],
+        # With transactions a result recorded but not committed belongs to an event whose offset
+        # was not committed either: that event publishes it again, in its transaction.
+        after_startup=[
+            link.start,
+            *([] if transactions is not None else [processor.publish_pending]),
+            engine.start,
+            freeze_long_lived_objects,
+        ],
         on_shutdown=[engine.stop],
         after_shutdown=[
             processor.settle,

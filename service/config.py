@@ -233,6 +233,28 @@ class Settings(BaseSettings):
         description="Start although a configured topic does not exist (a broker that creates topics "
         "on first use); by default a missing topic refuses the start",
     )
+    kafka_transactions: bool = Field(
+        default=False,
+        description="Commit results, dead letters and the offsets of the events they finish in one "
+        "Kafka transaction (exactly once for read_committed consumers); false: at least once",
+    )
+    kafka_transaction_interval_ms: int = Field(
+        default=100,
+        ge=10,
+        le=60_000,
+        description="How often each consumed partition commits a transaction of what it finished",
+    )
+    kafka_transaction_max_events: int = Field(
+        default=1000,
+        ge=1,
+        description="A partition commits sooner when this many finished events wait for a transaction",
+    )
+    kafka_transactional_id_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Prefix of the transactional ids (one per consumed partition); default: the "
+        "consumer group id. Instances of one group must share it, other services must not",
+    )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(default="PLAIN")
     kafka_sasl_username: str | None = Field(default=None)
     kafka_sasl_password: SecretStr | None = Field(default=None)
@@ -255,6 +277,10 @@ class Settings(BaseSettings):
     @property
     def kafka_request_timeout_seconds(self) -> float:
         return self.kafka_request_timeout_ms / 1000
+
+    @property
+    def transactional_id_prefix(self) -> str:
+        return self.kafka_transactional_id_prefix or self.consumer_group_id
 
     @property
     def longest_amili_attempt_seconds(self) -> float:

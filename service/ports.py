@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from service.amili.models import InvoiceRegistrationReceipt, InvoiceRegistrationRequest
@@ -77,8 +77,15 @@ class AmiliPort(Protocol):
     ) -> InvoiceRegistrationReceipt | None: ...
 
 
+Committed = Awaitable[bool]
+"""Whether the transaction carrying a publication committed (False: it was dropped, and its event
+is processed again)."""
+
+
 class ResultPublisher(Protocol):
-    async def publish_result(self, event: CloudEvent, key: bytes) -> None: ...
+    async def publish_result(self, event: CloudEvent, key: bytes) -> Committed | None:
+        """Publish a result: ``None`` once the broker has it; with transactions, at once, with
+        what tells whether the transaction that carries it committed."""
 
 
 class DeadLetterPublisher(Protocol):

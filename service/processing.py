@@ -33,7 +33,7 @@ from service.events.contract import (
 )
 from service.events.record import InboundRecord
 from service.ledger.base import Ledger, LedgerError
-from service.ports import DeadLetterPublisher, ResultPublisher
+from service.ports import Committed, DeadLetterPublisher, ResultPublisher
 from service.registration import Backoff, InvoiceRegistration
 
 log = logging.getLogger(__name__)
@@ -233,8 +233,11 @@ class InvoiceProcessor:
             await self._publish(result, event.time, record.taken_at)
             return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice_number)
 
+        committed: Committed | None = None
+
         async def announce(result: RegistrationResult) -> None:
-            await self._publish(result, event.time, record.taken_at)
+            nonlocal committed
+            committed = await self._publish(result, event.time, record.taken_at)
 
         decision = await self._registration.register(
             payload, event_id=event.id, warnings=prepared.warnings, announce=announce
@@ -242,7 +245,7 @@ class InvoiceProcessor:
         if not decision.announced:
             await announce(decision.result)
         if decision.recorded and not decision.already_published:
-            self._mark_published_later(decision.result)
+            self._mark_published_later(decision.result, committed)
         dead_letter_rule = None
         if decision.gave_up:
             dead_letter_rule = GAVE_UP_RULE
@@ -283,17 +286,19 @@ class InvoiceProcessor:
 
     async def _publish(
         self, result: RegistrationResult, event_time: datetime | None, taken_at: float | None = None
-    ) -> None:
+    ) -> Committed | None:
         event = result_event(result, time=self._clock())
-        await self._results.publish_result(event, result_key(result.key))
+        committed = await self._results.publish_result(event, result_key(result.key))
         since_taken = None if taken_at is None else max(0.0, time.monotonic() - taken_at)
         self._observer.result_published(result.outcome, event_time, since_taken)
+        return committed
 
-    def _mark_published_later(self, result: RegistrationResult) -> None:
+    def _mark_published_later(self, result: RegistrationResult, committed: Committed | None = None) -> None:
         """Mark the result published without holding up its event: the mark waits for a ledger
         commit (an fsync), and losing it to a crash only publishes the same result (same event
-        id) again on restart, which ``publish_pending`` does anyway."""
-        marking = asyncio.create_task(self._mark_published(result))
+        id) again on restart, which ``publish_pending`` does anyway. With transactions it waits
+        for the one carrying the result, and is not made if that one is dropped."""
+        marking = asyncio.create_task(self._mark_published(result, committed))
         self._marking.add(marking)
         marking.add_done_callback(self._marked)
 
@@ -307,7 +312,9 @@ class InvoiceProcessor:
         while self._marking:
             await asyncio.wait(set(self._marking))
 
-    async def _mark_published(self, result: RegistrationResult) -> None:
+    async def _mark_published(self, result: RegistrationResult, committed: Committed | None = None) -> None:
+        if committed is not None and not await committed:
+            return
         failures = 0
         while True:
             try:

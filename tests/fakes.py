@@ -16,7 +16,7 @@ from service.events.cloudevents import CloudEvent, EnvelopeError
 from service.events.record import InboundRecord
 from service.ledger.base import Claim, ClaimStatus, InvoiceKey, LedgerEntry, LedgerError
 from service.ledger.claims import decide_claim
-from service.ports import AmiliDuplicate, AmiliError
+from service.ports import AmiliDuplicate, AmiliError, Committed
 from service.processing import Prepared, Undecodable
 
 _ids = itertools.count(1)
@@ -78,8 +78,9 @@ class FakeResults:
     def __init__(self) -> None:
         self.published: list[tuple[CloudEvent, bytes]] = []
 
-    async def publish_result(self, event: CloudEvent, key: bytes) -> None:
+    async def publish_result(self, event: CloudEvent, key: bytes) -> Committed | None:
         self.published.append((event, key))
+        return None
 
 
 class FakeDeadLetters:

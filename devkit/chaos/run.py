@@ -128,6 +128,9 @@ class ChaosOptions:
     outage_signal: Literal["term", "kill"] = "term"
     conflict_share: float = 0.0  # events re-using an invoice number with other content
     amili_faults: bool = True  # 5xx, hangs and 429 at the emulator (its latency stays)
+    transactions: bool = False  # KAFKA_TRANSACTIONS=true; the topics read with read_committed
+    freeze: float = 0.0  # seconds one replica is frozen (SIGSTOP, then SIGCONT); 0: none
+    freeze_after: float = 10.0  # seconds after the first result or dead letter
 
 
 @contextlib.asynccontextmanager
@@ -147,7 +150,9 @@ class ChaosRun:
         self.console = console
         self.tag = f"{options.seed}-{uuid.uuid4().hex[:6]}"
         self.topics = run_topics(self.tag)
-        self.stats = RunStats(replicas=options.replicas, kills_enabled=options.kills)
+        self.stats = RunStats(
+            replicas=options.replicas, kills_enabled=options.kills, transactions=options.transactions
+        )
         if options.broker_outage > 0:
             self.stats.outage = OutageStats(
                 signal="SIGTERM" if options.outage_signal == "term" else "SIGKILL",
@@ -171,6 +176,7 @@ class ChaosRun:
         self.watcher: TopicWatcher | None = None
         self._t0 = time.monotonic()
         self._all_in = asyncio.Event()
+        self._frozen: Replica | None = None
         self._producing_done = False
         # The broker outage: the producer sends only while the broker is up, and never while it is
         # being stopped; after it is back it sends through a new producer.
@@ -217,7 +223,7 @@ class ChaosRun:
             self.emulator_url,
             ledger_url=ledger_url,
             max_in_flight=self.options.max_in_flight,
-            tuning=SERVICE_TUNING,
+            tuning={**SERVICE_TUNING, "KAFKA_TRANSACTIONS": "true" if self.options.transactions else "false"},
         )
 
     def _start_replica(self, replica: Replica, env: dict[str, str]) -> None:
@@ -400,10 +406,12 @@ class ChaosRun:
                 continue  # one exited by itself: counted and started again above
             if time.monotonic() >= deadline:
                 return
+            # A frozen replica is left frozen: killing it would end the freeze the run is showing.
+            candidates = [
+                replica for replica in self.replicas if replica is not self._frozen
+            ] or self.replicas
             victim = (
-                self.replicas[self.kill_rng.randrange(len(self.replicas))]
-                if len(self.replicas) > 1
-                else self.replicas[0]
+                candidates[self.kill_rng.randrange(len(candidates))] if len(candidates) > 1 else candidates[0]
             )
             process = victim.process
             assert process is not None
@@ -418,6 +426,38 @@ class ChaosRun:
             )
             await self._switch_hang_mode()
             self._start_replica(victim, env)
+
+    async def _freeze(self, observed: Observed, deadline: float) -> None:
+        """Freeze one replica (SIGSTOP) ``freeze_after`` s after the first result or dead letter,
+        for ``freeze`` s, then let it go on (SIGCONT): past its session timeout the group gives its
+        partitions to others, and what it held must not be committed when it wakes."""
+        options = self.options
+        while observed.activity == 0:
+            if await self._wait(0.1) or time.monotonic() >= deadline:
+                return
+        if await self._wait(options.freeze_after):
+            return
+        running = [replica for replica in self.replicas if replica.running()]
+        if not running:
+            return
+        victim = running[self.kill_rng.randrange(len(running))]
+        process = victim.process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        self._frozen = victim
+        frozen_at = time.monotonic()
+        self.say(
+            f"froze replica {victim.name} (pid {process.pid}) for {options.freeze:g}s; "
+            f"invoices with a result {len(observed.results)}"
+        )
+        try:
+            await asyncio.sleep(options.freeze)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+            self._frozen = None
+        self.stats.frozen.append(time.monotonic() - frozen_at)
+        self.say(f"woke replica {victim.name} (pid {process.pid})")
 
     async def _switch_hang_mode(self) -> None:
         """Alternate the emulator's hangs between "no answer in time" and "connection dropped"."""
@@ -629,9 +669,12 @@ class ChaosRun:
             else ""
         )
         replicas = f"{options.replicas} replicas" if options.replicas > 1 else "1 replica"
+        transactions = ", Kafka transactions (read_committed)" if options.transactions else ""
+        if options.freeze > 0:
+            transactions += f", one replica frozen {options.freeze:g}s"
         return (
             f"[bold]Chaos run[/] {self.tag}: {options.invoices} invoices, seed {options.seed}, {replicas}, "
-            f"{kills}{outage}, ledger {options.ledger}; files in {self.workdir}"
+            f"{kills}{outage}{transactions}, ledger {options.ledger}; files in {self.workdir}"
         )
 
     async def run(self) -> int:
@@ -670,7 +713,10 @@ class ChaosRun:
                     await self._start_emulator()
                     console.print(f"Kafka at {bootstrap}, Amili emulator at {self.emulator_url}")
                     self.watcher = watcher = TopicWatcher(
-                        bootstrap, self.topics, self.topics.partitions(self._partitions())
+                        bootstrap,
+                        self.topics,
+                        self.topics.partitions(self._partitions()),
+                        read_committed=options.transactions,
                     )
                     await watcher.start()
                     env = self._service_env(bootstrap, ledger_url)
@@ -684,8 +730,15 @@ class ChaosRun:
                         if kafka is not None and options.broker_outage > 0
                         else None
                     )
+                    freezing = (
+                        asyncio.create_task(self._freeze(watcher.observed, deadline))
+                        if options.freeze > 0
+                        else None
+                    )
                     tasks = [
-                        task for task in (completion, producing, supervising, outage) if task is not None
+                        task
+                        for task in (completion, producing, supervising, outage, freezing)
+                        if task is not None
                     ]
                     try:
                         await self._until_supervised(supervising, producing, outage)
@@ -851,6 +904,8 @@ def check_options(options: ChaosOptions) -> None:
         )
     if not 0 <= options.conflict_share <= 0.5:
         raise ChaosError("--conflicts must be a share between 0 and 0.5")
+    if options.freeze < 0 or options.freeze_after < 0:
+        raise ChaosError("--freeze and --freeze-after cannot be negative")
 
 
 async def run_chaos(options: ChaosOptions, console: Console | None = None) -> int:

@@ -24,7 +24,9 @@ class TopicWatcher(TopicReader):
     """Reads the result and dead-letter topics from the start, for the whole run (across a broker
     outage), into what the verdict is given (``observed``)."""
 
-    def __init__(self, bootstrap: str, topics: Topics, partitions: dict[str, int]) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, partitions: dict[str, int], *, read_committed: bool = False
+    ) -> None:
         self.observed = Observed()
         self._topics = topics
         watched = [
@@ -32,7 +34,9 @@ class TopicWatcher(TopicReader):
             for topic in (topics.results, topics.dead_letters)
             for number in range(partitions[topic])
         ]
-        super().__init__(bootstrap, watched, self._observe, name="chaos-topic-watcher")
+        super().__init__(
+            bootstrap, watched, self._observe, name="chaos-topic-watcher", read_committed=read_committed
+        )
 
     def _observe(self, record: ConsumerRecord[Any, Any]) -> None:
         if record.topic == self._topics.results:

@@ -111,6 +111,10 @@ class RunStats:
     replicas: int = 1
     kills_enabled: bool = True
     outage: OutageStats | None = None
+    transactions: bool = False
+    """KAFKA_TRANSACTIONS on: the topics are read with read_committed and every event must have
+    exactly one record (a result, or a dead letter for poison)."""
+    frozen: list[float] = field(default_factory=list)  # seconds each replica freeze lasted
 
     @property
     def kills(self) -> int:
@@ -242,6 +246,7 @@ def evaluate(
         f"{_sample(sources - poisoned)} (rules: {dict(observed.dead_letter_rules)})",
     )
     add("dead-letter records (re-deliveries included)", "-", observed.dead_letter_records, None)
+    checks.extend(once_checks(plan, observed, stats.transactions))
     # A dead letter of a valid invoice: given up or failed processing, not anything wrong with the event.
     valid = {
         source: rules
@@ -276,9 +281,60 @@ def evaluate(
     # unique"); the service adopts the first. Each such answer is a duplicate the service attempted.
     add("POSTs Amili refused as not unique", "-", (answers or {}).get("POST 422", 0), None)
     add("SIGKILLs", ">= 1" if stats.kills_enabled else "0 (--no-kills)", stats.kills, None)
+    if stats.frozen:
+        add("replica frozen (SIGSTOP, then SIGCONT)", "-", ", ".join(f"{f:.1f}s" for f in stats.frozen), None)
     if stats.outage is not None:
         checks.extend(outage_checks(stats.outage, stats.all_in_seconds))
     return checks
+
+
+def once_checks(plan: Plan, observed: Observed, transactions: bool) -> list[Check]:
+    """Exactly one record per event: a result for each event naming an invoice, a dead letter for
+    each poison event. A check with transactions (the topics read with read_committed); without
+    them, for information: a kill redelivers what was not committed yet."""
+    per_invoice = Counter(event.invoice for event in plan.events if event.kind != "poison" and event.invoice)
+    surplus = {
+        key: len(results) - per_invoice.get(key, 0)
+        for key, results in observed.results.items()
+        if len(results) > per_invoice.get(key, 0)
+    }
+    short = {key: count - len(observed.results.get(key, [])) for key, count in per_invoice.items()}
+    short = {key: missing for key, missing in short.items() if missing > 0}
+    repeated_dead = {source: count for source, count in observed.dead_letter_sources.items() if count > 1}
+    mode = "read_committed" if transactions else "at least once: for information"
+
+    def verdict(ok: bool) -> bool | None:
+        return ok if transactions else None
+
+    return [
+        Check(
+            f"result records (one per event; {mode})",
+            str(sum(per_invoice.values())),
+            str(observed.result_records),
+            verdict(observed.result_records == sum(per_invoice.values())),
+        ),
+        Check(
+            f"duplicate result records ({mode})",
+            "0",
+            str(sum(surplus.values())),
+            verdict(not surplus),
+            _sample(surplus),
+        ),
+        Check(
+            f"events without their own result record ({mode})",
+            "0",
+            str(sum(short.values())),
+            verdict(not short),
+            _sample(short),
+        ),
+        Check(
+            f"duplicate dead-letter records ({mode})",
+            "0",
+            str(sum(count - 1 for count in repeated_dead.values())),
+            verdict(not repeated_dead),
+            _sample(repeated_dead),
+        ),
+    ]
 
 
 def outage_checks(outage: OutageStats, all_in_seconds: float | None) -> list[Check]:

@@ -22,6 +22,12 @@ and commit either too early or everything at once, so the engine is built on aio
   to finish, what is finished is committed, and the rest is abandoned uncommitted (the next owner
   processes it again, which the ledger makes harmless). A stop takes ``drain_seconds`` plus
   ``close_seconds`` at most, whether the broker answers or not.
+- Transactions (``transactions`` given, ``KAFKA_TRANSACTIONS=true``): the consumer commits nothing
+  itself. What an event publishes is held and committed by its partition's transactional producer
+  together with the partition's offset, whose metadata lists the events past it that are out
+  (``service.kafka.transactions``); a partition's records are processed only once its producer is
+  initialised and the consumer positioned at the offset committed after that, and listed events
+  are skipped. Finished events waiting for their transaction count among those held.
 - Failures: an event whose handling keeps failing (a fault of ours, never an outage: the processor
   waits out Kafka, Amili and ledger outages itself) goes to dead letters after ``max_failures``
   tries; if dead-lettering fails too, it is tried again with backoff, logged each time, and the
@@ -53,6 +59,7 @@ from aiokafka.structs import OffsetAndMetadata
 from service.events.record import InboundRecord
 from service.flow.fair import FairQueue
 from service.kafka.link import BROKER_ERRORS
+from service.kafka.transactions import EventOutputs, Transactions, committed_with_metadata, event_outputs
 from service.processing import Handled, Prepared, Route
 from service.registration import Backoff
 
@@ -192,6 +199,7 @@ class ConsumptionEngine:
         close_seconds: float = 5.0,
         commit_timeout_seconds: float = COMMIT_TIMEOUT_SECONDS,
         broker: BrokerReports | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         # aiokafka clients must be made inside the running loop: the engine makes its own on start.
         self._make_consumer = consumer
@@ -213,6 +221,7 @@ class ConsumptionEngine:
         self._close_seconds = close_seconds
         self._commit_timeout = commit_timeout_seconds
         self._broker = broker
+        self._transactions = transactions
         self._loop_errors = 0
         self._loop_error_logged_at = 0.0
         self._full_since: float | None = None
@@ -292,7 +301,8 @@ class ConsumptionEngine:
             try:
                 await self._fetch_once()
                 if time.monotonic() >= next_commit and (self._broker is None or self._broker.up):
-                    await self._commit(list(self._progress))
+                    if self._transactions is None:  # otherwise each partition's transactions commit
+                        await self._commit(list(self._progress))
                     self._report_lag()
                     next_commit = time.monotonic() + self._commit_interval
                 self._loop_errors = 0
@@ -306,6 +316,8 @@ class ConsumptionEngine:
 
     async def _fetch_once(self) -> None:
         room = self._max_events - self._in_flight
+        if self._transactions is not None:
+            room -= self._transactions.waiting
         accepting = self._accepting()
         if accepting and room >= self._refill_batch:
             await self._take(room)
@@ -341,10 +353,23 @@ class ConsumptionEngine:
         for partition, records in batches.items():
             if partition not in assignment:  # revoked while the fetch was under way: not ours
                 continue
+            if self._transactions is not None and not self._transactions.ready(partition):
+                # Assigned, its producer not initialised yet: the offset to start from is read
+                # once it is (and fenced whoever held the partition before). Put them back.
+                self._consumer.seek(partition, records[0].offset)
+                continue
             progress = self._progress.setdefault(partition, PartitionProgress())
             now = time.monotonic()
             for raw in records:
                 progress.take(raw.offset, now)
+                if self._transactions is not None and self._transactions.already_out(partition, raw.offset):
+                    # Its results went out in a committed transaction past the committed offset:
+                    # finished, not processed again.
+                    progress.finish(raw.offset)
+                    channel = self._transactions.get(partition)
+                    if channel is not None:
+                        channel.advance(progress.committable)
+                    continue
                 record = to_inbound_record(raw, now)
                 self._admit(_Held(partition, record, self._processor.route(record)))
 
@@ -380,7 +405,10 @@ class ConsumptionEngine:
         self._dispatch()
 
     def _owned(self, partition: TopicPartition) -> bool:
-        return partition in self._progress and partition not in self._revoking
+        if partition not in self._progress or partition in self._revoking:
+            return False
+        # A fenced partition belongs to another instance already: its events are not started here.
+        return self._transactions is None or self._transactions.ready(partition)
 
     def _dispatch(self) -> None:
         """Start ready events, in turn of their creditors, while fewer than ``max_active`` run."""
@@ -407,8 +435,16 @@ class ConsumptionEngine:
         task.add_done_callback(self._tasks[partition].discard)
 
     async def _handle(self, held: _Held) -> None:
+        if self._transactions is None:
+            await self._handle_event(held, None)
+            return
+        with event_outputs() as outputs:
+            await self._handle_event(held, outputs)
+
+    async def _handle_event(self, held: _Held, outputs: EventOutputs | None) -> None:
         started = time.monotonic()
         partition = held.partition
+        handed = False
         try:
             prepared = self._processor.prepare(held.record)
             handled = await self._outcome(partition, prepared)
@@ -425,7 +461,14 @@ class ConsumptionEngine:
             progress = self._progress.get(partition)
             if progress is not None:
                 progress.finish(held.record.offset)
+                if outputs is not None and self._transactions is not None:
+                    channel = self._transactions.get(partition)
+                    if channel is not None:
+                        channel.finished(held.record.offset, outputs, progress.committable)
+                        handed = True
         finally:
+            if outputs is not None and not handed:
+                outputs.settle(False)  # abandoned: its records are dropped, the event redelivered
             # Finished, or cancelled (by a drain) wherever it was, even asleep between retries:
             # the slot is freed and what queued behind it goes on if its partition is still ours.
             self._active -= 1
@@ -567,7 +610,12 @@ class ConsumptionEngine:
                 log.warning(
                     "abandoned unfinished events (they will be redelivered)", extra={"count": len(unfinished)}
                 )
-        await self._commit(partitions, timeout_seconds=commit_seconds)
+        if self._transactions is None:
+            await self._commit(partitions, timeout_seconds=commit_seconds)
+            return
+        seconds = self._commit_timeout if commit_seconds is None else commit_seconds
+        transactions = self._transactions
+        await asyncio.gather(*(transactions.close(p, commit_seconds=seconds) for p in partitions))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._revoking |= revoked
@@ -584,6 +632,57 @@ class ConsumptionEngine:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         for partition in assigned:
             self._progress.setdefault(partition, PartitionProgress())
+        if self._transactions is not None and assigned:
+            await asyncio.gather(*(self._open_transactions(partition) for partition in assigned))
+
+    async def _open_transactions(self, partition: TopicPartition) -> None:
+        """Initialise the partition's transactional producer, then start from the offset committed
+        after that: a previous holder's transaction is over by then, committed or aborted."""
+        assert self._transactions is not None
+
+        def assigned() -> bool:
+            return partition in self._consumer.assignment() and not self._stopping
+
+        channel = await self._transactions.open(
+            partition,
+            owned=assigned,
+            on_committed=lambda offset, events: self._committed_in_transaction(partition, offset),
+            committed_offset=lambda: committed_with_metadata(self._consumer, partition),
+            stopping=lambda: self._stopping,
+        )
+        if channel is None or not assigned():
+            return
+        failures = 0
+        while True:
+            try:
+                committed, metadata = await committed_with_metadata(self._consumer, partition)
+                break
+            except BROKER_ERRORS as error:
+                # Until it is read the partition stays unready (its records are put back): an
+                # offset read before the initialisation may be older than the previous holder's
+                # last commit.
+                failures += 1
+                log.warning("committed offset unreadable; retrying", extra={"error": repr(error)})
+                await asyncio.sleep(self._backoff.delay(failures, self._rng))
+                if not assigned():
+                    return
+        if not assigned():
+            return
+        if committed is None:
+            await self._consumer.seek_to_beginning(partition)
+        else:
+            self._consumer.seek(partition, committed)
+        progress = self._progress.setdefault(partition, PartitionProgress())
+        progress.committed = committed
+        channel.positioned(committed, metadata)
+
+    def _committed_in_transaction(self, partition: TopicPartition, offset: int) -> None:
+        progress = self._progress.get(partition)
+        if progress is not None:
+            progress.committed = offset
+        if self._broker is not None:
+            self._broker.committed()
+        self._slots_freed.set()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -47,7 +47,7 @@ from service.registration import Backoff
 log = logging.getLogger(__name__)
 
 # Refused because of the record itself: sending it again would fail again.
-_REFUSED_RECORD_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+REFUSED_RECORD_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 # What a broker that cannot be reached raises through aiokafka: its own errors, socket errors, and
 # timeouts (a send whose batch expired, a start that never connected).
 BROKER_ERRORS = (KafkaError, OSError, TimeoutError)
@@ -105,6 +105,10 @@ class BrokerLink:
     @property
     def up(self) -> bool:
         return self._up.is_set()
+
+    async def wait_up(self) -> None:
+        """Return once the broker is reachable."""
+        await self._up.wait()
 
     @property
     def down_seconds(self) -> float:
@@ -169,7 +173,7 @@ class BrokerLink:
             try:
                 async with asyncio.timeout(self._timeout):
                     await producer.send_and_wait(topic, value=value, key=key, headers=headers)
-            except _REFUSED_RECORD_ERRORS as error:
+            except REFUSED_RECORD_ERRORS as error:
                 raise RecordRefused(f"the broker refused the record: {error.__class__.__name__}") from error
             except BROKER_ERRORS as error:
                 self.failed("produce", error, producer)

@@ -55,3 +55,14 @@ def paced_producer(make: Callable[[], AIOKafkaProducer]) -> Callable[[], AIOKafk
         return producer
 
     return make_paced
+
+
+def paced_transactional_producer(make: Callable[..., AIOKafkaProducer]) -> Callable[[str], AIOKafkaProducer]:
+    """Transactional producers, one per transactional id, paced alike."""
+
+    def make_paced(transactional_id: str) -> AIOKafkaProducer:
+        producer = make(transactional_id=transactional_id)
+        pace_failed_metadata_refresh(producer.client)
+        return producer
+
+    return make_paced

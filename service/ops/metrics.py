@@ -18,6 +18,7 @@ from service.domain.outcomes import Outcome
 from service.flow.control import AmiliFlow, FlowObserver
 from service.kafka.engine import EngineObserver, outcome_label
 from service.kafka.link import LinkObserver
+from service.kafka.transactions import TransactionObserver
 from service.processing import Handled, ProcessingObserver
 from service.registration import RegistrationObserver
 
@@ -40,7 +41,8 @@ DEAD_LETTER_RULES = (
     "type", "data_schema", "gave_up", "processing_error",
 )  # fmt: skip
 LEDGER_OPERATIONS = ("claim", "renew", "finish", "release", "mark_published")
-KAFKA_OPERATIONS = ("produce", "commit", "connect", "probe")
+KAFKA_OPERATIONS = ("produce", "commit", "connect", "probe", "transaction")
+TRANSACTION_OUTCOMES = ("committed", "failed", "refused")
 AMILI_ENDPOINTS = ("register", "find", "get", "case")
 AMILI_STATUS_CLASSES = ("2xx", "4xx", "5xx", "timeout", "error")
 OVERFLOW_LABEL = "other"
@@ -145,11 +147,29 @@ class Metrics:
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.kafka_errors = Counter(
-            "kafka_errors", "Failed broker operations (produce, commit, connect, probe)", ["operation"],
+            "kafka_errors", "Failed broker operations (produce, commit, connect, probe, transaction)",
+            ["operation"],
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.kafka_sends_waiting = Gauge(
             "kafka_sends_waiting", "Results and dead letters waiting for the broker to come back",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_transactions = Counter(
+            "kafka_transactions", "Transactions tried (KAFKA_TRANSACTIONS): committed, failed (tried "
+            "again), refused (a record too large: tried again truncated)", ["outcome"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_transaction_events = Counter(
+            "kafka_transaction_events", "Events whose results, dead letters and offset were committed",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_transaction_duration = Histogram(
+            "kafka_transaction_duration_seconds", "From a transaction's begin to its commit",
+            buckets=_LATENCY_BUCKETS, namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.kafka_transactional_producers = Gauge(
+            "kafka_transactional_producers", "Transactional producers: one per consumed partition",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
         self.dead_letter_failures = Counter(
@@ -218,6 +238,8 @@ class Metrics:
             self.ledger_errors.labels(operation)
         for operation in KAFKA_OPERATIONS:
             self.kafka_errors.labels(operation)
+        for outcome in TRANSACTION_OUTCOMES:
+            self.kafka_transactions.labels(outcome)
         for endpoint in AMILI_ENDPOINTS:
             for status_class in AMILI_STATUS_CLASSES:
                 self.amili_request_duration.labels(endpoint, status_class)
@@ -225,7 +247,9 @@ class Metrics:
         self.unknown_fields.labels(OVERFLOW_LABEL)
 
 
-class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, LinkObserver, FlowObserver):
+class MetricsObserver(
+    RegistrationObserver, ProcessingObserver, EngineObserver, LinkObserver, FlowObserver, TransactionObserver
+):
     """Feeds the metrics from the hooks of the core and the engine."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -307,6 +331,17 @@ class MetricsObserver(RegistrationObserver, ProcessingObserver, EngineObserver, 
 
     def kafka_error(self, operation: str) -> None:
         self._m.kafka_errors.labels(operation).inc()
+
+    # transactions
+    def transaction(self, outcome: str, events: int, seconds: float) -> None:
+        self._m.kafka_transactions.labels(outcome).inc()
+        if outcome == "committed":
+            self._m.kafka_transaction_events.inc(events)
+            self._m.kafka_transaction_duration.observe(seconds)
+            self._m.kafka_last_produce.set_to_current_time()
+
+    def producers(self, count: int) -> None:
+        self._m.kafka_transactional_producers.set(count)
 
     # the flow towards Amili
     def rate_limited(self) -> None:

@@ -3,6 +3,7 @@ replicas on PostgreSQL through a broker outage, and its event plan."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devkit.chaos.plan import POISON_KINDS, plan_events, sample_templates
-from devkit.chaos.verdict import OutageStats, outage_checks
+from devkit.chaos.verdict import Observed, OutageStats, once_checks, outage_checks
 
 SHORT_RUN_SECONDS = 180
 OUTAGE_RUN_SECONDS = 200  # the run gives up at --timeout 100 and then reports; this is a backstop
@@ -122,6 +123,86 @@ def test_the_outage_checks_hold_the_service_to_its_bounds() -> None:
     (only,) = outage_checks(never, all_in_seconds=None)
     assert only.passed is False
     assert "never started" in only.actual
+
+
+def _result(key: str) -> bytes:
+    creditor, number = key.split("/")
+    return json.dumps(
+        {"data": {"creditor": creditor, "invoice_number": number, "outcome": "registered"}}
+    ).encode()
+
+
+def _dead_letter(offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("dlq.rule", b"json"),
+        ("dlq.topic", b"in"),
+        ("dlq.partition", b"0"),
+        ("dlq.offset", str(offset).encode()),
+    ]
+
+
+def test_with_transactions_every_event_must_have_exactly_one_record() -> None:
+    plan = plan_events(100, seed=3, run_tag="t", templates=sample_templates())
+    observed = Observed()
+    for event in plan.events:
+        if event.kind == "poison":
+            observed.add_dead_letter(_dead_letter(plan.events.index(event)), "in")
+        else:
+            assert event.invoice is not None
+            observed.add_result(_result(event.invoice))
+    checks = {check.name.split(" (")[0]: check for check in once_checks(plan, observed, transactions=True)}
+    assert {name: check.passed for name, check in checks.items()} == {
+        "result records": True,
+        "duplicate result records": True,
+        "events without their own result record": True,
+        "duplicate dead-letter records": True,
+    }
+
+    some = next(event for event in plan.events if event.kind == "invoice")
+    poison = next(event for event in plan.events if event.kind == "poison")
+    assert some.invoice is not None
+    observed.add_result(_result(some.invoice))  # a kill published it again
+    observed.add_dead_letter(_dead_letter(plan.events.index(poison)), "in")
+    checks = {check.name.split(" (")[0]: check for check in once_checks(plan, observed, transactions=True)}
+    assert checks["duplicate result records"].actual == "1"
+    assert checks["duplicate result records"].passed is False
+    assert checks["duplicate dead-letter records"].passed is False
+    assert checks["result records"].passed is False
+    # Without transactions the same figures are for information only (at least once).
+    assert {check.passed for check in once_checks(plan, observed, transactions=False)} == {None}
+
+
+@pytest.mark.kafka
+def test_a_short_chaos_run_with_transactions_has_one_record_per_event(
+    kafka_bootstrap_servers: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers, "COLUMNS": "250"}
+    command = [
+        sys.executable, "-m", "service", "chaos", "--transactions",
+        "--invoices", "300", "--kill-every-min", "1", "--kill-every-max", "3", "--rate", "30",
+        "--timeout", "150", "--workdir", str(tmp_path),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=SHORT_RUN_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=60)
+    output = stdout + stderr
+    rows = [line for line in stdout.splitlines() if line.startswith("│")]
+    verdicts = {cells[0]: cells[3] for cells in (_cells(row) for row in rows)}
+    for name in (
+        "result records (one per event; read_committed)",
+        "duplicate result records (read_committed)",
+        "duplicate dead-letter records (read_committed)",
+        "invoices without a result",
+        "duplicate registrations at Amili",
+    ):
+        assert verdicts.get(name) == "PASS", f"{name}: {verdicts.get(name)}\n{output}"
+    assert process.returncode == 0, output
+    kills = re.search(r"kills (\d+) \(SIGKILL\)", stdout)
+    assert kills is not None, output
+    assert int(kills.group(1)) >= 1, output
 
 
 @pytest.mark.kafka

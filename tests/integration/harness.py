@@ -61,12 +61,20 @@ async def kafka_producer(bootstrap: str, **options: Any) -> AsyncIterator[AIOKaf
 
 
 async def read_records(
-    bootstrap: str, *topics: str, count: int, wait_seconds: float = 30.0
+    bootstrap: str,
+    *topics: str,
+    count: int,
+    wait_seconds: float = 30.0,
+    isolation_level: str = "read_uncommitted",
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """The first ``count`` records of ``topics``, from the start and as they are (fewer if
-    ``wait_seconds`` pass first)."""
+    ``wait_seconds`` pass first); ``read_committed``: only those of committed transactions."""
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []

@@ -20,6 +20,7 @@ from service.domain.checksums import is_valid_ocr
 from service.domain.invoice import Invoice
 from service.domain.outcomes import Outcome
 from service.domain.rules import TransformDefaults
+from service.events.cloudevents import CloudEvent
 from service.ledger.base import ClaimStatus, LedgerError
 from service.ops.metrics import Metrics, MetricsObserver
 from service.ports import (
@@ -29,6 +30,7 @@ from service.ports import (
     AmiliRejected,
     AmiliUnauthorized,
     AmiliUnavailable,
+    Committed,
 )
 from service.processing import InvoiceProcessor, ProcessingObserver
 from service.registration import (
@@ -479,6 +481,37 @@ async def test_the_event_does_not_wait_for_its_result_to_be_marked_published(
     released.set()
     await world.processor.settle()
     assert slow.entries[(CREDITOR, "DEMO-1001")].result_published
+
+
+class InTransaction(FakeResults):
+    """A transactional publisher: the result is held, and committed (or dropped) later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def publish_result(self, event: CloudEvent, key: bytes) -> Committed | None:
+        await super().publish_result(event, key)
+        return self.commit
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_with_transactions_the_published_mark_follows_the_commit(
+    world: World, event: dict[str, Any], committed: bool
+) -> None:
+    transaction = InTransaction()
+    world.results = transaction
+    world.processor = world.build("replica-a")
+
+    handled = await world.processor.process(structured_record(event))
+    await asyncio.sleep(0)  # the mark is under way, waiting for the transaction
+
+    assert handled.outcome is Outcome.REGISTERED
+    assert not world.ledger.entries[(CREDITOR, "DEMO-1001")].result_published
+    transaction.commit.set_result(committed)
+    await world.processor.settle()
+    # Aborted: the event's offset was not committed either; it publishes the result again.
+    assert world.ledger.entries[(CREDITOR, "DEMO-1001")].result_published is committed
 
 
 async def test_a_failed_mark_is_retried_and_counted(world: World, event: dict[str, Any]) -> None:
