@@ -326,10 +326,17 @@ class PartitionTransactions:
         self._closing = True
         self._full.set()
         self._work.set()
+        stopped = True
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if not self.fenced and self._producer is not None:
+            # The loop may be in a commit, or waiting for a broker that is away: bounded.
+            done, _ = await asyncio.wait({self._task}, timeout=max(0.1, commit_seconds))
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task})
+                # A commit cut short may have gone through or not: nothing is sent again from
+                # here; the next owner reads from the group which of the events are out.
+                stopped = False
+        if stopped and not self.fenced and self._producer is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.1, commit_seconds)):
                     await self.commit()
