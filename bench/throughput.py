@@ -52,7 +52,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,7 @@ class Options:
     trace_service: bool
     command: str
     transactions: bool = False
+    service_env: tuple[tuple[str, str], ...] = ()  # added to every service's environment, last
 
 
 def _in_flight_limits(text: str) -> tuple[int, ...]:
@@ -244,8 +245,22 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="also run the primary service contender with KAFKA_TRANSACTIONS=true, right after it; "
         "then every contender's results are read with read_committed and timed when read",
     )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service contender, over the run's own (repeatable); to compare a "
+        "setting with its default",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 2 minutes")
     args = parser.parse_args(argv)
+    settings: list[tuple[str, str]] = []
+    for setting in args.service_env:
+        name, equals, value = setting.partition("=")
+        if not equals or not name:
+            parser.error(f"--service-env: NAME=VALUE expected (got {setting!r})")
+        settings.append((name, value))
     quick = bool(args.quick)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +285,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         switch_interval=args.switch_interval,
         trace_service=args.trace_service,
         transactions=args.transactions,
+        service_env=tuple(settings),
         command=shlex.join(
             ["python", "-m", "bench.throughput", *(argv if argv is not None else sys.argv[1:])]
         ),
@@ -382,6 +398,7 @@ class Contender:
         ledger_dir: Path,
         http_port: int,
         trace: Path | None = None,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> dict[str, str]:
         if not self.is_service:
             return clean_environment()
@@ -395,7 +412,7 @@ class Contender:
             url,
             ledger_url=f"sqlite:///{ledger_dir / f'ledger-{topics.inbound}.db'}",
             max_in_flight=self.in_flight,
-            tuning=tuning,
+            tuning=tuning | dict(extra),
         )
 
 
@@ -512,7 +529,9 @@ class Bench:
             child = Child.start(
                 contender.name,
                 contender.argv(topics, self.bootstrap, url, stats, options),
-                contender.env(topics, self.bootstrap, url, options.ledger_dir, http_port, trace),
+                contender.env(
+                    topics, self.bootstrap, url, options.ledger_dir, http_port, trace, options.service_env
+                ),
                 options.workdir / f"{topics.inbound}.log",
                 cwd=ROOT,
             )
@@ -649,7 +668,9 @@ class Bench:
                     stats,
                     dataclasses.replace(options, profiler="none", trace_service=False),
                 ),
-                contender.env(topics, self.bootstrap, url, options.ledger_dir, free_port()),
+                contender.env(
+                    topics, self.bootstrap, url, options.ledger_dir, free_port(), None, options.service_env
+                ),
                 options.workdir / f"{topics.inbound}.log",
                 cwd=ROOT,
             )
