@@ -214,6 +214,23 @@ def amili_flow(settings: Settings, observer: FlowObserver | None = None) -> Amil
     return AmiliFlow(limit, budget=RateBudget() if settings.amili_rate_budget else None, observer=observer)
 
 
+def result_producer(settings: Settings, security: dict[str, Any]) -> partial[AIOKafkaProducer]:
+    """How a producer of results and dead letters is made, transactional or not (a transactional id
+    is added per partition)."""
+    return partial(
+        AIOKafkaProducer,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        # Results finishing together share a produce request (fewer round trips and syscalls).
+        linger_ms=settings.kafka_linger_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        max_request_size=settings.kafka_max_request_bytes,
+        client_id=APP_NAME,
+        **security,
+    )
+
+
 def kafka_transactions(
     settings: Settings,
     security: dict[str, Any],
@@ -222,17 +239,7 @@ def kafka_transactions(
     observer: TransactionObserver | None = None,
 ) -> Transactions:
     """The transactional producers, one per consumed partition, when KAFKA_TRANSACTIONS is on."""
-    producer = partial(
-        AIOKafkaProducer,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=settings.kafka_linger_ms,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        max_request_size=settings.kafka_max_request_bytes,
-        client_id=APP_NAME,
-        **security,
-    )
+    producer = result_producer(settings, security)
     return Transactions(
         paced_transactional_producer(producer),
         group_id=settings.consumer_group_id,
@@ -324,20 +331,7 @@ def build_registrar(
         places=flow.gate,
     )
     link = BrokerLink(
-        paced_producer(
-            partial(
-                AIOKafkaProducer,
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                # Results finishing together share a produce request (fewer round trips and syscalls).
-                linger_ms=settings.kafka_linger_ms,
-                request_timeout_ms=settings.kafka_request_timeout_ms,
-                max_request_size=settings.kafka_max_request_bytes,
-                client_id=APP_NAME,
-                **consumer_security,
-            )
-        ),
+        paced_producer(result_producer(settings, consumer_security)),
         topics=[settings.registration_result_topic, settings.dead_letter_topic],
         request_timeout_seconds=settings.kafka_request_timeout_seconds,
         observer=observer,
