@@ -46,7 +46,7 @@ sustained_window``); event→result is the result's ``time`` minus the event's.
 
     .venv/bin/python -m bench.adaptive                    # all four scenarios, about 10 minutes
     .venv/bin/python -m bench.adaptive --quick            # a smoke run, about 4 minutes
-    .venv/bin/python -m bench.adaptive --scenarios a,d --json /tmp/adaptive.json
+    .venv/bin/python -m bench.adaptive --scenarios a,d --json adaptive.json
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else starts a local broker and stops it at the end.
 Prints tables, the verdicts and a Markdown block of the figures (for ``docs/performance.md``);
