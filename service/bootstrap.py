@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -59,6 +60,7 @@ from service.kafka.startup import (
     wait_for_cluster,
 )
 from service.kafka.transactions import (
+    GroupOffsets,
     TransactionalDeadLetterPublisher,
     TransactionalResultPublisher,
     TransactionObserver,
@@ -240,8 +242,16 @@ def kafka_transactions(
 ) -> Transactions:
     """The transactional producers, one per consumed partition, when KAFKA_TRANSACTIONS is on."""
     producer = result_producer(settings, security)
+    admin = partial(
+        AIOKafkaAdminClient,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=APP_NAME,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        **security,
+    )
     return Transactions(
         paced_transactional_producer(producer),
+        offsets=GroupOffsets(admin, settings.consumer_group_id),
         group_id=settings.consumer_group_id,
         id_prefix=settings.transactional_id_prefix,
         link=link,

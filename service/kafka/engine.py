@@ -59,7 +59,7 @@ from aiokafka.structs import OffsetAndMetadata
 from service.events.record import InboundRecord
 from service.flow.fair import FairQueue
 from service.kafka.link import BROKER_ERRORS
-from service.kafka.transactions import EventOutputs, Transactions, committed_with_metadata, event_outputs
+from service.kafka.transactions import EventOutputs, Transactions, event_outputs
 from service.processing import Handled, Prepared, Route
 from service.registration import Backoff
 
@@ -284,6 +284,8 @@ class ConsumptionEngine:
         loop = asyncio.get_running_loop()
         closed_by = loop.time() + self._drain_seconds + self._close_seconds
         await self._drain(list(self._progress), commit_seconds=self._close_seconds / 2)
+        if self._transactions is not None:
+            await self._transactions.stop()
         self.connected = False
         if self._consumer is None:  # stopped before it ever started
             return
@@ -647,7 +649,6 @@ class ConsumptionEngine:
             partition,
             owned=assigned,
             on_committed=lambda offset, events: self._committed_in_transaction(partition, offset),
-            committed_offset=lambda: committed_with_metadata(self._consumer, partition),
             stopping=lambda: self._stopping,
         )
         if channel is None or not assigned():
@@ -655,7 +656,7 @@ class ConsumptionEngine:
         failures = 0
         while True:
             try:
-                committed, metadata = await committed_with_metadata(self._consumer, partition)
+                committed, metadata = await self._transactions.committed_offset(partition)
                 break
             except BROKER_ERRORS as error:
                 # Until it is read the partition stays unready (its records are put back): an

@@ -38,8 +38,8 @@ Consequences of the model, each handled here:
   ranges, so a long run of finished events costs a few characters; should it outgrow
   ``DONE_METADATA_CHARACTERS``, the events past the offset wait for it, as the offsets always did.
   Finished events waiting for their transaction count among the events held (``MAX_EVENTS_HELD``).
-- The offset's metadata is read with the coordinator call ``AIOKafkaConsumer.committed`` makes
-  (which drops the metadata): ``committed_with_metadata``.
+- The offset's metadata is read with the admin client's ``list_consumer_group_offsets``
+  (``AIOKafkaConsumer.committed`` drops it): ``GroupOffsets``.
 - One producer per assigned partition: each has its own connections and sender task (measured in
   ``docs/performance.md``).
 
@@ -62,7 +62,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
@@ -243,16 +244,43 @@ def decode_done(base: int, metadata: str) -> set[int]:
     return done
 
 
-async def committed_with_metadata(
-    consumer: AIOKafkaConsumer, partition: TopicPartition
-) -> tuple[int | None, str]:
-    """The group's committed offset of ``partition`` and its metadata, asked of the coordinator.
-    ``AIOKafkaConsumer.committed`` drops the metadata; this is the call it makes."""
-    found = await consumer._coordinator.fetch_committed_offsets([partition])
-    committed = found.get(partition)
-    if committed is None or committed.offset == -1:
-        return None, ""
-    return committed.offset, committed.metadata or ""
+class GroupOffsets:
+    """The group's committed offset of a partition, with its metadata.
+
+    ``AIOKafkaConsumer.committed`` drops the metadata, so it is read with the admin client's
+    ``list_consumer_group_offsets``: a client of its own, made on first use (aiokafka's clients
+    belong to the loop they are made in) and closed with the transactions."""
+
+    def __init__(self, make_admin: Callable[[], AIOKafkaAdminClient], group_id: str) -> None:
+        self._make_admin = make_admin
+        self._group_id = group_id
+        self._admin: AIOKafkaAdminClient | None = None
+        self._starting = asyncio.Lock()
+
+    async def read(self, partition: TopicPartition) -> tuple[int | None, str]:
+        admin = await self._started()
+        found = await admin.list_consumer_group_offsets(self._group_id, partitions=[partition])
+        committed = found.get(partition)
+        if committed is None or committed.offset == -1:
+            return None, ""
+        return committed.offset, committed.metadata or ""
+
+    async def _started(self) -> AIOKafkaAdminClient:
+        async with self._starting:
+            if self._admin is None:
+                admin = self._make_admin()
+                try:
+                    await admin.start()
+                except BaseException:
+                    await admin.close()
+                    raise
+                self._admin = admin
+            return self._admin
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
 
 
 class PartitionTransactions:
@@ -617,6 +645,7 @@ class Transactions:
         self,
         make_producer: Callable[[str], AIOKafkaProducer],
         *,
+        offsets: GroupOffsets,
         group_id: str,
         id_prefix: str,
         link: LinkState | None = None,
@@ -628,6 +657,7 @@ class Transactions:
         observer: TransactionObserver | None = None,
     ) -> None:
         self._make_producer = make_producer
+        self._offsets = offsets
         self._group_id = group_id
         self._prefix = id_prefix
         self._link: LinkState = link or _AlwaysUp()
@@ -639,6 +669,14 @@ class Transactions:
         self._observer = observer or TransactionObserver()
         self._rng = random.Random()
         self._partitions: dict[TopicPartition, PartitionTransactions] = {}
+
+    async def committed_offset(self, partition: TopicPartition) -> tuple[int | None, str]:
+        """The group's committed offset of ``partition`` and the metadata written with it."""
+        return await self._offsets.read(partition)
+
+    async def stop(self) -> None:
+        """After every partition is closed: the client that reads the committed offsets."""
+        await self._offsets.close()
 
     def transactional_id(self, partition: TopicPartition) -> str:
         return f"{self._prefix}-{partition.topic}-{partition.partition}"
@@ -665,7 +703,6 @@ class Transactions:
         *,
         owned: Callable[[], bool],
         on_committed: Callable[[int, int], None],
-        committed_offset: Callable[[], Awaitable[tuple[int | None, str]]],
         stopping: Callable[[], bool],
     ) -> PartitionTransactions | None:
         """The partition's producer, initialised (tried again with backoff while the broker is
@@ -684,7 +721,7 @@ class Transactions:
             backoff=self._backoff,
             observer=self._observer,
             on_committed=on_committed,
-            committed_offset=committed_offset,
+            committed_offset=lambda: self.committed_offset(partition),
         )
         attempt = 0
         while True:
