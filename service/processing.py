@@ -56,8 +56,8 @@ class Handled:
     outcome: Outcome | None
     dead_letter_rule: str | None = None
     attempts: int = 0
-    creditor: str | None = None
-    invoice_number: str | None = None
+    key: InvoiceKey | None = None
+    """The invoice, when the record could be read as one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +216,8 @@ class InvoiceProcessor:
             self._observer.dead_letter(error.rule)
             return Handled(outcome=None, dead_letter_rule=error.rule)
 
-        event, payload, (creditor, invoice_number) = prepared.event, prepared.payload, prepared.key
+        event, payload, key = prepared.event, prepared.payload, prepared.key
+        creditor, invoice_number = key
         if prepared.unknown_fields:
             # Names only, never values: a producer added fields this service does not know yet.
             log.debug("ignored unknown fields in data", extra={"fields": list(prepared.unknown_fields)})
@@ -231,7 +232,7 @@ class InvoiceProcessor:
             )
             # Not recorded: a corrected invoice under the same number must still be registrable.
             await self._publish(result, event.time, record.taken_at)
-            return Handled(Outcome.REJECTED, creditor=creditor, invoice_number=invoice_number)
+            return Handled(Outcome.REJECTED, key=key)
 
         committed: Committed | None = None
 
@@ -256,8 +257,7 @@ class InvoiceProcessor:
             decision.result.outcome,
             dead_letter_rule=dead_letter_rule,
             attempts=decision.attempts,
-            creditor=creditor,
-            invoice_number=invoice_number,
+            key=key,
         )
 
     async def give_up(self, prepared: Prepared, error: BaseException) -> Handled:

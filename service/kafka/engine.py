@@ -515,8 +515,8 @@ class ConsumptionEngine:
         log.info(
             "event handled",
             extra={
-                "creditor": handled.creditor,
-                "invoice_number": handled.invoice_number,
+                "creditor": handled.key.creditor if handled.key else None,
+                "invoice_number": handled.key.invoice_number if handled.key else None,
                 "topic": partition.topic,
                 "partition": partition.partition,
                 "offset": prepared.record.offset,

@@ -41,6 +41,7 @@ from devkit.localkafka import free_port
 from service.amili import models as wire
 from service.amili.client import AmiliClient, HttpSettings
 from service.domain import invoice as canonical
+from service.domain.invoice import InvoiceKey
 from service.domain.outcomes import Outcome
 from service.domain.rules import TransformDefaults
 from service.events.record import InboundRecord
@@ -50,7 +51,7 @@ from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublis
 from service.ops.logging import JsonFormatter, configure_logging
 from service.ops.personal import PERSONAL, PERSONAL_KEYS, READABLE, STRING_LIST_ONLY_KEYS
 from service.ops.redaction import REDACTED, scrub_text
-from service.processing import InvoiceProcessor
+from service.processing import Handled, InvoiceProcessor
 from service.registration import Backoff
 from tests.unit.test_processing import World
 
@@ -266,13 +267,7 @@ def test_our_event_handled_line_keeps_every_identifier(captured: Captured) -> No
     captured.configure("INFO")
     record = InboundRecord(SOURCE, 7, FIRST_OFFSET, None, b"{}")
     prepared = SimpleNamespace(record=record)
-    handled = SimpleNamespace(
-        creditor=DEMO_CREDITOR,
-        invoice_number=INVOICE_NUMBER,
-        dead_letter_rule=None,
-        attempts=1,
-        outcome=Outcome.REGISTERED,
-    )
+    handled = Handled(Outcome.REGISTERED, attempts=1, key=InvoiceKey(DEMO_CREDITOR, INVOICE_NUMBER))
     ConsumptionEngine._log_handled(TopicPartition(SOURCE, 7), prepared, handled, 0.0123)  # type: ignore[arg-type]
     (line,) = captured.lines()
     assert line["message"] == "event handled"
