@@ -1,18 +1,25 @@
-"""The end-to-end demo: a local Kafka broker, the Amili emulator and the service, fed with sample
-invoices; each result is printed as it arrives, then everything is shut down."""
+"""The end-to-end demo: a Kafka broker, the Amili emulator and the service, fed with sample invoices;
+each result is printed as it arrives, then everything is shut down.
+
+The broker is the one at ``KAFKA_BOOTSTRAP_SERVERS`` when it is set (the demo's topics and group then
+get a name of their own, so that an earlier run's records are not read again), otherwise a local
+broker started for the demo and removed after it (``devkit/harness.py``, as the chaos run and the
+benchmarks start theirs). The emulator and the service run in this process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
@@ -20,17 +27,32 @@ from rich.table import Table
 
 from devkit.emulator.server import serve_emulator
 from devkit.emulator.settings import DEMO_API_KEY, EmulatorSettings
-from devkit.localkafka import LocalKafka, default_version, free_port
-from devkit.produce import create_topics, produce
+from devkit.harness import TopicReader, Topics, broker, create_run_topics
+from devkit.localkafka import default_version, free_port
+from devkit.produce import produce
 from service.bootstrap import build_registrar
 from service.config import Settings
 from service.operator.event_files import read_events
 
 RESULT_TIMEOUT_SECONDS = 90.0
+PARTITIONS = 3
 
 
 def sample_events_path() -> Path:
     return Path(str(resources.files("service.examples").joinpath("invoices.ndjson")))
+
+
+def demo_topics(given_broker: bool) -> Topics:
+    """The service's default topic names on the demo's own broker; on a given one, names of this
+    run's own."""
+    defaults = Settings.model_construct()
+    suffix = f"-demo-{uuid.uuid4().hex[:8]}" if given_broker else ""
+    return Topics(
+        inbound=defaults.invoice_created_topic + suffix,
+        results=defaults.registration_result_topic + suffix,
+        dead_letters=defaults.dead_letter_topic + suffix,
+        group="amili-registrar-demo" + suffix,
+    )
 
 
 async def run_demo(*, kafka_version: str | None = None, events_file: Path | None = None) -> int:
@@ -39,64 +61,65 @@ async def run_demo(*, kafka_version: str | None = None, events_file: Path | None
     # The table is the demo's output; the service's own logs would only interleave with it.
     logging.getLogger("service").setLevel(logging.WARNING)
     events = read_events(events_file or sample_events_path())
-    kafka = LocalKafka(name="demo", version=kafka_version or default_version())
-    console.print(f"[bold]Starting Apache Kafka {kafka.version}[/] (first run downloads its jars)…")
-    bootstrap = await asyncio.to_thread(kafka.start)
-    workdir = tempfile.TemporaryDirectory(prefix="amili-registrar-demo-")
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        console.print(f"[bold]Using the Kafka broker at {given}[/] (KAFKA_BOOTSTRAP_SERVERS)")
+    else:
+        version = kafka_version or default_version()
+        console.print(f"[bold]Starting Apache Kafka {version}[/] (first run downloads its jars)…")
+    topics = demo_topics(bool(given))
     try:
-        emulator_settings = EmulatorSettings(port=free_port(), api_keys=[DEMO_API_KEY])
-        async with serve_emulator(emulator_settings) as (amili_url, _):
-            console.print(f"Kafka at {bootstrap}, Amili emulator at {amili_url}")
-            settings = Settings(
-                kafka_bootstrap_servers=bootstrap,
-                amili_base_url=amili_url,
-                amili_api_key=SecretStr(DEMO_API_KEY),
-                consumer_group_id="amili-registrar-demo",
-                shutdown_grace_seconds=5,
-                ledger_url=SecretStr(f"sqlite:///{workdir.name}/ledger.db"),
-            )
-            await create_topics(
-                bootstrap,
-                {
-                    settings.invoice_created_topic: 3,
-                    settings.registration_result_topic: 3,
-                    settings.dead_letter_topic: 1,
-                },
-            )
-            registrar = build_registrar(settings)
-            async with registrar.app:
-                await produce(bootstrap, settings.invoice_created_topic, events)
-                received = await _show_results(console, settings, len(events))
+        async with broker("demo", given, version=kafka_version) as kafka:
+            bootstrap = kafka.bootstrap
+            with tempfile.TemporaryDirectory(prefix="amili-registrar-demo-") as workdir:
+                emulator_settings = EmulatorSettings(port=free_port(), api_keys=[DEMO_API_KEY])
+                async with serve_emulator(emulator_settings) as (amili_url, _):
+                    console.print(f"Kafka at {bootstrap}, Amili emulator at {amili_url}")
+                    settings = Settings(
+                        kafka_bootstrap_servers=bootstrap,
+                        invoice_created_topic=topics.inbound,
+                        registration_result_topic=topics.results,
+                        dead_letter_topic=topics.dead_letters,
+                        consumer_group_id=topics.group,
+                        amili_base_url=amili_url,
+                        amili_api_key=SecretStr(DEMO_API_KEY),
+                        shutdown_grace_seconds=5,
+                        ledger_url=SecretStr(f"sqlite:///{workdir}/ledger.db"),
+                    )
+                    await create_run_topics(bootstrap, topics, PARTITIONS)
+                    registrar = build_registrar(settings)
+                    async with registrar.app:
+                        await produce(bootstrap, topics.inbound, events)
+                        received = await _show_results(console, bootstrap, topics.results, len(events))
         console.print(f"{received} of {len(events)} results received; shutting down.")
         return 0 if received == len(events) else 1
     finally:
-        workdir.cleanup()
-        await asyncio.to_thread(kafka.stop)
         console.print("Everything stopped.")
 
 
-async def _show_results(console: Console, settings: Settings, expected: int) -> int:
-    consumer = AIOKafkaConsumer(
-        settings.registration_result_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
+async def _show_results(console: Console, bootstrap: str, topic: str, expected: int) -> int:
     table = _results_table()
     received = 0
+
+    def take(record: ConsumerRecord[Any, Any]) -> None:
+        nonlocal received
+        _add_row(table, json.loads(record.value))
+        received += 1
+
+    reader = TopicReader(
+        bootstrap, [TopicPartition(topic, p) for p in range(PARTITIONS)], take, name="demo-results"
+    )
+    await reader.start()
     try:
         with Live(table, console=console, refresh_per_second=8):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + RESULT_TIMEOUT_SECONDS
             while received < expected and loop.time() < deadline:
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    for record in records:
-                        _add_row(table, json.loads(record.value))
-                        received += 1
+                await reader.next_batch(0.5)
+        if not console.is_terminal:
+            console.line()  # a table rendered once, to a pipe, ends without one
     finally:
-        await consumer.stop()
+        await reader.stop()
     return received
 
 

@@ -132,9 +132,9 @@ class Child:
 # the broker ---------------------------------------------------------------------------------------
 
 
-def local_broker(name: str) -> LocalKafka:
+def local_broker(name: str, version: str | None = None) -> LocalKafka:
     """A local broker of the run's own, on ports free now (``name`` keeps it apart from others)."""
-    return LocalKafka(name=name, version=default_version(), port=0)
+    return LocalKafka(name=name, version=version or default_version(), port=0)
 
 
 def remove_broker(kafka: LocalKafka) -> None:
@@ -156,13 +156,13 @@ class Broker:
 
 
 @contextlib.asynccontextmanager
-async def broker(name: str, given: str | None = None) -> AsyncIterator[Broker]:
-    """The broker at ``given``, or (when none is given) a local one started here and removed at
-    the end."""
+async def broker(name: str, given: str | None = None, *, version: str | None = None) -> AsyncIterator[Broker]:
+    """The broker at ``given``, or (when none is given) a local one of ``version`` started here and
+    removed at the end."""
     if given:
         yield Broker(given, None)
         return
-    kafka = local_broker(name)
+    kafka = local_broker(name, version)
     bootstrap = await asyncio.to_thread(kafka.start)
     try:
         yield Broker(bootstrap, kafka)

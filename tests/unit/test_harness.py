@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.demo import demo_topics
 from devkit.emulator.settings import DEMO_API_KEY
 from devkit.harness import Child, Topics, clean_environment, service_env
+from service.config import Settings
 
 TOPICS = Topics("run.invoices", "run.results", "run.dead-letters", "run-group")
 
@@ -99,3 +101,18 @@ async def test_a_child_that_ignores_its_signal_is_killed_after_the_grace(tmp_pat
 
 async def _moment() -> None:
     await asyncio.sleep(0.05)
+
+
+def test_the_demo_uses_the_default_topics_on_its_own_broker_and_new_ones_on_a_given_broker() -> None:
+    own = demo_topics(given_broker=False)
+    defaults = Settings.model_construct()
+    assert (own.inbound, own.results, own.dead_letters) == (
+        defaults.invoice_created_topic,
+        defaults.registration_result_topic,
+        defaults.dead_letter_topic,
+    )
+    first, second = demo_topics(given_broker=True), demo_topics(given_broker=True)
+    assert first.inbound != second.inbound
+    assert first.group != second.group
+    assert first.inbound.startswith(own.inbound)
+    assert first.results.startswith(own.results)
