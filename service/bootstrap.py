@@ -61,8 +61,6 @@ from service.kafka.startup import (
 )
 from service.kafka.transactions import (
     GroupOffsets,
-    SameLoop,
-    ThreadLoop,
     TransactionalDeadLetterPublisher,
     TransactionalResultPublisher,
     TransactionObserver,
@@ -264,7 +262,6 @@ def kafka_transactions(
         reinit_delay_seconds=2 * max(0.1, settings.kafka_session_timeout_ms / 3000),
         backoff=Backoff(initial_seconds=backoff.initial_seconds, max_seconds=5.0),
         observer=observer,
-        producer_loop=ThreadLoop() if settings.kafka_transaction_thread else SameLoop(),
     )
 
 

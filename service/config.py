@@ -249,11 +249,6 @@ class Settings(BaseSettings):
         ge=1,
         description="A partition commits sooner when this many finished events wait for a transaction",
     )
-    kafka_transaction_thread: bool = Field(
-        default=True,
-        description="Run the transactional producers on an event loop in a thread of their own, "
-        "so that a transaction's requests do not wait for turns of the busy main loop",
-    )
     kafka_transactional_id_prefix: str | None = Field(
         default=None,
         min_length=1,

@@ -55,13 +55,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -73,8 +72,6 @@ from service.events.record import InboundRecord
 from service.kafka.link import BROKER_ERRORS, REFUSED_RECORD_ERRORS
 from service.kafka.publishing import RESULT_HEADERS, dead_letter_headers, truncated_dead_letter
 from service.registration import Backoff
-
-_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -286,62 +283,6 @@ class GroupOffsets:
             await admin.close()
 
 
-class ProducerLoop(Protocol):
-    """Where the transactional producers run: every call on a producer goes through ``run``."""
-
-    async def run(self, work: Coroutine[Any, Any, _T]) -> _T: ...
-
-    def close(self) -> None: ...
-
-
-class SameLoop:
-    """The producers on the caller's own event loop."""
-
-    async def run(self, work: Coroutine[Any, Any, _T]) -> _T:
-        return await work
-
-    def close(self) -> None:
-        pass
-
-
-class ThreadLoop:
-    """The producers on an event loop of their own, in a thread of its own, started on first use.
-
-    A transaction is five requests to the broker one after another (``AddPartitionsToTxn``,
-    ``Produce``, ``AddOffsetsToTxn``, ``TxnOffsetCommit``, ``EndTxn``), and on the service's loop
-    each answer waits for a turn of a loop busy with the events in flight: 90-145 ms a transaction
-    at 550 events a second, against ... here (``docs/performance.md``). On a loop of their own the
-    answers are taken as they come, within Python's switch interval (5 ms) of the other thread
-    holding the interpreter; the service's loop is woken once, when the transaction is over."""
-
-    def __init__(self, name: str = "kafka-transactions") -> None:
-        self._name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def _started(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
-            thread.start()
-            self._loop, self._thread = loop, thread
-        return self._loop
-
-    async def run(self, work: Coroutine[Any, Any, _T]) -> _T:
-        # Cancelling the caller (a timeout) cancels the work in its own loop.
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._started()))
-
-    def close(self) -> None:
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5.0)
-        if not thread.is_alive():
-            loop.close()
-
-
 class PartitionTransactions:
     """One consumed partition's transactional producer and the transactions it commits."""
 
@@ -362,11 +303,9 @@ class PartitionTransactions:
         observer: TransactionObserver,
         on_committed: Callable[[int, int], None],
         committed_offset: Callable[[], Awaitable[tuple[int | None, str]]],
-        producer_loop: ProducerLoop,
     ) -> None:
         self.partition = partition
         self._committed_offset = committed_offset
-        self._producers = producer_loop
         self.transactional_id = transactional_id
         self._make_producer = make_producer
         self._group_id = group_id
@@ -432,7 +371,7 @@ class PartitionTransactions:
         self._drop_waiting()
         producer, self._producer = self._producer, None
         if producer is not None:
-            await self._producers.run(_stop_quietly(producer))
+            await _stop_quietly(producer)
 
     def positioned(self, committed: int | None, metadata: str) -> None:
         """The group's committed offset and metadata, read after the initialisation: events listed
@@ -595,12 +534,6 @@ class PartitionTransactions:
     async def _transaction(self, batch: list[EventOutputs], target: int, metadata: str) -> None:
         producer = self._producer
         assert producer is not None
-        await self._producers.run(self._transaction_on(producer, batch, target, metadata))
-
-    async def _transaction_on(
-        self, producer: AIOKafkaProducer, batch: list[EventOutputs], target: int, metadata: str
-    ) -> None:
-        """Runs on the producers' loop: touches the producer and the batch's records only."""
         async with asyncio.timeout(self._timeout):
             await producer.begin_transaction()
             sent = [
@@ -630,10 +563,6 @@ class PartitionTransactions:
     # producers ------------------------------------------------------------------------------------
 
     async def _initialise(self) -> None:
-        self._producer = await self._producers.run(self._initialised_producer())
-
-    async def _initialised_producer(self) -> AIOKafkaProducer:
-        """Runs on the producers' loop, where the producer must be made."""
         producer = self._make_producer(self.transactional_id)
         try:
             async with asyncio.timeout(self._timeout):
@@ -645,7 +574,7 @@ class PartitionTransactions:
         except BaseException:
             await _stop_quietly(producer)
             raise
-        return producer
+        self._producer = producer
 
     async def _reinitialise(self) -> bool:
         """A fresh producer after a failure, only for a partition still ours: wait a moment for the
@@ -671,7 +600,7 @@ class PartitionTransactions:
     def _discard(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            task = asyncio.create_task(self._producers.run(_stop_quietly(producer)))
+            task = asyncio.create_task(_stop_quietly(producer))
             _background.add(task)
             task.add_done_callback(_background.discard)
 
@@ -726,10 +655,8 @@ class Transactions:
         reinit_delay_seconds: float = 3.0,
         backoff: Backoff | None = None,
         observer: TransactionObserver | None = None,
-        producer_loop: ProducerLoop | None = None,
     ) -> None:
         self._make_producer = make_producer
-        self._producer_loop: ProducerLoop = producer_loop or SameLoop()
         self._offsets = offsets
         self._group_id = group_id
         self._prefix = id_prefix
@@ -748,10 +675,8 @@ class Transactions:
         return await self._offsets.read(partition)
 
     async def stop(self) -> None:
-        """After every partition is closed: the client that reads the committed offsets, and the
-        producers' loop."""
+        """After every partition is closed: the client that reads the committed offsets."""
         await self._offsets.close()
-        self._producer_loop.close()
 
     def transactional_id(self, partition: TopicPartition) -> str:
         return f"{self._prefix}-{partition.topic}-{partition.partition}"
@@ -797,7 +722,6 @@ class Transactions:
             observer=self._observer,
             on_committed=on_committed,
             committed_offset=lambda: self.committed_offset(partition),
-            producer_loop=self._producer_loop,
         )
         attempt = 0
         while True:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import ProducerFenced
 
 from service.kafka.transactions import (
     DONE_PREFIX,
     EventOutputs,
     PartitionTransactions,
-    SameLoop,
-    ThreadLoop,
     TransactionObserver,
     decode_done,
     encode_done,
@@ -100,7 +96,6 @@ async def test_a_partition_closes_in_time_while_the_broker_is_away() -> None:
         observer=TransactionObserver(),
         on_committed=lambda offset, events: None,
         committed_offset=_nothing_committed,
-        producer_loop=SameLoop(),
     )
     await channel.open()
     channel.positioned(None, "")
@@ -118,46 +113,3 @@ async def test_a_partition_closes_in_time_while_the_broker_is_away() -> None:
 
 async def _nothing_committed() -> tuple[int | None, str]:
     return None, ""
-
-
-async def test_the_thread_loop_runs_work_on_its_own_thread_and_loop_and_hands_back_its_result() -> None:
-    loop = ThreadLoop(name="test-producers")
-
-    async def where() -> tuple[int, asyncio.AbstractEventLoop]:
-        await asyncio.sleep(0)
-        return threading.get_ident(), asyncio.get_running_loop()
-
-    try:
-        thread, running = await loop.run(where())
-        assert thread != threading.get_ident()
-        assert running is not asyncio.get_running_loop()
-        again, same = await loop.run(where())
-        assert (again, same) == (thread, running)
-    finally:
-        loop.close()
-    assert not running.is_running()
-
-
-async def test_the_thread_loop_raises_the_works_error_and_cancels_the_work_with_its_caller() -> None:
-    loop = ThreadLoop(name="test-producers")
-    cancelled = threading.Event()
-
-    async def fails() -> None:
-        raise ProducerFenced()
-
-    async def hangs() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    try:
-        with pytest.raises(ProducerFenced):
-            await loop.run(fails())
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await loop.run(hangs())
-        assert await asyncio.to_thread(cancelled.wait, 5.0)
-    finally:
-        loop.close()
