@@ -27,10 +27,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from service.amili.client import AmiliClient
 from service.cli import main
 from service.kafka.engine import ConsumptionEngine
 from service.kafka.publishing import KafkaResultPublisher
+from service.kafka.transactions import PartitionTransactions
 from service.ledger.sqlite import SqliteLedger
 from service.processing import InvoiceProcessor
 from service.registration import InvoiceRegistration
@@ -121,6 +124,10 @@ def instrument() -> None:
     for method in ("claim", "finish", "mark_published"):
         _timed_async(SqliteLedger, method, f"ledger {method} (group commit wait + thread)")
     _timed_sync(SqliteLedger, "_group", "ledger group commit (on its thread)", static=True)
+    _timed_async(PartitionTransactions, "commit", "transaction: commit (lock wait + transaction)")
+    _timed_async(PartitionTransactions, "_transaction", "transaction: begin → committed")
+    for method in ("begin_transaction", "send_offsets_to_transaction", "commit_transaction"):
+        _timed_async(AIOKafkaProducer, method, f"transaction: producer.{method}")
 
     original_start = ConsumptionEngine.start
     tasks: list[asyncio.Task[None]] = []

@@ -48,7 +48,7 @@ from service.flow.budget import RateBudget
 from service.flow.control import AmiliFlow, FlowObserver
 from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings
 from service.kafka.engine import ConsumptionEngine, Processor
-from service.kafka.limits import check_at_start
+from service.kafka.limits import MIN_RESULT_BYTES, check_at_start
 from service.kafka.link import BrokerLink
 from service.kafka.pacing import paced_consumer, paced_producer, paced_transactional_producer
 from service.kafka.publishing import KafkaDeadLetterPublisher, KafkaResultPublisher
@@ -228,6 +228,10 @@ def result_producer(settings: Settings, security: dict[str, Any]) -> partial[AIO
         linger_ms=settings.kafka_linger_ms,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         max_request_size=settings.kafka_max_request_bytes,
+        # A transaction's records for a partition in one batch, not a chain of 16 KiB batches each
+        # waiting for the one before it to be sent (measured: a transaction took 154 ms, 82-95 ms
+        # with this, docs/performance.md). The start check holds the result topic to at least this.
+        max_batch_size=MIN_RESULT_BYTES,
         client_id=APP_NAME,
         **security,
     )
