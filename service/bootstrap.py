@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -56,6 +55,7 @@ from service.kafka.startup import (
     ClusterWait,
     StartupRefused,
     WaitingKafkaBroker,
+    admin_client,
     missing_topics,
     wait_for_cluster,
 )
@@ -246,13 +246,7 @@ def kafka_transactions(
 ) -> Transactions:
     """The transactional producers, one per consumed partition, when KAFKA_TRANSACTIONS is on."""
     producer = result_producer(settings, security)
-    admin = partial(
-        AIOKafkaAdminClient,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=APP_NAME,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        **security,
-    )
+    admin = partial(admin_client, settings, security)
     return Transactions(
         paced_transactional_producer(producer),
         offsets=GroupOffsets(admin, settings.consumer_group_id),

@@ -22,6 +22,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 from service.config import Settings
 from service.kafka.link import BROKER_ERRORS
 from service.kafka.publishing import TRUNCATED_HEADERS_BYTES, TRUNCATED_VALUE_BYTES
+from service.kafka.startup import admin_client
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,7 @@ async def read_topic_limits(settings: Settings, security: Mapping[str, Any]) -> 
         "REGISTRATION_RESULT_TOPIC": settings.registration_result_topic,
         "DEAD_LETTER_TOPIC": settings.dead_letter_topic,
     }
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id="amili-registrar",
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        **security,
-    )
+    admin = admin_client(settings, security)
     try:
         await admin.start()
         names = sorted(set(topics.values()))

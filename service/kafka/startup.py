@@ -67,14 +67,20 @@ class ClusterWait:
         )
 
 
-async def list_topics(settings: Settings, security: Mapping[str, Any]) -> set[str]:
-    """The topics the cluster has; raises what an unreachable broker raises."""
-    admin = AIOKafkaAdminClient(
+def admin_client(settings: Settings, security: Mapping[str, Any]) -> AIOKafkaAdminClient:
+    """An admin client connecting as the service's other clients do (``security``: aiokafka's
+    connection options); to be made inside the running loop and closed by the caller."""
+    return AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id="amili-registrar",
         request_timeout_ms=settings.kafka_request_timeout_ms,
         **security,
     )
+
+
+async def list_topics(settings: Settings, security: Mapping[str, Any]) -> set[str]:
+    """The topics the cluster has; raises what an unreachable broker raises."""
+    admin = admin_client(settings, security)
     try:
         async with asyncio.timeout(settings.kafka_request_timeout_seconds):
             await admin.start()

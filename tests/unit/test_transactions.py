@@ -8,10 +8,14 @@ import random
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from devkit.localkafka import free_port
+from service.kafka.link import BROKER_ERRORS
 from service.kafka.transactions import (
     DONE_PREFIX,
     EventOutputs,
+    GroupOffsets,
     PartitionTransactions,
     TransactionObserver,
     decode_done,
@@ -113,3 +117,20 @@ async def test_a_partition_closes_in_time_while_the_broker_is_away() -> None:
 
 async def _nothing_committed() -> tuple[int | None, str]:
     return None, ""
+
+
+async def test_group_offsets_raise_while_the_broker_is_away_and_try_again_on_the_next_read() -> None:
+    made: list[AIOKafkaAdminClient] = []
+
+    def make_admin() -> AIOKafkaAdminClient:
+        made.append(
+            AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
+        )
+        return made[-1]
+
+    offsets = GroupOffsets(make_admin, "group")
+    for _ in range(2):
+        with pytest.raises(BROKER_ERRORS):
+            await offsets.read(TopicPartition("in", 0))
+    assert len(made) == 2  # a client that never started is not kept
+    await offsets.close()
