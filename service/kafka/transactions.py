@@ -43,14 +43,8 @@ Consequences of the model, each handled here:
 - One producer per assigned partition: each has its own connections and sender task (measured in
   ``docs/performance.md``).
 
-Transactions are batched, and a partition keeps one open: an event's records are sent in it as
-the event finishes (a few milliseconds' worth at a time), and the commit (the offset, then the end)
-is due ``interval_seconds`` after the oldest of its events finished, less what commits have lately
-taken, so that a result waits about an interval for its commit whatever a commit takes; or at once
-when ``max_events`` finished events wait. aiokafka sends a transaction's requests one after another
-(AddPartitionsToTxn, the records, AddOffsetsToTxn, TxnOffsetCommit, EndTxn), each waiting for turns
-of a busy event loop; with the records out beforehand only the last three are left for the commit
-(measured in ``docs/performance.md``). The ledger's "published" mark of a result waits for the
+Transactions are batched: each partition commits what it finished every ``interval_seconds``, or as
+soon as ``max_events`` finished events wait. The ledger's "published" mark of a result waits for the
 commit (``EventOutputs.committed``); a result recorded but never committed stays unpublished in the
 ledger, and its event, whose offset was not committed either, publishes it again.
 """
@@ -204,10 +198,6 @@ class _Waiting:
     """The offset to commit: the partition's lowest unfinished one."""
 
 
-SEND_PAUSE_SECONDS = 0.005
-"""After a send in the open transaction, how long the records of other events may gather before the
-next one."""
-
 DONE_PREFIX = "amili-registrar/done:"
 DONE_METADATA_CHARACTERS = 1000
 """How long the list of events committed past the offset may grow in the offset's metadata (the
@@ -341,18 +331,6 @@ class PartitionTransactions:
         self._closing = False
         self._unsure = False
         self._finished_since_commit = 0
-        self._open = False
-        """A transaction is begun and records of it may have been sent."""
-        self._sent: set[int] = set()
-        """Events whose records went out in the open transaction."""
-        self._unsent: list[int] = []
-        """Finished events whose records are not sent yet, in the order they finished."""
-        self._acks: list[asyncio.Future[object]] = []
-        self._first_finished: float | None = None
-        """When the oldest event finished that is not in a commit under way: its result is due
-        within the interval."""
-        self._commit_seconds = 0.0
-        """How long the commit step takes (the offsets and the end), as a moving average."""
         self.fenced = False
         self.ready = False
         """Initialised and positioned: the partition's records may be processed."""
@@ -417,9 +395,6 @@ class PartitionTransactions:
             return
         self._waiting.outputs[offset] = outputs
         self._waiting.target = target
-        self._unsent.append(offset)
-        if self._first_finished is None:
-            self._first_finished = time.monotonic()
         # Counted as they finish, not as they become committable: counting those below the target
         # would walk every waiting event at each finish, and a partition held up by one invoice
         # can have thousands waiting. At worst a commit comes early with less in it.
@@ -438,35 +413,23 @@ class PartitionTransactions:
     # committing ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._interval
         while not self._closing and not self.fenced:
             if not self._pending():
                 # Idle: no timer ticks (a hundred partitions ticking ten times a second cost 0.05 of
-                # a core doing nothing).
+                # a core doing nothing). The first event to finish is committed at once if the last
+                # commit is an interval ago.
                 self._work.clear()
                 if not self._pending():
                     await self._work.wait()
                 if self._closing:
                     return
-            # The commit is due so that it ends an interval after the oldest of its events finished:
-            # it starts that much earlier than the interval's end that commits have lately taken.
-            # Until then each finished event's records go out at once, in the open transaction, so
-            # that only the offsets and the end are left for the commit.
-            anchor = self._first_finished if self._first_finished is not None else time.monotonic()
-            due = anchor + self._interval - min(self._commit_seconds, self._interval)
-            while not self._closing and not self.fenced and not self._full.is_set():
-                self._work.clear()
-                if self._unsent and self._link.up:
-                    await self._send_finished()
-                remaining = due - time.monotonic()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work.wait(), timeout=remaining)
-                # What else finishes meanwhile goes out with it: fewer, fuller produce requests,
-                # and the room in the offset's metadata is checked a bounded number of times.
-                pause = min(SEND_PAUSE_SECONDS, due - time.monotonic())
-                if pause > 0 and not self._full.is_set() and not self._closing:
-                    await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), timeout=max(0.0, due - loop.time()))
+            # Every interval from the start of the last commit, not from its end: a result waits
+            # for half an interval on average, whatever a commit takes.
+            due = loop.time() + self._interval
             self._full.clear()
             self._finished_since_commit = 0
             if self._closing:
@@ -481,16 +444,6 @@ class PartitionTransactions:
                 log.exception("transaction loop failed", extra=self._where())
                 await asyncio.sleep(1.0)
 
-    async def _send_finished(self) -> None:
-        """Send the records of the events finished since the last send, in the open transaction
-        (begun here if none is)."""
-        async with self._lock:
-            if not await self._usable():
-                return
-            with self._failures(self._unsent_outputs()):
-                async with asyncio.timeout(self._timeout):
-                    await self._send_unsent()
-
     async def commit(self) -> None:
         """Commit, in one transaction, the records of the finished events and the partition's
         committable offset (its lowest unfinished one), whose metadata lists the events past it
@@ -499,122 +452,59 @@ class PartitionTransactions:
         rebalance. A failure other than fencing leaves the records waiting for the next try;
         fencing drops them (another instance owns the partition and processes them again)."""
         async with self._lock:
-            if not await self._usable():
+            if self.fenced or not self._pending():
                 return
-            producer = self._producer
-            assert producer is not None
-            batch = [self._waiting.outputs[offset] for offset in (*self._sent, *self._unsent)]
-            self._first_finished = None  # events finishing from now on wait for the next
-            with self._failures(batch):
-                async with asyncio.timeout(self._timeout):
-                    await self._send_unsent()
-                    target = self._waiting.target
-                    if target is None or not self._pending():
-                        return
-                    # Events that finished while the records went out are not in this transaction:
-                    # the offset stops short of them.
-                    target = min(target, *self._unsent) if self._unsent else target
-                    done = {offset for offset in self._done | self._sent if offset >= target}
-                    # Within the room checked as they were sent: the offset only moves up since.
-                    metadata = encode_done(target, done)
-                    if not self._open:  # nothing to send, the offset moved
-                        await producer.begin_transaction()
-                        self._open = True
-                    started = time.monotonic()
-                    offsets = {self.partition: OffsetAndMetadata(target, metadata)}
-                    await producer.send_offsets_to_transaction(offsets, self._group_id)
-                    await producer.commit_transaction()
-                    # Committed: every send is acknowledged (a failed one fails the commit first).
-                    for ack in self._acks:
-                        await ack
-                    seconds = time.monotonic() - started
-            if not self._open:
-                return  # failed (``_failures`` ended the transaction)
-            self._commit_seconds = (
-                seconds if not self._commit_seconds else 0.8 * self._commit_seconds + 0.2 * seconds
-            )
-            self._observer.transaction("committed", len(self._sent), seconds)
+            if self._producer is None and (self._closing or not await self._reinitialise()):
+                return
+            if self._unsure and not await self._learn_outcome():
+                return
+            target = self._waiting.target
+            if target is None or not self._pending():
+                return
+            offsets, done, metadata = self._next_batch(target)
+            batch = [self._waiting.outputs[offset] for offset in offsets]
+            started = time.monotonic()
+            try:
+                await self._transaction(batch, target, metadata)
+            except _FENCED as error:
+                self._fence(error)
+                return
+            except REFUSED_RECORD_ERRORS as error:
+                # A dead letter too large for the broker: written truncated in the next try, as
+                # outside transactions, through a fresh producer (aiokafka keeps the sequence
+                # numbers of records the broker refused, which a later batch would then skip).
+                self._observer.transaction("refused", len(batch), time.monotonic() - started)
+                self._shrink(batch, error)
+                self._discard()
+                return
+            except (*BROKER_ERRORS, AssertionError) as error:
+                # aiokafka asserts its transaction states: after a failure it may be in none that
+                # lets the transaction go on. Either way the producer is replaced.
+                self._observer.transaction("failed", len(batch), time.monotonic() - started)
+                self._link.failed("transaction", error)
+                self._discard()
+                # A commit whose answer was lost may have been carried out all the same.
+                self._unsure = True
+                return
+            self._observer.transaction("committed", len(batch), time.monotonic() - started)
             self._settle(target, done)
-            self._end_transaction()
-
-    async def _usable(self) -> bool:
-        """Whether the partition's producer is there to send with (made again after a failure),
-        and what became of a transaction whose end was unknown is settled."""
-        if self.fenced or not self._pending():
-            return False
-        if self._producer is None and (self._closing or not await self._reinitialise()):
-            return False
-        return not self._unsure or await self._learn_outcome()
-
-    def _unsent_outputs(self) -> list[EventOutputs]:
-        return [self._waiting.outputs[offset] for offset in self._unsent]
-
-    async def _send_unsent(self) -> None:
-        """Send what finished since the last send, as far as the offset's metadata can list the
-        events past the offset: the events beyond that wait until the offset passes them."""
-        if not self._unsent or self._waiting.target is None:
-            return
-        target = self._waiting.target
-        sending = self._unsent
-        listed = {offset for offset in (*self._done, *self._sent, *sending) if offset >= target}
-        if len(encode_done(target, listed)) > DONE_METADATA_CHARACTERS:
-            sending = [offset for offset in sending if offset < target]
-        if not sending:
-            return
-        producer = self._producer
-        assert producer is not None
-        if not self._open:
-            await producer.begin_transaction()
-            self._open = True
-        chosen = set(sending)
-        self._unsent = [offset for offset in self._unsent if offset not in chosen]
-        for offset in sending:
-            # Marked sent before its records are: a send that fails ends the transaction anyway.
-            self._sent.add(offset)
-            for record in self._waiting.outputs[offset].records:
-                ack = await producer.send(
-                    record.topic, value=record.value, key=record.key, headers=record.headers
-                )
-                self._acks.append(ack)
-
-    @contextlib.contextmanager
-    def _failures(self, batch: list[EventOutputs]) -> Iterator[None]:
-        """What a failed send or commit leaves: the transaction is over (its producer discarded, or
-        fenced), its events wait to be sent again in the next."""
-        started = time.monotonic()
-        try:
-            yield
-        except _FENCED as error:
-            self._fence(error)
-        except REFUSED_RECORD_ERRORS as error:
-            # A dead letter too large for the broker: written truncated in the next try, as
-            # outside transactions, through a fresh producer (aiokafka keeps the sequence
-            # numbers of records the broker refused, which a later batch would then skip).
-            self._observer.transaction("refused", len(batch), time.monotonic() - started)
-            self._shrink(batch, error)
-            self._discard()
-        except (*BROKER_ERRORS, AssertionError) as error:
-            # aiokafka asserts its transaction states: after a failure it may be in none that
-            # lets the transaction go on. Either way the producer is replaced.
-            self._observer.transaction("failed", len(batch), time.monotonic() - started)
-            self._link.failed("transaction", error)
-            self._discard()
-            # A commit whose answer was lost may have been carried out all the same.
-            self._unsure = True
-
-    def _end_transaction(self) -> None:
-        """No transaction open any more: what was sent in it is out or will be sent again."""
-        self._open = False
-        self._sent.clear()
-        self._acks.clear()
-        self._unsent = sorted(self._waiting.outputs)
-        if self._unsent and self._first_finished is None:
-            self._first_finished = time.monotonic()
 
     def _pending(self) -> bool:
         """Whether there is anything to commit: records waiting, or an offset that moved."""
         target = self._waiting.target
         return bool(self._waiting.outputs) or (target is not None and target != self._committed)
+
+    def _next_batch(self, target: int) -> tuple[list[int], set[int], str]:
+        """Which waiting events go into the next transaction, the offsets past ``target`` that will
+        then be out, and the metadata that says so: every waiting event, unless the list would
+        outgrow the metadata; then those below ``target`` only."""
+        waiting = sorted(self._waiting.outputs)
+        done = {offset for offset in self._done if offset >= target}
+        everything = done | {offset for offset in waiting if offset >= target}
+        metadata = encode_done(target, everything)
+        if len(metadata) <= DONE_METADATA_CHARACTERS:
+            return waiting, everything, metadata
+        return [offset for offset in waiting if offset < target], done, encode_done(target, done)
 
     def _settle(self, committed: int, done: set[int]) -> None:
         """``committed`` and the events of ``done`` past it are out: so are their records."""
@@ -623,10 +513,6 @@ class PartitionTransactions:
             self._waiting.outputs.pop(offset).settle(True)
         self._committed = committed
         self._done = done
-        if settled:
-            keep = set(self._waiting.outputs)
-            self._unsent = [offset for offset in self._unsent if offset in keep]
-            self._sent &= keep
         self._on_committed(committed, len(settled))
 
     async def _learn_outcome(self) -> bool:
@@ -644,6 +530,23 @@ class PartitionTransactions:
         if committed is not None:
             self._settle(committed, decode_done(committed, metadata))
         return True
+
+    async def _transaction(self, batch: list[EventOutputs], target: int, metadata: str) -> None:
+        producer = self._producer
+        assert producer is not None
+        async with asyncio.timeout(self._timeout):
+            await producer.begin_transaction()
+            sent = [
+                await producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
+                for outputs in batch
+                for record in outputs.records
+            ]
+            offsets = {self.partition: OffsetAndMetadata(target, metadata)}
+            await producer.send_offsets_to_transaction(offsets, self._group_id)
+            await producer.commit_transaction()
+            # Committed: every send is acknowledged (a failed one fails the commit first).
+            for future in sent:
+                await future
 
     def _shrink(self, batch: list[EventOutputs], error: BaseException) -> None:
         shrunk = 0
@@ -695,7 +598,6 @@ class PartitionTransactions:
         return False
 
     def _discard(self) -> None:
-        self._end_transaction()
         producer, self._producer = self._producer, None
         if producer is not None:
             task = asyncio.create_task(_stop_quietly(producer))
@@ -717,8 +619,6 @@ class PartitionTransactions:
         for outputs in self._waiting.outputs.values():
             outputs.settle(False)
         self._waiting.outputs.clear()
-        self._unsent.clear()
-        self._sent.clear()
 
     def _where(self) -> dict[str, object]:
         return {"topic": self.partition.topic, "partition": self.partition.partition}
