@@ -27,11 +27,6 @@ class Limit(Protocol):
     @property
     def min_latency(self) -> float | None: ...
 
-    @property
-    def maximum(self) -> int:
-        """The limit's upper bound (``MAX_IN_FLIGHT``): never more calls than this at once."""
-        ...
-
     def sample(
         self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0
     ) -> None: ...
@@ -82,7 +77,7 @@ class AmiliFlow:
         # One caller at a time waits for the budget, the others queue behind it in order: paced
         # calls would otherwise wake every waiter at every call's turn.
         self._budget_turn = asyncio.Lock()
-        self.gate = FairGate(lambda: self._limit.limit, ceiling=lambda: self._limit.maximum)
+        self.gate = FairGate(lambda: self._limit.limit)
 
     @property
     def limit(self) -> int:

@@ -4,12 +4,6 @@ One creditor's month-end batch must not hold every other creditor's invoices beh
 waits is taken one creditor at a time, in turn, and within a creditor in arrival order. A
 creditor with one invoice waiting thus waits at most one turn of the creditors waiting, however
 much another has queued; a creditor alone gets every place.
-
-A creditor with nothing at Amili does not wait at all (FQ-CoDel's "sparse flows" go first for the
-same reason): it takes a place beyond the limit, a few at most. Places free up one call's latency at
-a time, and all at once never when the limit has just fallen (a probe halves it until the calls
-under way drain), so a small creditor's one invoice would otherwise wait out a big one's calls.
-Measured in ``bench/adaptive.py``'s scenario C (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,10 +32,6 @@ class FairQueue(Generic[T]):
     def keys(self) -> int:
         """How many keys have something waiting."""
         return len(self._queues)
-
-    def waits(self, key: str) -> bool:
-        """Whether something of ``key`` waits."""
-        return key in self._queues
 
     def push(self, key: str, item: T) -> None:
         queue = self._queues.get(key)
@@ -79,29 +69,14 @@ class FairQueue(Generic[T]):
         return removed
 
 
-SPARSE_SHARE = 8
-"""Places beyond the limit for keys with none taken: one per this many of the limit, at least one."""
-
-
-def sparse_places(limit: int) -> int:
-    """How many places beyond ``limit`` keys with none taken may hold at once."""
-    return max(1, limit // SPARSE_SHARE)
-
-
 class FairGate:
     """At most ``limit()`` places taken at once; whoever waits gets a freed place in turn of its
     key. The limit may change at any time: a smaller one takes effect as places are given back,
-    a larger one at the next place taken or given back.
+    a larger one at the next place taken or given back."""
 
-    With ``ceiling``, a key that has no place and nothing waiting takes one at once beyond the
-    limit, while the places taken stay under ``limit() + sparse_places(limit())`` and under
-    ``ceiling()``: a sparse key never waits for a busy one's places to free up."""
-
-    def __init__(self, limit: Callable[[], int], *, ceiling: Callable[[], int] | None = None) -> None:
+    def __init__(self, limit: Callable[[], int]) -> None:
         self._limit = limit
-        self._ceiling = ceiling
         self._taken = 0
-        self._taken_by: dict[str, int] = {}
         self._waiting: FairQueue[asyncio.Future[None]] = FairQueue()
 
     @property
@@ -115,24 +90,14 @@ class FairGate:
     @contextlib.asynccontextmanager
     async def place(self, key: str) -> AsyncIterator[None]:
         await self._acquire(key)
-        self._taken_by[key] = self._taken_by.get(key, 0) + 1
         try:
             yield
         finally:
-            held = self._taken_by.pop(key) - 1
-            if held:
-                self._taken_by[key] = held
             self._taken -= 1
             self._wake()
 
-    def _sparse_place(self, key: str) -> bool:
-        if self._ceiling is None or key in self._taken_by or self._waiting.waits(key):
-            return False
-        limit = self._limit()
-        return self._taken < min(limit + sparse_places(limit), self._ceiling())
-
     async def _acquire(self, key: str) -> None:
-        if (not self._waiting and self._taken < self._limit()) or self._sparse_place(key):
+        if not self._waiting and self._taken < self._limit():
             self._taken += 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

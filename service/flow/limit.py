@@ -48,8 +48,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from service.flow.fair import sparse_places
-
 Algorithm = Literal["gradient", "aimd"]
 CONFIRMS_MINIMUM = 1.1
 """A window whose median latency is within this factor of the minimum shows it still holds."""
@@ -117,10 +115,6 @@ class FixedLimit:
     def min_latency(self) -> float | None:
         return None
 
-    @property
-    def maximum(self) -> int:
-        return self._limit
-
     def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         return None
 
@@ -153,10 +147,6 @@ class AdaptiveLimit:
     @property
     def min_latency(self) -> float | None:
         return self._min_latency
-
-    @property
-    def maximum(self) -> int:
-        return self._settings.maximum
 
     def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
@@ -241,9 +231,7 @@ class AdaptiveLimit:
 
     def _probing(self, now: float, latency: float | None) -> None:
         assert self._probe_started is not None
-        # The fair gate lets a creditor with nothing at Amili in beyond the limit, a few at most:
-        # a small creditor's call now and then must not keep a probe from seeing Amili drained.
-        drained = self._most_in_flight <= self._probe_limit + sparse_places(self._probe_limit)
+        drained = self._most_in_flight <= self._probe_limit
         if latency is not None and drained:
             previous = self._min_latency
             lowered = previous is not None and latency * CONFIRMS_MINIMUM < previous

@@ -13,7 +13,7 @@ import pytest
 from service.amili.client import rate_limit_answer
 from service.flow.budget import RateBudget, RateLimitAnswer
 from service.flow.control import AmiliFlow, FlowObserver
-from service.flow.fair import FairGate, FairQueue, sparse_places
+from service.flow.fair import FairGate, FairQueue
 from service.flow.limit import AdaptiveLimit, FixedLimit, LimitSettings
 
 
@@ -221,30 +221,6 @@ def test_a_probe_that_never_drains_gives_up_and_restores_the_limit() -> None:
     run_windows(limit, clock, 0.5, windows=4, in_flight=40)  # ...and after 5 s the probe gives up
     assert limit.probes == 1
     assert before // 2 < limit.limit <= before  # back where it was, and adapting again
-
-
-def test_a_sparse_creditors_call_beyond_the_limit_does_not_keep_a_probe_from_draining() -> None:
-    """A small creditor's call is let in beyond the limit (``FairGate``'s sparse places): in flight
-    one more than the probe's half, the probe still sees Amili drained and ends within a window or
-    two, with the minimum it measured; two more than the sparse places are not drained."""
-    clock = Clock()
-    limit = AdaptiveLimit(_with(SETTINGS, initial=40), clock)
-    run_windows(limit, clock, 0.05, windows=60, in_flight=40)  # past the first probe at 5 s
-    probes = limit.probes
-    assert probes >= 1
-    while limit.probes == probes:  # the next probe, whenever it comes
-        run_windows(limit, clock, 0.08, windows=1, in_flight=limit.limit)
-    half = limit.limit
-    run_windows(limit, clock, 0.045, windows=2, in_flight=half + sparse_places(half))
-    assert limit.limit > half  # the probe ended
-    assert limit.min_latency == pytest.approx(0.045)
-
-    while limit.probes == probes + 1:
-        run_windows(limit, clock, 0.08, windows=1, in_flight=limit.limit)
-    half = limit.limit
-    run_windows(limit, clock, 0.04, windows=4, in_flight=half + sparse_places(half) + 1)
-    assert limit.limit == half  # not drained: the probe goes on
-    assert limit.min_latency == pytest.approx(0.045)
 
 
 def test_no_samples_no_window() -> None:
@@ -563,57 +539,6 @@ async def test_the_gate_follows_a_changing_limit_and_survives_cancelled_waiters(
     assert gate.waiting == 0
 
 
-async def test_a_creditor_with_nothing_at_amili_takes_a_place_beyond_the_limit_a_few_at_most() -> None:
-    limit = [16]
-    gate = FairGate(lambda: limit[0], ceiling=lambda: 19)
-    release = asyncio.Event()
-    inside: dict[str, int] = {}
-
-    async def worker(creditor: str) -> None:
-        async with gate.place(creditor):
-            inside[creditor] = inside.get(creditor, 0) + 1
-            await release.wait()
-
-    big = [asyncio.create_task(worker("big")) for _ in range(40)]
-    await asyncio.sleep(0)
-    assert (gate.taken, gate.waiting) == (16, 24)
-    # a sparse creditor's first invoice goes in at once; its second waits its turn like any other
-    small = [asyncio.create_task(worker("small")) for _ in range(2)]
-    await asyncio.sleep(0)
-    assert inside["small"] == 1
-    assert (gate.taken, gate.waiting) == (17, 25)
-    # limit 16: 16 // 8 = 2 places beyond it for sparse creditors, so a second one still fits
-    others = [asyncio.create_task(worker(f"other-{n}")) for n in range(3)]
-    await asyncio.sleep(0)
-    assert gate.taken == 18
-    assert [inside.get(f"other-{n}", 0) for n in range(3)] == [1, 0, 0]
-    # never beyond the ceiling (MAX_IN_FLIGHT, the limit's own bound)
-    limit[0] = 18
-    sparse = [asyncio.create_task(worker(name)) for name in ("late", "later")]
-    await asyncio.sleep(0)
-    assert gate.taken == 19
-    assert (inside.get("late", 0), inside.get("later", 0)) == (1, 0)
-    release.set()
-    await asyncio.gather(*big, *small, *others, *sparse)
-    assert gate.taken == 0
-    assert sum(inside.values()) == 47
-
-
-async def test_without_a_ceiling_the_gate_never_goes_beyond_the_limit() -> None:
-    gate = FairGate(lambda: 1)
-    release = asyncio.Event()
-
-    async def worker(creditor: str) -> None:
-        async with gate.place(creditor):
-            await release.wait()
-
-    tasks = [asyncio.create_task(worker(c)) for c in ("a", "b", "c")]
-    await asyncio.sleep(0)
-    assert (gate.taken, gate.waiting) == (1, 2)
-    release.set()
-    await asyncio.gather(*tasks)
-
-
 # the flow as the client reports to it ---------------------------------------------------------------
 
 
@@ -641,10 +566,6 @@ class SpyLimit:
     @property
     def min_latency(self) -> float | None:
         return None
-
-    @property
-    def maximum(self) -> int:
-        return 10
 
     def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         self.samples.append((dropped, in_flight))
