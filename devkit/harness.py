@@ -28,9 +28,11 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from devkit.emulator.settings import DEMO_API_KEY
-from devkit.localkafka import LocalKafka, default_version, free_port
+from devkit.localkafka import LocalKafka, LocalKafkaError, default_version, free_port
 from devkit.produce import create_topics
 from service.config import Settings
 
@@ -165,9 +167,40 @@ async def broker(name: str, given: str | None = None, *, version: str | None = N
     kafka = local_broker(name, version)
     bootstrap = await asyncio.to_thread(kafka.start)
     try:
+        await coordinators_ready(bootstrap)
         yield Broker(bootstrap, kafka)
     finally:
         await asyncio.to_thread(remove_broker, kafka)
+
+
+GROUP, TRANSACTION = 0, 1
+"""FindCoordinator's kinds of coordinator."""
+
+
+async def coordinators_ready(bootstrap: str, within_seconds: float = 30.0) -> None:
+    """Wait until a fresh broker's group and transaction coordinators answer. Each comes with an
+    internal topic the broker makes on the first question for it; a consumer or a transactional
+    producer that asks first is told GroupCoordinatorNotAvailable and logs it as an error before
+    asking again (a raw line in the demo's output)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + within_seconds
+        for kind in (GROUP, TRANSACTION):
+            while True:
+                try:
+                    await admin.find_coordinator("amili-registrar-readiness", kind)
+                    break
+                except KafkaError as error:
+                    if time.monotonic() >= deadline:
+                        which = "group" if kind == GROUP else "transaction"
+                        raise LocalKafkaError(
+                            f"the broker at {bootstrap} has no {which} coordinator after "
+                            f"{within_seconds:g} s: {error}"
+                        ) from error
+                    await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 # the emulator -------------------------------------------------------------------------------------
