@@ -98,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "bench.adaptive", *passed_on, "--workdir", str(folder)]
         command += ["--json", str(folder / "adaptive.json"), "--plot", str(folder / "adaptive.png")]
+        figures = folder / "adaptive.json"
+        figures.unlink(missing_ok=True)  # a folder used before: its figures are not this run's
         console.print(f"run {run + 1} of {args.runs}: {' '.join(command[1:])}")
         with (folder / "output.txt").open("w") as output:
-            subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=False)
-        figures = folder / "adaptive.json"
+            done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            console.print(f"run {run + 1} exited {done.returncode}: see {folder / 'output.txt'}")
         found.append(json.loads(figures.read_text())["verdicts"] if figures.exists() else [])
     print_spreads(console, spreads(found), args.runs)
     console.print(f"each run's output and figures: {base}")

@@ -1,10 +1,11 @@
 """What a partition's transaction costs when the event loop is busy (``KAFKA_TRANSACTIONS=true``).
 (A benchmark, not a test.)
 
-The service's own ``PartitionTransactions`` with real transactional producers, one per partition of
-a fresh topic, on a real broker, fed finished events at a steady rate; nothing else runs in the
-process but a task that keeps the event loop busy for ``--busy-ms`` at each of its turns, as a
-service handling hundreds of events a second does (its loop runs 3-12 ms late then). Printed for
+The service's own transactions (``kafka_transactions``, as its composition root makes them) with
+real transactional producers, one per partition of a fresh topic, on a real broker, fed finished
+events at a steady rate; nothing else runs in the process but a task that keeps the event loop
+busy for ``--busy-ms`` at each of its turns, as a service handling hundreds of events a second
+does (its loop runs 3-12 ms late then). Printed for
 each busy time: the transactions per second, a commit's mean duration, and how long an event's
 records wait from its finish to its commit (p50, p99).
 
@@ -13,7 +14,7 @@ AddOffsetsToTxn, TxnOffsetCommit, EndTxn), each a few turns of the loop (a task 
 written, the answer read, the task done, the sender woken): with the loop late at each turn, a
 commit costs that many delays whatever the broker does.
 
-    .venv/bin/python -m bench.transaction_lag                 # about 2 minutes
+    .venv/bin/python -m bench.transaction_lag                 # about a minute
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else starts a local broker and stops it at the end.
 """
@@ -28,10 +29,12 @@ import statistics
 import time
 import uuid
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from devkit.harness import broker
 from devkit.produce import create_topics
+from service.bootstrap import kafka_transactions
+from service.config import Settings
 from service.kafka.transactions import EventOutputs, Output, PartitionTransactions, TransactionObserver
 from service.registration import Backoff
 
@@ -48,20 +51,6 @@ class _Commits(TransactionObserver):
             self.seconds.append(seconds)
 
 
-class _Up:
-    up = True
-
-    async def wait_up(self) -> None:
-        return None
-
-    def failed(self, operation: str, error: BaseException) -> None:
-        print(f"{operation} failed: {error!r}")
-
-
-async def _nothing_committed() -> tuple[int | None, str]:
-    return None, ""
-
-
 async def _busy_loop(seconds: float) -> None:
     """Hold the event loop for ``seconds`` at each of its turns, as a busy service does."""
     while True:
@@ -76,30 +65,18 @@ async def measure(bootstrap: str, *, partitions: int, rate: float, seconds: floa
     source, results = f"lag-in-{run}", f"lag-results-{run}"
     await create_topics(bootstrap, {source: partitions, results: partitions})
     commits = _Commits()
+    # The producers, their settings and the transactions as the service makes them.
+    settings = Settings(kafka_bootstrap_servers=bootstrap, consumer_group_id=f"lag-{run}")
+    transactions = kafka_transactions(settings, {}, None, Backoff(), commits)
     channels: list[PartitionTransactions] = []
     for number in range(partitions):
-        channel = PartitionTransactions(
+        channel = await transactions.open(
             TopicPartition(source, number),
-            make_producer=lambda transactional_id: AIOKafkaProducer(
-                bootstrap_servers=bootstrap,
-                transactional_id=transactional_id,
-                enable_idempotence=True,
-                max_batch_size=64 * 1024,
-            ),
-            transactional_id=f"lag-{run}-{number}",
-            group_id=f"lag-{run}",
-            link=_Up(),
             owned=lambda: True,
-            interval_seconds=0.1,
-            max_events=1000,
-            timeout_seconds=30.0,
-            reinit_delay_seconds=0.0,
-            backoff=Backoff(),
-            observer=commits,
             on_committed=lambda offset, events: None,
-            committed_offset=_nothing_committed,
+            stopping=lambda: False,
         )
-        await channel.open()
+        assert channel is not None  # given up only when stopping or no longer owned
         channel.positioned(None, "")
         channels.append(channel)
     waits: list[float] = []
@@ -134,7 +111,8 @@ async def measure(bootstrap: str, *, partitions: int, rate: float, seconds: floa
     if hog is not None:
         hog.cancel()
     for channel in channels:
-        await channel.close(commit_seconds=5.0)
+        await transactions.close(channel.partition, commit_seconds=5.0)
+    await transactions.stop()
     waits.sort()
     return (
         f"busy {busy * 1000:4.1f} ms a turn: {len(commits.seconds) / fed / partitions:5.1f} transactions/s "
@@ -155,8 +133,6 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # aiokafka's retries while a fresh broker settles
     async with broker("bench-transaction-lag", os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) as kafka:
-        # A fresh broker makes its transaction log on the first transactional request: not timed.
-        await measure(kafka.bootstrap, partitions=args.partitions, rate=args.rate, seconds=3.0, busy=0.0)
         for busy in (float(value) / 1000 for value in args.busy_ms.split(",")):
             line = await measure(
                 kafka.bootstrap, partitions=args.partitions, rate=args.rate, seconds=args.seconds, busy=busy

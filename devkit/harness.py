@@ -183,8 +183,8 @@ async def coordinators_ready(bootstrap: str, within_seconds: float = 30.0) -> No
     producer that asks first is told GroupCoordinatorNotAvailable and logs it as an error before
     asking again (a raw line in the demo's output)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         deadline = time.monotonic() + within_seconds
         for kind in (GROUP, TRANSACTION):
             while True:

@@ -61,6 +61,7 @@ from service.kafka.startup import (
 )
 from service.kafka.transactions import (
     GroupOffsets,
+    LinkState,
     TransactionalDeadLetterPublisher,
     TransactionalResultPublisher,
     TransactionObserver,
@@ -240,7 +241,7 @@ def result_producer(settings: Settings, security: dict[str, Any]) -> partial[AIO
 def kafka_transactions(
     settings: Settings,
     security: dict[str, Any],
-    link: BrokerLink,
+    link: LinkState | None,
     backoff: Backoff,
     observer: TransactionObserver | None = None,
 ) -> Transactions:
