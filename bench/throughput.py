@@ -541,7 +541,7 @@ class Bench:
             processes = {contender.name: child.pid, EMULATOR: amili.child.pid, HARNESS: os.getpid()}
             if self.broker_pid is not None:
                 processes[BROKER] = self.broker_pid
-            sampler = ProcessSampler(processes)
+            sampler = ProcessSampler(processes, with_children={contender.name})
             await sampler.start()
             stack.push_async_callback(sampler.stop)
             limit = contender.time_box or options.service_max_seconds
@@ -568,13 +568,26 @@ class Bench:
             f"{run.cpu_ms:.2f} ms CPU/registration, peak RSS {run.peak_rss_mb:.0f} MB"
         )
         if run.done:
-            run.paced = await self.run_paced(
-                profile, contender, url, max(1.0, run.sustained * options.paced_load)
-            )
+            run.paced = await self.run_paced(profile, contender, url, self.paced_rate(profile, run))
             self.say(
                 f"[bold]{label}[/]: at {run.paced.rate:,.0f}/s event→result p50 {run.paced.p50_ms:,.0f} ms, "
                 f"p99 {run.paced.p99_ms:,.0f} ms ({run.paced.received:,}/{run.paced.sent:,} results)"
             )
+
+    def paced_rate(self, profile: Profile, run: report.Run) -> float:
+        """The latency run's rate: a share of the contender's sustained rate; for the transactional
+        contender, the rate its counterpart without transactions was paced at, so that the two
+        p99s the transactions' target compares are taken at the same load (a transactional run
+        that happened to sustain more would otherwise be paced harder)."""
+        if report.TRANSACTIONAL in run.contender:
+            for earlier in self.runs:
+                if (
+                    earlier.profile == profile.name
+                    and earlier.paced is not None
+                    and earlier.contender == run.contender.removesuffix(report.TRANSACTIONAL)
+                ):
+                    return earlier.paced.rate
+        return max(1.0, run.sustained * self.options.paced_load)
 
     def stamp(self, result: Result) -> float:
         """When a result counts as out: its event's ``time``, or, comparing transactions with their
@@ -675,7 +688,7 @@ class Bench:
                 cwd=ROOT,
             )
             stack.push_async_callback(child.stop)
-            sampler = ProcessSampler({contender.name: child.pid})
+            sampler = ProcessSampler({contender.name: child.pid}, with_children={contender.name})
             await sampler.start()
             stack.push_async_callback(sampler.stop)
             warm = await produce_backlog(self.bootstrap, topics.inbound, factory, 10, lambda _: None)
@@ -712,6 +725,20 @@ class Bench:
             for event_id, moment in sent.items()
             if event_id in collector.results
         ]
+        if self.options.transactions:
+            # Where a result's time goes: until the service made it (the event's ``time``), and from
+            # there until a read_committed reader saw it (for a transaction, its wait and commit).
+            made = [
+                (collector.results[event_id].time - moment) * 1000
+                for event_id, moment in sent.items()
+                if event_id in collector.results
+            ]
+            shown = [(result.seen - result.time) * 1000 for result in collector.results.values()]
+            self.say(
+                f"{contender.label}: event→made p50 {percentile(made, 0.5):,.0f} / p99 "
+                f"{percentile(made, 0.99):,.0f} ms; made→read p50 {percentile(shown, 0.5):,.0f} / "
+                f"p99 {percentile(shown, 0.99):,.0f} ms"
+            )
         return report.Paced(
             rate=rate,
             sent=len(sent),
