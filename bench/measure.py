@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,34 +90,9 @@ class Sample:
     machine_total: float  # CPU seconds of all cores
 
 
-def _cpu_seconds(process: psutil.Process, *, children: bool = False) -> float:
-    """The process's CPU time; with ``children``, its children's too, living and ended (the
-    service's transactional producers may run in a child: ``KAFKA_TRANSACTION_PRODUCERS=process``)."""
+def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
-    total = float(times.user + times.system)
-    if children:
-        total += float(times.children_user + times.children_system)
-        for child in _children(process):
-            with contextlib.suppress(psutil.Error):
-                child_times = child.cpu_times()
-                total += float(child_times.user + child_times.system)
-    return total
-
-
-def _rss_bytes(process: psutil.Process, *, children: bool = False) -> int:
-    """The resident set of the process; with ``children``, and of its living children."""
-    total = int(process.memory_info().rss)
-    for child in _children(process) if children else []:
-        with contextlib.suppress(psutil.Error):
-            total += int(child.memory_info().rss)
-    return total
-
-
-def _children(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return list(process.children(recursive=True))
-    except psutil.Error:
-        return []
+    return float(times.user + times.system)
 
 
 def peak_rss_bytes(pid: int) -> int | None:
@@ -134,13 +109,8 @@ def peak_rss_bytes(pid: int) -> int | None:
 class ProcessSampler:
     """Polls CPU time and RSS of named processes, and the machine's CPU counters."""
 
-    def __init__(
-        self, processes: Mapping[str, int], interval: float = 0.25, *, with_children: Collection[str] = ()
-    ) -> None:
-        """``with_children``: the names whose children count as theirs (not the harness's: its
-        children are the contenders, the emulator and the broker)."""
+    def __init__(self, processes: Mapping[str, int], interval: float = 0.25) -> None:
         self._processes = {name: psutil.Process(pid) for name, pid in processes.items()}
-        self._with_children = frozenset(with_children)
         self._interval = interval
         self.samples: list[Sample] = []
         self._task: asyncio.Task[None] | None = None
@@ -151,9 +121,8 @@ class ProcessSampler:
         for name, process in self._processes.items():
             try:
                 with process.oneshot():
-                    children = name in self._with_children
-                    cpu[name] = _cpu_seconds(process, children=children)
-                    rss[name] = _rss_bytes(process, children=children)
+                    cpu[name] = _cpu_seconds(process)
+                    rss[name] = int(process.memory_info().rss)
                     for thread in process.threads():
                         if thread.id == process.pid:  # the main thread: the event loop
                             cpu[f"{name}{MAIN_THREAD}"] = float(thread.user_time + thread.system_time)

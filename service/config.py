@@ -249,11 +249,6 @@ class Settings(BaseSettings):
         ge=1,
         description="A partition commits sooner when this many finished events wait for a transaction",
     )
-    kafka_transaction_producers: Literal["loop", "process"] = Field(
-        default="loop",
-        description="Where the transactional producers run: on the service's event loop, or in a "
-        "process of their own, whose loop does nothing else (shorter commits under load)",
-    )
     kafka_transactional_id_prefix: str | None = Field(
         default=None,
         min_length=1,

@@ -75,7 +75,7 @@ from service.registration import Backoff
 
 log = logging.getLogger(__name__)
 
-FENCED_ERRORS = (ProducerFenced, InvalidProducerEpoch)
+_FENCED = (ProducerFenced, InvalidProducerEpoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,66 +283,6 @@ class GroupOffsets:
             await admin.close()
 
 
-class TransactionalProducer(Protocol):
-    """One transactional id's producer, as a partition's transactions use it: whole transactions,
-    so that it may run on this event loop (``LocalTransactionalProducer``) or in a process of its
-    own (``service.kafka.producer_process``) with one exchange per transaction."""
-
-    async def start(self) -> None:
-        """Initialise the id (fencing any other holder of it) and wait until the previous holder's
-        open transaction has ended."""
-
-    async def transaction(
-        self, records: list[Output], offsets: dict[TopicPartition, OffsetAndMetadata], group_id: str
-    ) -> None:
-        """Send ``records`` and commit ``offsets`` for ``group_id`` in one transaction; return once it
-        is committed. Raises what aiokafka raises (fenced, refused, broker errors)."""
-
-    async def stop(self) -> None:
-        """Stop, within about a second, whatever state the producer is in."""
-
-
-class LocalTransactionalProducer:
-    """A transactional producer on this event loop."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    async def start(self) -> None:
-        await self._producer.start()
-        # An empty transaction waits for the producer id: InitProducerId has bumped the epoch
-        # (fencing the previous holder) and its open transaction has been aborted.
-        await self._producer.begin_transaction()
-        await self._producer.commit_transaction()
-
-    async def transaction(
-        self, records: list[Output], offsets: dict[TopicPartition, OffsetAndMetadata], group_id: str
-    ) -> None:
-        producer = self._producer
-        await producer.begin_transaction()
-        sent = [
-            await producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
-            for record in records
-        ]
-        await producer.send_offsets_to_transaction(offsets, group_id)
-        await producer.commit_transaction()
-        # Committed: every send is acknowledged (a failed one fails the commit first).
-        for future in sent:
-            await future
-
-    async def stop(self) -> None:
-        await _stop_quietly(self._producer)
-
-
-def local_producers(make: Callable[[str], AIOKafkaProducer]) -> Callable[[str], TransactionalProducer]:
-    """Transactional producers on this event loop, made by ``make`` per transactional id."""
-
-    def make_local(transactional_id: str) -> TransactionalProducer:
-        return LocalTransactionalProducer(make(transactional_id))
-
-    return make_local
-
-
 class PartitionTransactions:
     """One consumed partition's transactional producer and the transactions it commits."""
 
@@ -350,7 +290,7 @@ class PartitionTransactions:
         self,
         partition: TopicPartition,
         *,
-        make_producer: Callable[[str], TransactionalProducer],
+        make_producer: Callable[[str], AIOKafkaProducer],
         transactional_id: str,
         group_id: str,
         link: LinkState,
@@ -379,7 +319,7 @@ class PartitionTransactions:
         self._observer = observer
         self._on_committed = on_committed
         self._rng = random.Random()
-        self._producer: TransactionalProducer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._waiting = _Waiting()
         self._committed: int | None = None
         self._done: set[int] = set()
@@ -431,7 +371,7 @@ class PartitionTransactions:
         self._drop_waiting()
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await _stop_quietly(producer)
 
     def positioned(self, committed: int | None, metadata: str) -> None:
         """The group's committed offset and metadata, read after the initialisation: events listed
@@ -526,7 +466,7 @@ class PartitionTransactions:
             started = time.monotonic()
             try:
                 await self._transaction(batch, target, metadata)
-            except FENCED_ERRORS as error:
+            except _FENCED as error:
                 self._fence(error)
                 return
             except REFUSED_RECORD_ERRORS as error:
@@ -594,10 +534,19 @@ class PartitionTransactions:
     async def _transaction(self, batch: list[EventOutputs], target: int, metadata: str) -> None:
         producer = self._producer
         assert producer is not None
-        records = [record for outputs in batch for record in outputs.records]
-        offsets = {self.partition: OffsetAndMetadata(target, metadata)}
         async with asyncio.timeout(self._timeout):
-            await producer.transaction(records, offsets, self._group_id)
+            await producer.begin_transaction()
+            sent = [
+                await producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
+                for outputs in batch
+                for record in outputs.records
+            ]
+            offsets = {self.partition: OffsetAndMetadata(target, metadata)}
+            await producer.send_offsets_to_transaction(offsets, self._group_id)
+            await producer.commit_transaction()
+            # Committed: every send is acknowledged (a failed one fails the commit first).
+            for future in sent:
+                await future
 
     def _shrink(self, batch: list[EventOutputs], error: BaseException) -> None:
         shrunk = 0
@@ -618,8 +567,12 @@ class PartitionTransactions:
         try:
             async with asyncio.timeout(self._timeout):
                 await producer.start()
+                # An empty transaction waits for the producer id: InitProducerId has bumped the
+                # epoch (fencing the previous holder) and its open transaction has been aborted.
+                await producer.begin_transaction()
+                await producer.commit_transaction()
         except BaseException:
-            await producer.stop()
+            await _stop_quietly(producer)
             raise
         self._producer = producer
 
@@ -647,7 +600,7 @@ class PartitionTransactions:
     def _discard(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            task = asyncio.create_task(producer.stop())
+            task = asyncio.create_task(_stop_quietly(producer))
             _background.add(task)
             task.add_done_callback(_background.discard)
 
@@ -690,7 +643,7 @@ class Transactions:
 
     def __init__(
         self,
-        make_producer: Callable[[str], TransactionalProducer],
+        make_producer: Callable[[str], AIOKafkaProducer],
         *,
         offsets: GroupOffsets,
         group_id: str,
@@ -702,10 +655,8 @@ class Transactions:
         reinit_delay_seconds: float = 3.0,
         backoff: Backoff | None = None,
         observer: TransactionObserver | None = None,
-        close_producers: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._make_producer = make_producer
-        self._close_producers = close_producers
         self._offsets = offsets
         self._group_id = group_id
         self._prefix = id_prefix
@@ -724,11 +675,8 @@ class Transactions:
         return await self._offsets.read(partition)
 
     async def stop(self) -> None:
-        """After every partition is closed: the client that reads the committed offsets, and the
-        producers' process if they have one."""
+        """After every partition is closed: the client that reads the committed offsets."""
         await self._offsets.close()
-        if self._close_producers is not None:
-            await self._close_producers()
 
     def transactional_id(self, partition: TopicPartition) -> str:
         return f"{self._prefix}-{partition.topic}-{partition.partition}"

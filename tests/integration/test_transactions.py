@@ -37,12 +37,6 @@ pytestmark = pytest.mark.kafka
 READ_COMMITTED = "read_committed"
 
 
-@pytest.fixture(params=["loop", "process"])
-def producers(request: pytest.FixtureRequest) -> str:
-    """Every test runs with the producers on the service's loop and in a process of their own."""
-    return str(request.param)
-
-
 def invoice_numbers(records: list[Any]) -> Counter[str]:
     return Counter(json.loads(record.value)["data"]["invoice_number"] for record in records)
 
@@ -52,16 +46,9 @@ async def test_results_dead_letters_and_offsets_are_committed_together(
     emulator: tuple[str, Emulator],
     sample_events: list[dict[str, Any]],
     unique_name: str,
-    producers: str,
 ) -> None:
     amili_url, amili = emulator
-    settings = settings_for(
-        kafka_bootstrap_servers,
-        amili_url,
-        unique_name,
-        kafka_transactions=True,
-        kafka_transaction_producers=producers,
-    )
+    settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name, kafka_transactions=True)
     events = [numbered(sample_events[0], f"TX-{n}") for n in range(20)]
     await produce(kafka_bootstrap_servers, settings.invoice_created_topic, events, show_progress=False)
     async with kafka_producer(kafka_bootstrap_servers) as producer:
@@ -94,20 +81,13 @@ async def test_a_transaction_left_open_by_a_crash_is_aborted_and_its_events_redo
     emulator: tuple[str, Emulator],
     sample_events: list[dict[str, Any]],
     unique_name: str,
-    producers: str,
 ) -> None:
     """What a crash in the middle of a transaction leaves at the broker: results written and the
     offsets sent under the partition's transactional id, no commit. The next owner's
     initialisation aborts it: a read_committed consumer never sees those records, the offsets
     are not taken, and the events are processed and published again."""
     amili_url, amili = emulator
-    settings = settings_for(
-        kafka_bootstrap_servers,
-        amili_url,
-        unique_name,
-        kafka_transactions=True,
-        kafka_transaction_producers=producers,
-    )
+    settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name, kafka_transactions=True)
     events = [numbered(sample_events[0], f"CRASH-{n}") for n in range(10)]
     topic, group = settings.invoice_created_topic, settings.consumer_group_id
     await produce(kafka_bootstrap_servers, topic, events, show_progress=False)
@@ -153,7 +133,6 @@ async def test_a_killed_instance_publishes_nothing_twice(
     sample_events: list[dict[str, Any]],
     unique_name: str,
     tmp_path: Path,
-    producers: str,
 ) -> None:
     """SIGKILL after every event was registered, before their transaction: nothing of them is
     visible to a read_committed consumer, and the next instance publishes each result once."""
@@ -163,7 +142,6 @@ async def test_a_killed_instance_publishes_nothing_twice(
         amili_url,
         unique_name,
         kafka_transactions=True,
-        kafka_transaction_producers=producers,
         kafka_transaction_interval_ms=60_000,
         ledger_url=SecretStr(f"sqlite:///{tmp_path}/ledger.db"),
     )
@@ -211,7 +189,6 @@ async def test_an_instance_frozen_past_its_session_is_fenced(
     sample_events: list[dict[str, Any]],
     unique_name: str,
     tmp_path: Path,
-    producers: str,
 ) -> None:
     """Instance A finishes every event, then is frozen (SIGSTOP) before its transactions commit.
     The group gives its partitions to B, whose producers fence A's transactional ids; B publishes
@@ -223,7 +200,6 @@ async def test_an_instance_frozen_past_its_session_is_fenced(
         amili_url,
         unique_name,
         kafka_transactions=True,
-        kafka_transaction_producers=producers,
         kafka_transaction_interval_ms=60_000,
         kafka_session_timeout_ms=6000,
         ledger_url=SecretStr(f"sqlite:///{tmp_path}/ledger.db"),
@@ -298,19 +274,12 @@ async def test_results_do_not_wait_for_an_earlier_event_and_are_not_published_ag
     emulator: tuple[str, Emulator],
     sample_events: list[dict[str, Any]],
     unique_name: str,
-    producers: str,
 ) -> None:
     """The partition's first event is held: the offset stays at it, yet the nine after it are
     committed, listed in the offset's metadata. Stopped and started again, the service processes
     the held event and none of the nine a second time."""
     amili_url, amili = emulator
-    settings = settings_for(
-        kafka_bootstrap_servers,
-        amili_url,
-        unique_name,
-        kafka_transactions=True,
-        kafka_transaction_producers=producers,
-    )
+    settings = settings_for(kafka_bootstrap_servers, amili_url, unique_name, kafka_transactions=True)
     numbers = [f"HELD-{n}" for n in range(10)]
     topic, group = settings.invoice_created_topic, settings.consumer_group_id
     await produce(
