@@ -541,7 +541,7 @@ class Bench:
             processes = {contender.name: child.pid, EMULATOR: amili.child.pid, HARNESS: os.getpid()}
             if self.broker_pid is not None:
                 processes[BROKER] = self.broker_pid
-            sampler = ProcessSampler(processes, with_children={contender.name})
+            sampler = ProcessSampler(processes)
             await sampler.start()
             stack.push_async_callback(sampler.stop)
             limit = contender.time_box or options.service_max_seconds
@@ -688,7 +688,7 @@ class Bench:
                 cwd=ROOT,
             )
             stack.push_async_callback(child.stop)
-            sampler = ProcessSampler({contender.name: child.pid}, with_children={contender.name})
+            sampler = ProcessSampler({contender.name: child.pid})
             await sampler.start()
             stack.push_async_callback(sampler.stop)
             warm = await produce_backlog(self.bootstrap, topics.inbound, factory, 10, lambda _: None)
