@@ -456,12 +456,13 @@ class Phase:
         limited = last.rate_limited - base_limited
         return limited, requests, (limited / requests if requests > 0 else math.nan)
 
-    def limit_median(self, service: str) -> float:
-        """The service's limit over the sustained window (its median), else over the run."""
+    def limit_median(self, service: str, name: str = LIMIT) -> float:
+        """The service's limit (or another of its gauges) over the sustained window (its median),
+        else over the run."""
         window = sustained_window(self.result_times())
         values = [
             value
-            for point, value in zip(self.points, self.series(LIMIT, service), strict=True)
+            for point, value in zip(self.points, self.series(name, service), strict=True)
             if not math.isnan(value)
             and (window is None or window.start - self.started <= point.t <= window.end - self.started)
         ]
@@ -1127,6 +1128,7 @@ class Bench:
             "error": phase.error,
             "seconds": phase.seconds,
             "limit_median": phase.limit_median(service),
+            "min_latency_ms": phase.limit_median(service, MIN_LATENCY) * 1000,
             "mean_call_ms": phase.final(CALL_SECONDS, service) / calls * 1000 if calls else math.nan,
             "max_queued": phase.max_load()[1],
             "peak_resident_mb": phase.peak_resident_mb.get(service, math.nan),
@@ -1145,6 +1147,11 @@ class Bench:
         )
         if row["backlog"]:
             text += f"; B {row['b_done']:,}/{row['backlog']:,} at {row['b_goodput']:,.1f}/s"
+        # The adaptive limit's view: where it settled, on which minimum, and what the calls took.
+        text += (
+            f"; limit median {row['limit_median']:,.0f}, minimum {row['min_latency_ms']:,.1f} ms, "
+            f"mean call {row['mean_call_ms']:,.1f} ms"
+        )
         return text
 
     # D ----------------------------------------------------------------------------------------------
