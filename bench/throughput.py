@@ -448,6 +448,19 @@ def baseline_mean_latency_ms(stats: Path) -> float:
 # the benchmark ------------------------------------------------------------------------------------
 
 
+def paced_rate(earlier: Sequence[report.Run], run: report.Run, share: float) -> float:
+    """The latency run's rate: ``share`` of the contender's sustained rate; for the transactional
+    contender, the rate its counterpart without transactions was paced at under the same profile,
+    so that the two p99s the transactions' target compares are taken at the same load (a
+    transactional run that happened to sustain more would otherwise be paced harder)."""
+    if run.contender.endswith(report.TRANSACTIONAL):
+        counterpart = run.contender.removesuffix(report.TRANSACTIONAL)
+        for other in earlier:
+            if other.profile == run.profile and other.contender == counterpart and other.paced is not None:
+                return other.paced.rate
+    return max(1.0, run.sustained * share)
+
+
 class Bench:
     def __init__(self, options: Options, bootstrap: str, broker_pid: int | None, progress: Progress) -> None:
         self.options = options
@@ -568,26 +581,13 @@ class Bench:
             f"{run.cpu_ms:.2f} ms CPU/registration, peak RSS {run.peak_rss_mb:.0f} MB"
         )
         if run.done:
-            run.paced = await self.run_paced(profile, contender, url, self.paced_rate(profile, run))
+            run.paced = await self.run_paced(
+                profile, contender, url, paced_rate(self.runs, run, options.paced_load)
+            )
             self.say(
                 f"[bold]{label}[/]: at {run.paced.rate:,.0f}/s event→result p50 {run.paced.p50_ms:,.0f} ms, "
                 f"p99 {run.paced.p99_ms:,.0f} ms ({run.paced.received:,}/{run.paced.sent:,} results)"
             )
-
-    def paced_rate(self, profile: Profile, run: report.Run) -> float:
-        """The latency run's rate: a share of the contender's sustained rate; for the transactional
-        contender, the rate its counterpart without transactions was paced at, so that the two
-        p99s the transactions' target compares are taken at the same load (a transactional run
-        that happened to sustain more would otherwise be paced harder)."""
-        if report.TRANSACTIONAL in run.contender:
-            for earlier in self.runs:
-                if (
-                    earlier.profile == profile.name
-                    and earlier.paced is not None
-                    and earlier.contender == run.contender.removesuffix(report.TRANSACTIONAL)
-                ):
-                    return earlier.paced.rate
-        return max(1.0, run.sustained * self.options.paced_load)
 
     def stamp(self, result: Result) -> float:
         """When a result counts as out: its event's ``time``, or, comparing transactions with their
