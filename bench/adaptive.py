@@ -456,9 +456,12 @@ class Phase:
         limited = last.rate_limited - base_limited
         return limited, requests, (limited / requests if requests > 0 else math.nan)
 
-    def limit_median(self, service: str, name: str = LIMIT) -> float:
-        """The service's limit (or another of its gauges) over the sustained window (its median),
-        else over the run."""
+    def limit_median(self, service: str) -> float:
+        """The service's limit over the sustained window (its median), else over the run."""
+        return self.gauge_median(service, LIMIT)
+
+    def gauge_median(self, service: str, name: str) -> float:
+        """One of the service's gauges over the sustained window (its median), else over the run."""
         window = sustained_window(self.result_times())
         values = [
             value
@@ -1128,7 +1131,7 @@ class Bench:
             "error": phase.error,
             "seconds": phase.seconds,
             "limit_median": phase.limit_median(service),
-            "min_latency_ms": phase.limit_median(service, MIN_LATENCY) * 1000,
+            "min_latency_ms": phase.gauge_median(service, MIN_LATENCY) * 1000,
             "mean_call_ms": phase.final(CALL_SECONDS, service) / calls * 1000 if calls else math.nan,
             "max_queued": phase.max_load()[1],
             "peak_resident_mb": phase.peak_resident_mb.get(service, math.nan),

@@ -720,20 +720,17 @@ class Bench:
                 baseline=len(warm),
             )
             await feeding
-        latencies = [
-            (self.stamp(collector.results[event_id]) - moment) * 1000
+        answered = [
+            (collector.results[event_id], moment)
             for event_id, moment in sent.items()
             if event_id in collector.results
         ]
+        latencies = [(self.stamp(result) - moment) * 1000 for result, moment in answered]
         if self.options.transactions:
             # Where a result's time goes: until the service made it (the event's ``time``), and from
             # there until a read_committed reader saw it (for a transaction, its wait and commit).
-            made = [
-                (collector.results[event_id].time - moment) * 1000
-                for event_id, moment in sent.items()
-                if event_id in collector.results
-            ]
-            shown = [(result.seen - result.time) * 1000 for result in collector.results.values()]
+            made = [(result.time - moment) * 1000 for result, moment in answered]
+            shown = [(result.seen - result.time) * 1000 for result, _ in answered]
             self.say(
                 f"{contender.label}: event→made p50 {percentile(made, 0.5):,.0f} / p99 "
                 f"{percentile(made, 0.99):,.0f} ms; made→read p50 {percentile(shown, 0.5):,.0f} / "
