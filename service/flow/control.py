@@ -28,7 +28,13 @@ class Limit(Protocol):
     def min_latency(self) -> float | None: ...
 
     def sample(
-        self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0
+        self,
+        seconds: float,
+        *,
+        in_flight: int,
+        dropped: bool = False,
+        waited: float = 0.0,
+        shared: bool = False,
     ) -> None: ...
 
 
@@ -129,8 +135,9 @@ class AmiliFlow:
     def _ended(self, call: Call, ticket: int, seconds: float, waited: float) -> None:
         status = call.answered_status
         in_flight = self._calls + 1
+        shared = self.gate.shared
         if call.timed_out:
-            self._limit.sample(seconds, in_flight=in_flight, dropped=True)
+            self._limit.sample(seconds, in_flight=in_flight, dropped=True, shared=shared)
             return
         if status is None:
             return  # no answer (no connection, say): the circuit's concern, not a measure of load
@@ -139,6 +146,6 @@ class AmiliFlow:
             self._budget.learn(call.rate, ticket=ticket, refused=refused)
         if refused:
             self._observer.rate_limited()
-            self._limit.sample(seconds, in_flight=in_flight, dropped=True)
+            self._limit.sample(seconds, in_flight=in_flight, dropped=True, shared=shared)
         elif status < 500:
-            self._limit.sample(seconds, in_flight=in_flight, waited=waited)
+            self._limit.sample(seconds, in_flight=in_flight, waited=waited, shared=shared)

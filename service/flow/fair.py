@@ -33,6 +33,10 @@ class FairQueue(Generic[T]):
         """How many keys have something waiting."""
         return len(self._queues)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` has something waiting."""
+        return key in self._queues
+
     def push(self, key: str, item: T) -> None:
         queue = self._queues.get(key)
         if queue is None:
@@ -78,6 +82,7 @@ class FairGate:
         self._limit = limit
         self._taken = 0
         self._waiting: FairQueue[asyncio.Future[None]] = FairQueue()
+        self._holders: dict[str, int] = {}  # places taken, by key
 
     @property
     def taken(self) -> int:
@@ -87,12 +92,28 @@ class FairGate:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def shared(self) -> bool:
+        """Whether two keys or more hold or wait for places."""
+        holders, waiting = self._holders, self._waiting
+        if len(holders) >= 2 or waiting.keys >= 2:
+            return True
+        if not holders or not waiting.keys:
+            return False
+        return next(iter(holders)) not in waiting
+
     @contextlib.asynccontextmanager
     async def place(self, key: str) -> AsyncIterator[None]:
         await self._acquire(key)
+        holders = self._holders
+        holders[key] = holders.get(key, 0) + 1
         try:
             yield
         finally:
+            if holders[key] == 1:
+                del holders[key]
+            else:
+                holders[key] -= 1
             self._taken -= 1
             self._wake()
 

@@ -28,6 +28,14 @@ beyond that only waits, in Amili's queue (latency grows, throughput does not) or
   the unloaded one, against 1.3-1.8 times with the gradient, which settles a little above the
   capacity. Hence the gradient by default;
 - either way, a window with a refusal (429) or a timeout multiplies the limit by ``backoff``;
+- **shared**: while two creditors or more hold or wait for places (and for ``SHARED_SECONDS``
+  after), the limit is at most ``SHARED_GAIN`` times goodput times the minimum latency: what
+  Amili works on at once, plus a tenth to find out whether it can take more, as TCP BBR keeps in
+  flight. The fair gate orders calls before
+  Amili, but Amili's own queue is first in, first out: the calls the gradient keeps queued there
+  are in front of a small creditor's every call. One creditor alone only waits behind its own,
+  and the gradient's allowance buys it throughput where Amili slows down without queueing (a
+  host whose cores Amili shares: ``bench/adaptive.py``'s scenario B);
 - the limit grows only while it is used (at least half of it in flight), so that an instance with
   little to do never claims a limit it has not tried; ``minimum ≤ limit ≤ maximum`` always.
 
@@ -66,6 +74,10 @@ Amili can take more (Netflix's Gradient2 queues 4 too). √limit alone, as Envoy
 calls against a capacity of 32 in ``bench/adaptive.py``'s scenario C: every call, a small creditor's
 too, waited about 30 ms in Amili's queue, the largest part of its p99 beyond the 2 times alone that
 fairness allows."""
+SHARED_SECONDS = 1.0
+"""Creditors count as sharing Amili for this long after a call ended with two or more at the gate
+(a small creditor's invoices come one at a time, with gaps between them)."""
+SHARED_GAIN = 1.1
 ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
 
 
@@ -115,7 +127,15 @@ class FixedLimit:
     def min_latency(self) -> float | None:
         return None
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
+    def sample(
+        self,
+        seconds: float,
+        *,
+        in_flight: int,
+        dropped: bool = False,
+        waited: float = 0.0,
+        shared: bool = False,
+    ) -> None:
         return None
 
 
@@ -135,6 +155,8 @@ class AdaptiveLimit:
         self._probe_started: float | None = None
         self._limit_before_probe = self._limit
         self._probe_limit = settings.minimum
+        self._shared_cap: int | None = None
+        self._shared_until = -math.inf
         self.windows = 0
         self.probes = 0
 
@@ -142,23 +164,44 @@ class AdaptiveLimit:
     def limit(self) -> int:
         if self._probe_started is not None:
             return self._probe_limit
-        return max(self._settings.minimum, min(self._settings.maximum, int(self._limit)))
+        settings = self._settings
+        limit = min(settings.maximum, int(self._limit))
+        cap = self._shared_cap
+        if cap is not None and self._clock() < self._shared_until:
+            limit = min(limit, cap)
+        return max(settings.minimum, limit)
+
+    @property
+    def shared(self) -> bool:
+        """Whether creditors share Amili, so that the limit keeps no queue there."""
+        return self._clock() < self._shared_until
 
     @property
     def min_latency(self) -> float | None:
         return self._min_latency
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
+    def sample(
+        self,
+        seconds: float,
+        *,
+        in_flight: int,
+        dropped: bool = False,
+        waited: float = 0.0,
+        shared: bool = False,
+    ) -> None:
         """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
         ``dropped``: it was refused (429) or timed out; ``waited``: of those seconds, spent waiting
-        for the rate budget (here, not at Amili)."""
+        for the rate budget (here, not at Amili); ``shared``: two creditors or more held or waited
+        for places as it ended."""
+        now = self._clock()
+        if shared:
+            self._shared_until = now + SHARED_SECONDS
         if dropped:
             self._dropped = True
         else:
             self._latencies.append(seconds)
             self._at_amili.append(seconds - waited)
         self._most_in_flight = max(self._most_in_flight, in_flight)
-        now = self._clock()
         if not self._dropped and (
             now - self._started < self._window_length()
             or len(self._latencies) < self._settings.window_samples
@@ -179,6 +222,7 @@ class AdaptiveLimit:
         if self._probe_started is not None:
             self._probing(now, at_amili)
         else:
+            self._shared_cap = self._cap_for_sharing(latency)
             self._adapt(now, latency, at_amili)
         self._started = now
         self._latencies, self._at_amili, self._dropped, self._most_in_flight = [], [], False, 0
@@ -218,7 +262,19 @@ class AdaptiveLimit:
                     limit = (1 - settings.smoothing) * limit + settings.smoothing * target
                 elif used:
                     limit += math.sqrt(limit)  # unsmoothed: from 32 to 128 in about 11 windows
+        if self.shared and self._shared_cap is not None:
+            limit = min(limit, float(self._shared_cap))
         self._limit = max(float(settings.minimum), min(float(settings.maximum), limit))
+
+    def _cap_for_sharing(self, latency: float | None) -> int | None:
+        """What Amili works on at once, and a tenth more (at least one) to find out whether it can
+        take more. By Little's law that is goodput times the minimum latency: the calls in flight
+        times the minimum over the window's latency (the calls beyond it queue)."""
+        if latency is None or self._min_latency is None:
+            return self._shared_cap
+        in_flight = min(self.limit, self._most_in_flight)
+        at_once = in_flight * min(1.0, self._min_latency / latency)
+        return max(self._settings.minimum, round(at_once) + max(1, int((SHARED_GAIN - 1) * at_once)))
 
     def _start_probe(self, now: float) -> None:
         """The minimum is due to be measured again: Amili may have become slower for good, or the

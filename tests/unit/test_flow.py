@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
+import statistics
 from typing import Any
 
 import pytest
@@ -190,6 +191,52 @@ def test_a_queued_start_is_found_out_within_seconds_though_it_confirms_itself() 
     probes = limit.probes
     run_windows(limit, clock, 0.052, windows=250)  # 25 s that confirm the minimum: no probe
     assert limit.probes == probes
+
+
+def serve(limit: AdaptiveLimit, clock: Clock, *, capacity: int, seconds: float, shared: bool) -> list[int]:
+    """A first-in-first-out server that works on ``capacity`` calls at once, 50 ms each, kept
+    busy with the limit's calls for ``seconds``; the limit after each window of 20 calls."""
+    seen = []
+    end = clock.now + seconds
+    while clock.now < end:
+        in_flight = limit.limit
+        latency = 0.05 * max(1.0, in_flight / capacity)
+        for _ in range(20):
+            clock.advance(latency / in_flight)  # throughput: in flight ÷ latency (Little's law)
+            limit.sample(latency, in_flight=in_flight, shared=shared)
+        seen.append(limit.limit)
+    return seen
+
+
+def test_creditors_sharing_amili_keep_no_queue_there_while_one_alone_may() -> None:
+    """A creditor alone: the gradient settles above the capacity of 16, at about its tolerance
+    times it plus the allowance. Creditors sharing: at goodput times the minimum latency and a
+    tenth, whatever the gradient says; when one is left the gradient takes over again."""
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, initial=16), clock)
+    alone = serve(limit, clock, capacity=16, seconds=20, shared=False)
+    assert limit.min_latency == pytest.approx(0.05)
+    assert statistics.median(alone[-50:]) >= 20
+    assert not limit.shared
+    together = serve(limit, clock, capacity=16, seconds=10, shared=True)
+    assert limit.shared
+    settled = together[-50:]
+    assert min(settled) >= 16
+    assert max(settled) <= 18  # 16 + a tenth + 1
+    assert together[0] <= 18  # at once: the cap comes with the first window shared
+    again = serve(limit, clock, capacity=16, seconds=10, shared=False)
+    assert not limit.shared
+    assert statistics.median(again[-50:]) >= 20
+
+
+def test_creditors_sharing_from_a_low_limit_still_find_amilis_capacity() -> None:
+    """Goodput times the minimum is what the calls in flight do now; the tenth more is how the
+    limit finds the capacity from below."""
+    clock = Clock()
+    limit = AdaptiveLimit(_with(SETTINGS, initial=4, minimum=2), clock)
+    seen = serve(limit, clock, capacity=40, seconds=15, shared=True)
+    assert seen[0] <= 6
+    assert 40 <= statistics.median(seen[-30:]) <= 45
 
 
 def test_a_wait_for_the_rate_budget_lowers_the_limit_but_is_not_taken_for_amili_latency() -> None:
@@ -539,6 +586,31 @@ async def test_the_gate_follows_a_changing_limit_and_survives_cancelled_waiters(
     assert gate.waiting == 0
 
 
+async def test_the_gate_tells_when_two_creditors_or_more_hold_or_wait_for_places() -> None:
+    async def holding(gate: FairGate, creditors: list[str]) -> tuple[bool, bool]:
+        """Whether the gate is shared with each creditor's place asked for, and at the end."""
+        release = asyncio.Event()
+
+        async def worker(creditor: str) -> None:
+            async with gate.place(creditor):
+                await release.wait()
+
+        tasks = [asyncio.create_task(worker(creditor)) for creditor in creditors]
+        await asyncio.sleep(0)
+        shared = gate.shared
+        release.set()
+        await asyncio.gather(*tasks)
+        return shared, gate.shared
+
+    one = FairGate(lambda: 1)
+    assert not one.shared
+    assert await holding(one, ["big"]) == (False, False)
+    assert await holding(one, ["big", "big", "big"]) == (False, False)  # holding and waiting
+    assert await holding(one, ["big", "big", "small"]) == (True, False)  # another waits
+    assert await holding(one, ["big", "small", "small"]) == (True, False)
+    assert await holding(FairGate(lambda: 2), ["big", "small"]) == (True, False)  # both hold
+
+
 # the flow as the client reports to it ---------------------------------------------------------------
 
 
@@ -558,6 +630,7 @@ class SpyLimit:
     def __init__(self) -> None:
         self.samples: list[tuple[bool, int]] = []
         self.waits: list[float] = []
+        self.shared: list[bool] = []
 
     @property
     def limit(self) -> int:
@@ -567,9 +640,18 @@ class SpyLimit:
     def min_latency(self) -> float | None:
         return None
 
-    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
+    def sample(
+        self,
+        seconds: float,
+        *,
+        in_flight: int,
+        dropped: bool = False,
+        waited: float = 0.0,
+        shared: bool = False,
+    ) -> None:
         self.samples.append((dropped, in_flight))
         self.waits.append(waited)
+        self.shared.append(shared)
 
 
 @pytest.fixture
@@ -628,3 +710,14 @@ async def test_without_a_budget_only_the_limit_hears_of_429s(clock: Clock) -> No
             )
     assert sleeps == []
     assert spy.samples == [(True, 1)] * 3
+    assert spy.shared == [False] * 3
+
+
+async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: Clock) -> None:
+    spy = SpyLimit()
+    flow = AmiliFlow(spy, clock=clock)
+    async with flow.place("big"), flow.call() as call:
+        call.answered(201, RateLimitAnswer())
+    async with flow.place("big"), flow.place("small"), flow.call() as call:
+        call.answered(201, RateLimitAnswer())
+    assert spy.shared == [False, True]
