@@ -471,6 +471,15 @@ class Phase:
         ]
         return statistics.median(values) if values else math.nan
 
+    def while_group_ran(self, group: str) -> list[Point]:
+        """The samples taken from the first of ``group``'s events sent to the last of its results."""
+        sent = [self.sent[i] for i in self.ids(group)]
+        done = self.result_times(group)
+        if not sent or not done:
+            return []
+        start, end = min(sent) - self.started, max(done) - self.started
+        return [point for point in self.points if start <= point.t <= end]
+
     def per_second_results(self) -> list[int]:
         return per_second(self.result_times(), self.started)
 
@@ -1134,11 +1143,24 @@ class Bench:
             "min_latency_ms": phase.gauge_median(service, MIN_LATENCY) * 1000,
             "mean_call_ms": phase.final(CALL_SECONDS, service) / calls * 1000 if calls else math.nan,
             "max_queued": phase.max_load()[1],
+            **self.while_small_sends(phase, service),
             "peak_resident_mb": phase.peak_resident_mb.get(service, math.nan),
             "outcomes": phase.outcomes(),
             "duplicates": phase.duplicates,
             "log_levels": phase.logs.levels,
             "s_latencies_ms": sorted(latencies),
+        }
+
+    @staticmethod
+    def while_small_sends(phase: Phase, service: str) -> dict[str, float]:
+        """The limit and Amili's queue while S's events were under way (the limit's median over the
+        run is mostly B's alone)."""
+        points = phase.while_group_ran("S")
+        limits = [v for p in points if not math.isnan(v := p.metrics.get(service, {}).get(LIMIT, math.nan))]
+        queued = [p.queued for p in points if not math.isnan(p.queued)]
+        return {
+            "s_limit_median": statistics.median(limits) if limits else math.nan,
+            "s_queued_median": statistics.median(queued) if queued else math.nan,
         }
 
     @staticmethod
@@ -1153,7 +1175,8 @@ class Bench:
         # The adaptive limit's view: where it settled, on which minimum, and what the calls took.
         text += (
             f"; limit median {row['limit_median']:,.0f}, minimum {row['min_latency_ms']:,.1f} ms, "
-            f"mean call {row['mean_call_ms']:,.1f} ms"
+            f"mean call {row['mean_call_ms']:,.1f} ms; while S sent: limit median "
+            f"{row['s_limit_median']:,.0f}, queued at Amili {row['s_queued_median']:,.0f}"
         )
         return text
 
