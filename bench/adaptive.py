@@ -171,6 +171,7 @@ class Options:
     paced_seconds: float  # A: each paced run
     no_overload_backlog: int  # B
     no_overload_rounds: int  # B: runs of each contender, in turn
+    no_overload_creditors: int  # B: the backlog's creditors, its events in turn of them
     fairness_backlog: int  # C: the big creditor's backlog
     replicas_seconds: float  # D: the backlog is this many seconds worth of the rate limit
     plot: Path
@@ -205,6 +206,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--plot", type=Path, default=ROOT / "docs" / "performance-adaptive.png", help="PNG to write"
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--no-overload-creditors",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="B: the backlog's creditors, its events in turn of them (default 1; with 2, two "
+        "backlogs side by side)",
+    )
     parser.add_argument("--workdir", type=Path, help="logs, ledgers and results.json (default: a temp dir)")
     parser.add_argument(
         "--postgres-dsn",
@@ -257,6 +266,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         paced_seconds=8.0 if quick else 20.0,
         no_overload_backlog=3000 if quick else 20_000,
         no_overload_rounds=1 if quick else 2,
+        no_overload_creditors=args.no_overload_creditors,
         fairness_backlog=5000 if quick else 20_000,
         replicas_seconds=10.0 if quick else 30.0,
         plot=args.plot,
@@ -567,12 +577,14 @@ class Bench:
         self._serial += 1
         return self._serial
 
-    def factory(self, tag: str, creditor: str | None = None) -> EventFactory:
+    def factory(self, tag: str, creditor: str | None = None, *more: str) -> EventFactory:
         """Events with invoice numbers no other run of this benchmark uses (the emulator refuses a
-        number it has seen), of ``creditor`` (the templates' own by default)."""
+        number it has seen), of ``creditor`` (the templates' own by default), or of ``creditor``
+        and ``more`` in turn."""
         templates = self.templates
         if creditor is not None:
-            templates = [{**t, "data": {**t["data"], "creditor": creditor}} for t in self.templates]
+            each = (creditor, *more)
+            templates = [{**t, "data": {**t["data"], "creditor": c}} for t in self.templates for c in each]
         return EventFactory(templates, f"{tag}{self.run_id}{self._next():02d}".upper())
 
     def topics(self, label: str) -> Topics:
@@ -1013,15 +1025,21 @@ class Bench:
 
     async def no_overload(self) -> None:
         options = self.options
-        amili = Amili("b-unlimited", options.latency_ms)
+        creditors = (DEMO_CREDITOR, SECOND_CREDITOR)[: options.no_overload_creditors]
+        amili = Amili("b-unlimited", options.latency_ms, creditors=creditors)
         count = options.no_overload_backlog
         names = ("adaptive-gradient", "fixed-128")
         rounds = options.no_overload_rounds
         self.say(
-            f"[bold cyan]B. no overload: {amili.title}[/]; backlog {count:,} per run, {rounds} round(s) "
-            "of both contenders, in turn"
+            f"[bold cyan]B. no overload: {amili.title}[/]; backlog {count:,} per run"
+            + (f" of {len(creditors)} creditors in turn" if len(creditors) > 1 else "")
+            + f", {rounds} round(s) of both contenders, in turn"
         )
         rows: list[dict[str, Any]] = []
+
+        def backlog_factory() -> EventFactory:
+            return self.factory("B", *creditors) if len(creditors) > 1 else self.factory("B")
+
         async with profile_emulator(amili.profile(), options.workdir) as emulated:
             url = emulated.url
             for round_number in range(1, rounds + 1):
@@ -1033,7 +1051,7 @@ class Bench:
                         url,
                         CONTENDERS[name],
                         time_box=300,
-                        backlog=[("backlog", self.factory("B"), count)],
+                        backlog=[("backlog", backlog_factory(), count)],
                     )
                     row = self.backlog_row(phase, amili, name, count) | {"round": round_number}
                     rows.append(row)

@@ -33,10 +33,6 @@ class FairQueue(Generic[T]):
         """How many keys have something waiting."""
         return len(self._queues)
 
-    def __contains__(self, key: object) -> bool:
-        """Whether ``key`` has something waiting."""
-        return key in self._queues
-
     def push(self, key: str, item: T) -> None:
         queue = self._queues.get(key)
         if queue is None:
@@ -82,7 +78,7 @@ class FairGate:
         self._limit = limit
         self._taken = 0
         self._waiting: FairQueue[asyncio.Future[None]] = FairQueue()
-        self._holders: dict[str, int] = {}  # places taken, by key
+        self._asking: dict[str, int] = {}  # places held and waited for, by key
 
     @property
     def taken(self) -> int:
@@ -94,28 +90,32 @@ class FairGate:
 
     @property
     def shared(self) -> bool:
-        """Whether two keys or more hold or wait for places."""
-        holders, waiting = self._holders, self._waiting
-        if len(holders) >= 2 or waiting.keys >= 2:
-            return True
-        if not holders or not waiting.keys:
+        """Whether a key within its share of the places (those it holds and waits for, at most the
+        limit over the keys, or one) meets another key: a light creditor beside a backlog, whose
+        calls must not queue at Amili behind the backlog's. Heavy keys alone share places in turn,
+        and each waits behind the others alike."""
+        asking = self._asking
+        if len(asking) < 2:
             return False
-        return next(iter(holders)) not in waiting
+        share = max(1, self._limit() // len(asking))
+        return any(count <= share for count in asking.values())
 
     @contextlib.asynccontextmanager
     async def place(self, key: str) -> AsyncIterator[None]:
-        await self._acquire(key)
-        holders = self._holders
-        holders[key] = holders.get(key, 0) + 1
+        asking = self._asking
+        asking[key] = asking.get(key, 0) + 1
         try:
-            yield
+            await self._acquire(key)
+            try:
+                yield
+            finally:
+                self._taken -= 1
+                self._wake()
         finally:
-            if holders[key] == 1:
-                del holders[key]
+            if asking[key] == 1:
+                del asking[key]
             else:
-                holders[key] -= 1
-            self._taken -= 1
-            self._wake()
+                asking[key] -= 1
 
     async def _acquire(self, key: str) -> None:
         if not self._waiting and self._taken < self._limit():

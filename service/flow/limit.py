@@ -28,14 +28,14 @@ beyond that only waits, in Amili's queue (latency grows, throughput does not) or
   the unloaded one, against 1.3-1.8 times with the gradient, which settles a little above the
   capacity. Hence the gradient by default;
 - either way, a window with a refusal (429) or a timeout multiplies the limit by ``backoff``;
-- **shared**: while two creditors or more hold or wait for places (and for ``SHARED_SECONDS``
-  after), the limit is at most ``SHARED_GAIN`` times goodput times the minimum latency: what
-  Amili works on at once, plus a tenth to find out whether it can take more, as TCP BBR keeps in
-  flight. The fair gate orders calls before
-  Amili, but Amili's own queue is first in, first out: the calls the gradient keeps queued there
-  are in front of a small creditor's every call. One creditor alone only waits behind its own,
-  and the gradient's allowance buys it throughput where Amili slows down without queueing (a
-  host whose cores Amili shares: ``bench/adaptive.py``'s scenario B);
+- **shared**: while a light creditor (within its share of the places) meets another at the fair
+  gate, and for ``SHARED_SECONDS`` after, the limit is at most goodput times the minimum latency
+  (what Amili works on at once, by Little's law) and a tenth more to find out whether Amili can
+  take more, as TCP BBR keeps in flight. The gate orders calls before Amili, but Amili's own
+  queue is first in, first out: the calls the gradient keeps queued there would be in front of
+  the light creditor's every call. A backlog alone, or backlogs side by side, only wait behind
+  their own; for them the gradient's allowance buys throughput where Amili's latency grows with
+  load short of a queue (``bench/adaptive.py``'s scenario B on a host whose cores Amili shares);
 - the limit grows only while it is used (at least half of it in flight), so that an instance with
   little to do never claims a limit it has not tried; ``minimum ≤ limit ≤ maximum`` always.
 
@@ -75,8 +75,8 @@ calls against a capacity of 32 in ``bench/adaptive.py``'s scenario C: every call
 too, waited about 30 ms in Amili's queue, the largest part of its p99 beyond the 2 times alone that
 fairness allows."""
 SHARED_SECONDS = 1.0
-"""Creditors count as sharing Amili for this long after a call ended with two or more at the gate
-(a small creditor's invoices come one at a time, with gaps between them)."""
+"""Creditors count as sharing Amili for this long after a call ended with a light creditor beside
+another at the gate (a small creditor's invoices come one at a time, with gaps between them)."""
 SHARED_GAIN = 1.1
 ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
 
@@ -191,8 +191,8 @@ class AdaptiveLimit:
     ) -> None:
         """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
         ``dropped``: it was refused (429) or timed out; ``waited``: of those seconds, spent waiting
-        for the rate budget (here, not at Amili); ``shared``: two creditors or more held or waited
-        for places as it ended."""
+        for the rate budget (here, not at Amili); ``shared``: a light creditor met another at the
+        fair gate as it ended."""
         now = self._clock()
         if shared:
             self._shared_until = now + SHARED_SECONDS

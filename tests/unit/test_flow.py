@@ -586,7 +586,7 @@ async def test_the_gate_follows_a_changing_limit_and_survives_cancelled_waiters(
     assert gate.waiting == 0
 
 
-async def test_the_gate_tells_when_two_creditors_or_more_hold_or_wait_for_places() -> None:
+async def test_the_gate_tells_when_a_light_creditor_meets_another() -> None:
     async def holding(gate: FairGate, creditors: list[str]) -> tuple[bool, bool]:
         """Whether the gate is shared with each creditor's place asked for, and at the end."""
         release = asyncio.Event()
@@ -609,6 +609,12 @@ async def test_the_gate_tells_when_two_creditors_or_more_hold_or_wait_for_places
     assert await holding(one, ["big", "big", "small"]) == (True, False)  # another waits
     assert await holding(one, ["big", "small", "small"]) == (True, False)
     assert await holding(FairGate(lambda: 2), ["big", "small"]) == (True, False)  # both hold
+    # Two backlogs beyond their shares (2 of 4 places each) share places in turn, no one waits
+    # behind the other more than alike; a light creditor beside them is what counts.
+    four = FairGate(lambda: 4)
+    assert await holding(four, ["big"] * 6 + ["other"] * 6) == (False, False)
+    assert await holding(four, ["big"] * 6 + ["other"] * 6 + ["small"]) == (True, False)
+    assert await holding(four, ["big"] * 6 + ["small"] * 2) == (True, False)
 
 
 # the flow as the client reports to it ---------------------------------------------------------------
@@ -718,6 +724,13 @@ async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: 
     flow = AmiliFlow(spy, clock=clock)
     async with flow.place("big"), flow.call() as call:
         call.answered(201, RateLimitAnswer())
+    clock.advance(0.01)
     async with flow.place("big"), flow.place("small"), flow.call() as call:
         call.answered(201, RateLimitAnswer())
-    assert spy.shared == [False, True]
+    clock.advance(0.06)  # the gate is looked at every 50 ms, not at every call's end
+    async with flow.place("big"), flow.place("small"), flow.call() as call:
+        call.answered(201, RateLimitAnswer())
+    clock.advance(0.06)
+    async with flow.place("big"), flow.call() as call:
+        call.answered(201, RateLimitAnswer())
+    assert spy.shared == [False, False, True, False]
