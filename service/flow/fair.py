@@ -90,15 +90,11 @@ class FairGate:
 
     @property
     def shared(self) -> bool:
-        """Whether a key within its share of the places (those it holds and waits for, at most the
-        limit over the keys, or one) meets another key: a light creditor beside a backlog, whose
-        calls must not queue at Amili behind the backlog's. Heavy keys alone share places in turn,
-        and each waits behind the others alike."""
-        asking = self._asking
-        if len(asking) < 2:
-            return False
-        share = max(1, self._limit() // len(asking))
-        return any(count <= share for count in asking.values())
+        """Whether a key waits for a place while another has none waiting: a light creditor beside
+        a backlog, whose calls must not queue at Amili behind the backlog's. Backlogs side by side
+        (each with invoices waiting) take places in turn and wait behind each other alike."""
+        waiting = self._waiting.keys
+        return 0 < waiting < len(self._asking)  # every key waiting is among those asking
 
     @contextlib.asynccontextmanager
     async def place(self, key: str) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ queue and gate, and how the flow reads each call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import heapq
 import statistics
@@ -586,7 +587,7 @@ async def test_the_gate_follows_a_changing_limit_and_survives_cancelled_waiters(
     assert gate.waiting == 0
 
 
-async def test_the_gate_tells_when_a_light_creditor_meets_another() -> None:
+async def test_the_gate_tells_when_a_light_creditor_meets_a_backlog() -> None:
     async def holding(gate: FairGate, creditors: list[str]) -> tuple[bool, bool]:
         """Whether the gate is shared with each creditor's place asked for, and at the end."""
         release = asyncio.Event()
@@ -602,19 +603,17 @@ async def test_the_gate_tells_when_a_light_creditor_meets_another() -> None:
         await asyncio.gather(*tasks)
         return shared, gate.shared
 
-    one = FairGate(lambda: 1)
+    one, two, four = FairGate(lambda: 1), FairGate(lambda: 2), FairGate(lambda: 4)
     assert not one.shared
     assert await holding(one, ["big"]) == (False, False)
-    assert await holding(one, ["big", "big", "big"]) == (False, False)  # holding and waiting
-    assert await holding(one, ["big", "big", "small"]) == (True, False)  # another waits
-    assert await holding(one, ["big", "small", "small"]) == (True, False)
-    assert await holding(FairGate(lambda: 2), ["big", "small"]) == (True, False)  # both hold
-    # Two backlogs beyond their shares (2 of 4 places each) share places in turn, no one waits
-    # behind the other more than alike; a light creditor beside them is what counts.
-    four = FairGate(lambda: 4)
-    assert await holding(four, ["big"] * 6 + ["other"] * 6) == (False, False)
-    assert await holding(four, ["big"] * 6 + ["other"] * 6 + ["small"]) == (True, False)
-    assert await holding(four, ["big"] * 6 + ["small"] * 2) == (True, False)
+    assert await holding(one, ["big", "big", "big"]) == (False, False)  # one creditor waiting
+    assert await holding(two, ["big", "small"]) == (False, False)  # nobody waits
+    assert await holding(one, ["small", "big", "big"]) == (True, False)  # a light one holds
+    assert await holding(two, ["big", "small", "big"]) == (True, False)
+    # Backlogs side by side, each waiting, take places in turn and wait behind each other alike;
+    # a light creditor beside them (nothing waiting) is what counts.
+    assert await holding(four, ["big", "other"] * 4) == (False, False)
+    assert await holding(four, ["small"] + ["big", "other"] * 4) == (True, False)
 
 
 # the flow as the client reports to it ---------------------------------------------------------------
@@ -722,15 +721,16 @@ async def test_without_a_budget_only_the_limit_hears_of_429s(clock: Clock) -> No
 async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: Clock) -> None:
     spy = SpyLimit()
     flow = AmiliFlow(spy, clock=clock)
-    async with flow.place("big"), flow.call() as call:
+    async with flow.place("small"), flow.call() as call:
         call.answered(201, RateLimitAnswer())
-    clock.advance(0.01)
-    async with flow.place("big"), flow.place("small"), flow.call() as call:
-        call.answered(201, RateLimitAnswer())
-    clock.advance(0.06)  # the gate is looked at every 50 ms, not at every call's end
-    async with flow.place("big"), flow.place("small"), flow.call() as call:
-        call.answered(201, RateLimitAnswer())
-    clock.advance(0.06)
-    async with flow.place("big"), flow.call() as call:
-        call.answered(201, RateLimitAnswer())
-    assert spy.shared == [False, False, True, False]
+    # spy's limit is 10: "small" holds one place, "big" takes the other nine and waits for more
+    async with contextlib.AsyncExitStack() as places:
+        await places.enter_async_context(flow.place("small"))
+        for _ in range(9):
+            await places.enter_async_context(flow.place("big"))
+        waiting = asyncio.create_task(places.enter_async_context(flow.place("big")))
+        await asyncio.sleep(0)
+        async with flow.call() as call:
+            call.answered(201, RateLimitAnswer())
+        waiting.cancel()
+    assert spy.shared == [False, True]
