@@ -18,6 +18,9 @@ from service.flow.budget import RateBudget, RateLimitAnswer
 from service.flow.fair import FairGate
 
 Sleep = Callable[[float], Awaitable[None]]
+SHARED_CHECK_SECONDS = 0.05
+"""How often a call's end asks the gate whether a light creditor meets a backlog there (a look at
+every creditor asking)."""
 
 
 class Limit(Protocol):
@@ -84,6 +87,8 @@ class AmiliFlow:
         # calls would otherwise wake every waiter at every call's turn.
         self._budget_turn = asyncio.Lock()
         self.gate = FairGate(lambda: self._limit.limit)
+        self._shared = False
+        self._shared_checked = -SHARED_CHECK_SECONDS
 
     @property
     def limit(self) -> int:
@@ -130,7 +135,13 @@ class AmiliFlow:
             yield call
         finally:
             self._calls -= 1
-            self._ended(call, ticket, self._clock() - started, waited, self.gate.shared)
+            ended = self._clock()
+            self._ended(call, ticket, ended - started, waited, self._gate_shared(ended))
+
+    def _gate_shared(self, now: float) -> bool:
+        if now - self._shared_checked >= SHARED_CHECK_SECONDS:
+            self._shared, self._shared_checked = self.gate.shared, now
+        return self._shared
 
     def _ended(self, call: Call, ticket: int, seconds: float, waited: float, shared: bool) -> None:
         status = call.answered_status

@@ -33,6 +33,10 @@ class FairQueue(Generic[T]):
         """How many keys have something waiting."""
         return len(self._queues)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` has something waiting."""
+        return key in self._queues
+
     def push(self, key: str, item: T) -> None:
         queue = self._queues.get(key)
         if queue is None:
@@ -90,11 +94,16 @@ class FairGate:
 
     @property
     def shared(self) -> bool:
-        """Whether a key waits for a place while another has none waiting: a light creditor beside
-        a backlog, whose calls must not queue at Amili behind the backlog's. Backlogs side by side
-        (each with invoices waiting) take places in turn and wait behind each other alike."""
-        waiting = self._waiting.keys
-        return 0 < waiting < len(self._asking)  # every key waiting is among those asking
+        """Whether a light key meets one that waits for a place: a small creditor beside a backlog,
+        whose calls must not queue at Amili behind the backlog's. A key is light with nothing
+        waiting and at most half its share of places (the limit over the keys asking), or one:
+        backlogs side by side hold their shares, though each may have nothing waiting for a moment.
+        A look at every key asking, so not for every call."""
+        asking, waiting = self._asking, self._waiting
+        if not waiting.keys or len(asking) <= waiting.keys:
+            return False
+        light = max(1.0, self._limit() / (2 * len(asking)))
+        return any(count <= light and key not in waiting for key, count in asking.items())
 
     @contextlib.asynccontextmanager
     async def place(self, key: str) -> AsyncIterator[None]:

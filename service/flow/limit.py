@@ -28,14 +28,15 @@ beyond that only waits, in Amili's queue (latency grows, throughput does not) or
   the unloaded one, against 1.3-1.8 times with the gradient, which settles a little above the
   capacity. Hence the gradient by default;
 - either way, a window with a refusal (429) or a timeout multiplies the limit by ``backoff``;
-- **shared**: while a light creditor (nothing waiting for a place) meets another that waits at
-  the fair gate, and for ``SHARED_SECONDS`` after, the limit is at most goodput times the minimum latency
-  (what Amili works on at once, by Little's law) and a tenth more to find out whether Amili can
-  take more, as TCP BBR keeps in flight. The gate orders calls before Amili, but Amili's own
-  queue is first in, first out: the calls the gradient keeps queued there would be in front of
-  the light creditor's every call. A backlog alone, or backlogs side by side, only wait behind
-  their own; for them the gradient's allowance buys throughput where Amili's latency grows with
-  load short of a queue (``bench/adaptive.py``'s scenario B on a host whose cores Amili shares);
+- **shared**: while a light creditor (nothing waiting for a place, at most half its share of
+  places) meets one that waits at the fair gate, and for ``SHARED_SECONDS`` after, the limit is
+  at most goodput times the minimum latency (what Amili works on at once, by Little's law) and a
+  tenth more to find out whether Amili can take more, as TCP BBR keeps in flight. The gate orders
+  calls before Amili, but Amili's own queue is first in, first out: the calls the gradient keeps
+  queued there would be in front of the light creditor's every call. A backlog alone, or
+  backlogs side by side, only wait behind their own; for them the gradient's allowance buys
+  throughput where Amili's latency grows with load short of a queue (``bench/adaptive.py``'s
+  scenario B on a host whose cores Amili shares);
 - the limit grows only while it is used (at least half of it in flight), so that an instance with
   little to do never claims a limit it has not tried; ``minimum ≤ limit ≤ maximum`` always.
 

@@ -614,6 +614,10 @@ async def test_the_gate_tells_when_a_light_creditor_meets_a_backlog() -> None:
     # a light creditor beside them (nothing waiting) is what counts.
     assert await holding(four, ["big", "other"] * 4) == (False, False)
     assert await holding(four, ["small"] + ["big", "other"] * 4) == (True, False)
+    # A backlog holding its share with nothing waiting for a moment is no light creditor.
+    eight = FairGate(lambda: 8)
+    assert await holding(eight, ["big"] * 4 + ["other"] * 6) == (False, False)
+    assert await holding(eight, ["big"] * 2 + ["other"] * 8) == (True, False)  # 2 ≤ 8 ÷ 2 ÷ 2
 
 
 # the flow as the client reports to it ---------------------------------------------------------------
@@ -732,5 +736,8 @@ async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: 
         await asyncio.sleep(0)
         async with flow.call() as call:
             call.answered(201, RateLimitAnswer())
+        clock.advance(0.06)  # the gate is looked at every 50 ms, not at every call's end
+        async with flow.call() as call:
+            call.answered(201, RateLimitAnswer())
         waiting.cancel()
-    assert spy.shared == [False, True]
+    assert spy.shared == [False, False, True]
