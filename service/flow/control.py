@@ -31,14 +31,11 @@ class Limit(Protocol):
     def min_latency(self) -> float | None: ...
 
     def sample(
-        self,
-        seconds: float,
-        *,
-        in_flight: int,
-        dropped: bool = False,
-        waited: float = 0.0,
-        shared: bool = False,
+        self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0
     ) -> None: ...
+
+    def creditors_share(self) -> None:
+        """A light creditor meets one that waits at the fair gate now."""
 
 
 class FlowObserver:
@@ -87,7 +84,6 @@ class AmiliFlow:
         # calls would otherwise wake every waiter at every call's turn.
         self._budget_turn = asyncio.Lock()
         self.gate = FairGate(lambda: self._limit.limit)
-        self._shared = False
         self._shared_checked = -SHARED_CHECK_SECONDS
 
     @property
@@ -136,18 +132,17 @@ class AmiliFlow:
         finally:
             self._calls -= 1
             ended = self._clock()
-            self._ended(call, ticket, ended - started, waited, self._gate_shared(ended))
+            if ended - self._shared_checked >= SHARED_CHECK_SECONDS:
+                self._shared_checked = ended
+                if self.gate.shared:
+                    self._limit.creditors_share()
+            self._ended(call, ticket, ended - started, waited)
 
-    def _gate_shared(self, now: float) -> bool:
-        if now - self._shared_checked >= SHARED_CHECK_SECONDS:
-            self._shared, self._shared_checked = self.gate.shared, now
-        return self._shared
-
-    def _ended(self, call: Call, ticket: int, seconds: float, waited: float, shared: bool) -> None:
+    def _ended(self, call: Call, ticket: int, seconds: float, waited: float) -> None:
         status = call.answered_status
         in_flight = self._calls + 1
         if call.timed_out:
-            self._limit.sample(seconds, in_flight=in_flight, dropped=True, shared=shared)
+            self._limit.sample(seconds, in_flight=in_flight, dropped=True)
             return
         if status is None:
             return  # no answer (no connection, say): the circuit's concern, not a measure of load
@@ -156,6 +151,6 @@ class AmiliFlow:
             self._budget.learn(call.rate, ticket=ticket, refused=refused)
         if refused:
             self._observer.rate_limited()
-            self._limit.sample(seconds, in_flight=in_flight, dropped=True, shared=shared)
+            self._limit.sample(seconds, in_flight=in_flight, dropped=True)
         elif status < 500:
-            self._limit.sample(seconds, in_flight=in_flight, waited=waited, shared=shared)
+            self._limit.sample(seconds, in_flight=in_flight, waited=waited)

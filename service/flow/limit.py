@@ -128,15 +128,10 @@ class FixedLimit:
     def min_latency(self) -> float | None:
         return None
 
-    def sample(
-        self,
-        seconds: float,
-        *,
-        in_flight: int,
-        dropped: bool = False,
-        waited: float = 0.0,
-        shared: bool = False,
-    ) -> None:
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
+        return None
+
+    def creditors_share(self) -> None:
         return None
 
 
@@ -181,22 +176,16 @@ class AdaptiveLimit:
     def min_latency(self) -> float | None:
         return self._min_latency
 
-    def sample(
-        self,
-        seconds: float,
-        *,
-        in_flight: int,
-        dropped: bool = False,
-        waited: float = 0.0,
-        shared: bool = False,
-    ) -> None:
+    def creditors_share(self) -> None:
+        """A light creditor meets one that waits at the fair gate now: keep no queue at Amili for
+        ``SHARED_SECONDS``."""
+        self._shared_until = self._clock() + SHARED_SECONDS
+
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         """One call ended after ``seconds``, with ``in_flight`` calls under way (itself included);
         ``dropped``: it was refused (429) or timed out; ``waited``: of those seconds, spent waiting
-        for the rate budget (here, not at Amili); ``shared``: a light creditor met another at the
-        fair gate as it ended."""
+        for the rate budget (here, not at Amili)."""
         now = self._clock()
-        if shared:
-            self._shared_until = now + SHARED_SECONDS
         if dropped:
             self._dropped = True
         else:

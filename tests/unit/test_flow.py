@@ -204,7 +204,9 @@ def serve(limit: AdaptiveLimit, clock: Clock, *, capacity: int, seconds: float, 
         latency = 0.05 * max(1.0, in_flight / capacity)
         for _ in range(20):
             clock.advance(latency / in_flight)  # throughput: in flight ÷ latency (Little's law)
-            limit.sample(latency, in_flight=in_flight, shared=shared)
+            if shared:
+                limit.creditors_share()
+            limit.sample(latency, in_flight=in_flight)
         seen.append(limit.limit)
     return seen
 
@@ -639,7 +641,7 @@ class SpyLimit:
     def __init__(self) -> None:
         self.samples: list[tuple[bool, int]] = []
         self.waits: list[float] = []
-        self.shared: list[bool] = []
+        self.shared: list[int] = []  # the samples before each time the creditors shared
 
     @property
     def limit(self) -> int:
@@ -649,18 +651,12 @@ class SpyLimit:
     def min_latency(self) -> float | None:
         return None
 
-    def sample(
-        self,
-        seconds: float,
-        *,
-        in_flight: int,
-        dropped: bool = False,
-        waited: float = 0.0,
-        shared: bool = False,
-    ) -> None:
+    def sample(self, seconds: float, *, in_flight: int, dropped: bool = False, waited: float = 0.0) -> None:
         self.samples.append((dropped, in_flight))
         self.waits.append(waited)
-        self.shared.append(shared)
+
+    def creditors_share(self) -> None:
+        self.shared.append(len(self.samples))
 
 
 @pytest.fixture
@@ -719,7 +715,7 @@ async def test_without_a_budget_only_the_limit_hears_of_429s(clock: Clock) -> No
             )
     assert sleeps == []
     assert spy.samples == [(True, 1)] * 3
-    assert spy.shared == [False] * 3
+    assert spy.shared == []
 
 
 async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: Clock) -> None:
@@ -740,4 +736,4 @@ async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: 
         async with flow.call() as call:
             call.answered(201, RateLimitAnswer())
         waiting.cancel()
-    assert spy.shared == [False, False, True]
+    assert spy.shared == [2]  # told as the third call ended, not before
