@@ -76,9 +76,12 @@ calls against a capacity of 32 in ``bench/adaptive.py``'s scenario C: every call
 too, waited about 30 ms in Amili's queue, the largest part of its p99 beyond the 2 times alone that
 fairness allows."""
 SHARED_SECONDS = 1.0
-"""Creditors count as sharing Amili for this long after a call ended with a light creditor beside
-another at the gate (a small creditor's invoices come one at a time, with gaps between them)."""
+"""Creditors count as sharing Amili for this long after the gate last showed a light creditor
+beside a waiting one (a small creditor's invoices come one at a time, with gaps between them)."""
 SHARED_GAIN = 1.1
+"""While creditors share Amili, the calls it works on at once and this share more: below Amili's
+capacity the limit grows by a tenth a window until it reaches it; at it, about 3 calls of 32 queue
+(``bench/adaptive.py``'s scenario C: 0-4 while the small creditor sent)."""
 ALGORITHMS: tuple[Algorithm, ...] = ("gradient", "aimd")
 
 
