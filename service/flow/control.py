@@ -37,6 +37,9 @@ class Limit(Protocol):
     def creditors_share(self) -> None:
         """A light creditor meets one that waits at the fair gate now."""
 
+    @property
+    def shared(self) -> bool: ...
+
 
 class FlowObserver:
     """Hooks for metrics; the default does nothing."""
@@ -93,6 +96,11 @@ class AmiliFlow:
     @property
     def min_latency(self) -> float | None:
         return self._limit.min_latency
+
+    @property
+    def creditors_share(self) -> bool:
+        """Whether the limit keeps no queue at Amili now, for a light creditor beside a backlog."""
+        return self._limit.shared
 
     @property
     def keeps_rate_budget(self) -> bool:

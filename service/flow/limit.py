@@ -137,6 +137,10 @@ class FixedLimit:
     def creditors_share(self) -> None:
         return None
 
+    @property
+    def shared(self) -> bool:
+        return False
+
 
 class AdaptiveLimit:
     def __init__(self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic) -> None:

@@ -195,6 +195,11 @@ class Metrics:
             "reference (NaN until measured)",
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.amili_creditors_sharing = Gauge(
+            "amili_creditors_sharing", "1 while a light creditor meets a backlog at the fair gate (and "
+            "for a second after): the limit then keeps no queue at Amili, else 0",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
         self.amili_rate_limited = Counter(
             "amili_rate_limited", "Amili calls answered 429 (rate limited)", namespace=NAMESPACE, registry=r
         )
@@ -356,6 +361,7 @@ class MetricsObserver(
             lambda: flow.min_latency if flow.min_latency is not None else float("nan")
         )
         self._m.registrations_waiting.set_function(lambda: flow.gate.waiting)
+        self._m.amili_creditors_sharing.set_function(lambda: 1.0 if flow.creditors_share else 0.0)
 
     # the Amili client and the circuit
     def amili_request(self, endpoint: str, status_class: str, seconds: float) -> None:

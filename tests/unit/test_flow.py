@@ -641,7 +641,7 @@ class SpyLimit:
     def __init__(self) -> None:
         self.samples: list[tuple[bool, int]] = []
         self.waits: list[float] = []
-        self.shared: list[int] = []  # the samples before each time the creditors shared
+        self.told_shared: list[int] = []  # the samples before each time the creditors shared
 
     @property
     def limit(self) -> int:
@@ -656,7 +656,11 @@ class SpyLimit:
         self.waits.append(waited)
 
     def creditors_share(self) -> None:
-        self.shared.append(len(self.samples))
+        self.told_shared.append(len(self.samples))
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.told_shared)
 
 
 @pytest.fixture
@@ -715,7 +719,8 @@ async def test_without_a_budget_only_the_limit_hears_of_429s(clock: Clock) -> No
             )
     assert sleeps == []
     assert spy.samples == [(True, 1)] * 3
-    assert spy.shared == []
+    assert spy.told_shared == []
+    assert not flow.creditors_share
 
 
 async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: Clock) -> None:
@@ -736,4 +741,5 @@ async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: 
         async with flow.call() as call:
             call.answered(201, RateLimitAnswer())
         waiting.cancel()
-    assert spy.shared == [2]  # told as the third call ended, not before
+    assert spy.told_shared == [2]  # told as the third call ended, not before
+    assert flow.creditors_share
