@@ -132,6 +132,7 @@ COLOURS = {
 
 # the samples taken from each service's /metrics (summed over their labels)
 LIMIT = "registrar_amili_concurrency_limit"
+SHARING = "registrar_amili_creditors_sharing"
 MIN_LATENCY = "registrar_amili_min_latency_seconds"
 RATE_LIMITED = "registrar_amili_rate_limited_total"
 BUDGET_WAIT = "registrar_amili_rate_budget_wait_seconds_total"
@@ -144,6 +145,7 @@ CALL_SECONDS = "registrar_amili_request_duration_seconds_sum"
 RETRIES = "registrar_retries_total"
 METRICS = (
     LIMIT,
+    SHARING,
     MIN_LATENCY,
     RATE_LIMITED,
     BUDGET_WAIT,
@@ -1171,14 +1173,19 @@ class Bench:
 
     @staticmethod
     def while_small_sends(phase: Phase, service: str) -> dict[str, float]:
-        """The limit and Amili's queue while S's events were under way (the limit's median over the
-        run is mostly B's alone)."""
+        """The limit, Amili's queue and how often the limit kept no queue there for a light creditor,
+        while S's events were under way (the limit's median over the run is mostly B's alone)."""
         points = phase.while_group_ran("S")
-        limits = [v for p in points if not math.isnan(v := p.metrics.get(service, {}).get(LIMIT, math.nan))]
+
+        def values(name: str) -> list[float]:
+            return [v for p in points if not math.isnan(v := p.metrics.get(service, {}).get(name, math.nan))]
+
+        limits, sharing = values(LIMIT), values(SHARING)
         queued = [p.queued for p in points if not math.isnan(p.queued)]
         return {
             "s_limit_median": statistics.median(limits) if limits else math.nan,
             "s_queued_median": statistics.median(queued) if queued else math.nan,
+            "s_sharing_share": statistics.fmean(sharing) if sharing else math.nan,
         }
 
     @staticmethod
@@ -1194,7 +1201,8 @@ class Bench:
         text += (
             f"; limit median {row['limit_median']:,.0f}, minimum {row['min_latency_ms']:,.1f} ms, "
             f"mean call {row['mean_call_ms']:,.1f} ms; while S sent: limit median "
-            f"{row['s_limit_median']:,.0f}, queued at Amili {row['s_queued_median']:,.0f}"
+            f"{row['s_limit_median']:,.0f}, queued at Amili {row['s_queued_median']:,.0f}, "
+            f"{SHARING} = 1 in {row['s_sharing_share']:.0%} of the samples"
         )
         return text
 
