@@ -475,13 +475,19 @@ class Phase:
     def gauge_median(self, service: str, name: str) -> float:
         """One of the service's gauges over the sustained window (its median), else over the run."""
         window = sustained_window(self.result_times())
-        values = [
-            value
-            for point, value in zip(self.points, self.series(name, service), strict=True)
-            if not math.isnan(value)
-            and (window is None or window.start - self.started <= point.t <= window.end - self.started)
+        points = [
+            point
+            for point in self.points
+            if window is None or window.start - self.started <= point.t <= window.end - self.started
         ]
+        values = self.values(name, service, points)
         return statistics.median(values) if values else math.nan
+
+    @staticmethod
+    def values(name: str, service: str, points: Sequence[Point]) -> list[float]:
+        """A service's metric at each of ``points`` that has it."""
+        found = (point.metrics.get(service, {}).get(name, math.nan) for point in points)
+        return [value for value in found if not math.isnan(value)]
 
     def while_group_ran(self, group: str) -> list[Point]:
         """The samples taken from the first of ``group``'s events sent to the last of its results."""
@@ -1176,11 +1182,7 @@ class Bench:
         """The limit, Amili's queue and how often the limit kept no queue there for a light creditor,
         while S's events were under way (the limit's median over the run is mostly B's alone)."""
         points = phase.while_group_ran("S")
-
-        def values(name: str) -> list[float]:
-            return [v for p in points if not math.isnan(v := p.metrics.get(service, {}).get(name, math.nan))]
-
-        limits, sharing = values(LIMIT), values(SHARING)
+        limits, sharing = phase.values(LIMIT, service, points), phase.values(SHARING, service, points)
         queued = [p.queued for p in points if not math.isnan(p.queued)]
         return {
             "s_limit_median": statistics.median(limits) if limits else math.nan,

@@ -98,7 +98,7 @@ class AmiliFlow:
         return self._limit.min_latency
 
     @property
-    def creditors_share(self) -> bool:
+    def shared(self) -> bool:
         """Whether the limit keeps no queue at Amili now, for a light creditor beside a backlog."""
         return self._limit.shared
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -82,7 +82,7 @@ class FairGate:
         self._limit = limit
         self._taken = 0
         self._waiting: FairQueue[asyncio.Future[None]] = FairQueue()
-        self._asking: dict[str, int] = {}  # places held and waited for, by key
+        self._asking: Counter[str] = Counter()  # places held and waited for, by key
 
     @property
     def taken(self) -> int:
@@ -100,7 +100,7 @@ class FairGate:
         backlogs side by side hold their shares, though each may have nothing waiting for a moment.
         A look at every key asking, so not for every call."""
         asking, waiting = self._asking, self._waiting
-        if not waiting.keys or len(asking) <= waiting.keys:
+        if not waiting.keys or len(asking) < 2:  # a cancelled waiter's key may still be queued
             return False
         light = max(1.0, self._limit() / (2 * len(asking)))
         return any(count <= light and key not in waiting for key, count in asking.items())
@@ -108,7 +108,7 @@ class FairGate:
     @contextlib.asynccontextmanager
     async def place(self, key: str) -> AsyncIterator[None]:
         asking = self._asking
-        asking[key] = asking.get(key, 0) + 1
+        asking[key] += 1
         try:
             await self._acquire(key)
             try:
@@ -117,10 +117,9 @@ class FairGate:
                 self._taken -= 1
                 self._wake()
         finally:
-            if asking[key] == 1:
+            asking[key] -= 1
+            if not asking[key]:
                 del asking[key]
-            else:
-                asking[key] -= 1
 
     async def _acquire(self, key: str) -> None:
         if not self._waiting and self._taken < self._limit():

@@ -169,10 +169,8 @@ class AdaptiveLimit:
             return self._probe_limit
         settings = self._settings
         limit = min(settings.maximum, int(self._limit))
-        cap = self._shared_cap
-        if cap is not None and self._clock() < self._shared_until:
-            limit = min(limit, cap)
-        return max(settings.minimum, limit)
+        cap = self._cap_in_force()
+        return max(settings.minimum, limit if cap is None else min(limit, cap))
 
     @property
     def shared(self) -> bool:
@@ -259,9 +257,13 @@ class AdaptiveLimit:
                     limit = (1 - settings.smoothing) * limit + settings.smoothing * target
                 elif used:
                     limit += math.sqrt(limit)  # unsmoothed: from 32 to 128 in about 11 windows
-        if self.shared and self._shared_cap is not None:
-            limit = min(limit, float(self._shared_cap))
+        cap = self._cap_in_force()
+        if cap is not None:
+            limit = min(limit, float(cap))
         self._limit = max(float(settings.minimum), min(float(settings.maximum), limit))
+
+    def _cap_in_force(self) -> int | None:
+        return self._shared_cap if self._shared_cap is not None and self.shared else None
 
     def _cap_for_sharing(self, latency: float | None) -> int | None:
         """What Amili works on at once, and a tenth more (at least one) to find out whether it can

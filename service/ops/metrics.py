@@ -361,7 +361,7 @@ class MetricsObserver(
             lambda: flow.min_latency if flow.min_latency is not None else float("nan")
         )
         self._m.registrations_waiting.set_function(lambda: flow.gate.waiting)
-        self._m.amili_creditors_sharing.set_function(lambda: 1.0 if flow.creditors_share else 0.0)
+        self._m.amili_creditors_sharing.set_function(lambda: 1.0 if flow.shared else 0.0)
 
     # the Amili client and the circuit
     def amili_request(self, endpoint: str, status_class: str, seconds: float) -> None:

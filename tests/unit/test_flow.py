@@ -622,6 +622,27 @@ async def test_the_gate_tells_when_a_light_creditor_meets_a_backlog() -> None:
     assert await holding(eight, ["big"] * 2 + ["other"] * 8) == (True, False)  # 2 ≤ 8 ÷ 2 ÷ 2
 
 
+async def test_a_cancelled_waiter_still_queued_does_not_hide_a_light_creditor() -> None:
+    """A cancelled waiter's future stays in the queue until its turn; its creditor no longer asks."""
+    gate = FairGate(lambda: 2)
+    release = asyncio.Event()
+
+    async def worker(creditor: str) -> None:
+        async with gate.place(creditor):
+            await release.wait()
+
+    tasks = [asyncio.create_task(worker(creditor)) for creditor in ("big", "small", "big")]
+    gone = asyncio.create_task(worker("gone"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert gate.waiting == 2  # big's and the cancelled one
+    assert gate.shared  # small holds one place and waits for none, beside big waiting
+    release.set()
+    await asyncio.gather(*tasks)
+    assert not gate.shared
+
+
 # the flow as the client reports to it ---------------------------------------------------------------
 
 
@@ -720,7 +741,7 @@ async def test_without_a_budget_only_the_limit_hears_of_429s(clock: Clock) -> No
     assert sleeps == []
     assert spy.samples == [(True, 1)] * 3
     assert spy.told_shared == []
-    assert not flow.creditors_share
+    assert not flow.shared
 
 
 async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: Clock) -> None:
@@ -742,4 +763,4 @@ async def test_the_flow_tells_the_limit_whether_creditors_share_the_gate(clock: 
             call.answered(201, RateLimitAnswer())
         waiting.cancel()
     assert spy.told_shared == [2]  # told as the third call ended, not before
-    assert flow.creditors_share
+    assert flow.shared
